@@ -1,0 +1,80 @@
+"""The pod table: which addresses are monitored pods, on this node (senders) or elsewhere (peers).
+
+Pure: the Kubernetes adapter and the static configuration both feed it ``PodInfo`` values.
+Lookups on the packet path are dict hits on packed addresses (``by_addr``) or on the tunnel's
+source string (``sender``).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import ipaddress
+from collections.abc import Iterable, Mapping
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class PodInfo:
+    ip: str
+    """The pod's address, as the tunnel's source and inside its packets."""
+    vni: int
+    namespace: str
+    name: str
+    labels: Mapping[str, str] = dataclasses.field(default_factory=dict)
+    node: str = ""
+    local: bool = True
+    """True for a pod on this node (a sender); False for a monitored pod on another node (a peer)."""
+    ports: tuple[int, ...] = ()
+    """Declared container ports of the monitored containers (empty: the whole pod is monitored)."""
+
+    addr: bytes = dataclasses.field(init=False, repr=False, compare=False)
+    """Packed ``ip`` (4 or 16 bytes), computed once: packets are matched on packed addresses."""
+    key: str = dataclasses.field(init=False, repr=False, compare=False)
+    """``namespace/name``: the per-pod key in ``/status`` and ``/metrics``."""
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "addr", ipaddress.ip_address(self.ip).packed)
+        object.__setattr__(self, "key", f"{self.namespace}/{self.name}")
+
+
+class PodIndex:
+    """Pods by tunnel source address and by packed address. Replace or update as events arrive."""
+
+    def __init__(self, pods: Iterable[PodInfo] = ()) -> None:
+        self._by_ip: dict[str, PodInfo] = {}
+        self._by_addr: dict[bytes, PodInfo] = {}
+        for pod in pods:
+            self.add(pod)
+
+    def add(self, pod: PodInfo) -> None:
+        old = self._by_ip.get(pod.ip)
+        if old is not None:
+            self.remove(old.ip)
+        self._by_ip[pod.ip] = pod
+        self._by_addr[pod.addr] = pod
+
+    def remove(self, ip: str) -> PodInfo | None:
+        pod = self._by_ip.pop(ip, None)
+        if pod is not None:
+            self._by_addr.pop(pod.addr, None)
+        return pod
+
+    def replace_all(self, pods: Iterable[PodInfo]) -> None:
+        self._by_ip.clear()
+        self._by_addr.clear()
+        for pod in pods:
+            self.add(pod)
+
+    def sender(self, ip: str) -> PodInfo | None:
+        """The local monitored pod whose address is ``ip`` (a tunnel's source), else None."""
+        pod = self._by_ip.get(ip)
+        return pod if pod is not None and pod.local else None
+
+    def by_addr(self, addr: bytes) -> PodInfo | None:
+        """Any monitored pod (local or peer) with this packed address."""
+        return self._by_addr.get(addr)
+
+    def all(self) -> list[PodInfo]:
+        return list(self._by_ip.values())
+
+    def __len__(self) -> int:
+        return len(self._by_ip)

@@ -1,0 +1,177 @@
+"""Ethernet / 802.1Q / IPv4 / IPv6 / TCP / UDP / ICMP headers -> ``PacketMeta`` (offsets, no copies).
+
+``decode`` is on the per-packet path: precompiled ``struct`` objects over a ``memoryview``, one
+``PacketMeta`` tuple per packet, no scapy (DATAPLANE.md: 0.64 us against 400 us for scapy).
+Addresses are packed bytes (4 or 16) so that lookups never format strings.
+"""
+
+from __future__ import annotations
+
+import struct
+from typing import NamedTuple
+
+from nodeagent.wire.errors import Malformed
+
+ETH_P_IP = 0x0800
+ETH_P_IPV6 = 0x86DD
+ETH_P_ARP = 0x0806
+ETH_P_8021Q = 0x8100
+ETH_P_8021AD = 0x88A8
+
+IPPROTO_ICMP = 1
+IPPROTO_TCP = 6
+IPPROTO_UDP = 17
+IPPROTO_ICMPV6 = 58
+_IPV6_EXTENSIONS = frozenset({0, 43, 60, 51})  # hop-by-hop, routing, destination options, AH
+_IPV6_FRAGMENT = 44
+
+TCP_FIN, TCP_SYN, TCP_RST, TCP_PSH, TCP_ACK = 0x01, 0x02, 0x04, 0x08, 0x10
+
+_ETHERTYPE = struct.Struct("!H")
+_VLAN = struct.Struct("!HH")
+_IPV4 = struct.Struct("!BBHHHBBH4s4s")
+_IPV6 = struct.Struct("!IHBB16s16s")
+_PORTS = struct.Struct("!HH")
+_TCP = struct.Struct("!HHIIBB")
+_V6EXT = struct.Struct("!BB")
+_V6FRAG = struct.Struct("!BxHI")
+
+
+class PacketMeta(NamedTuple):
+    """What the pipeline needs to know about one Ethernet frame. Offsets index the frame."""
+
+    ethertype: int
+    """EtherType after any VLAN tags (0x0800, 0x86DD, 0x0806...)."""
+    vlan: int
+    """Outermost 802.1Q VLAN id, or -1 when untagged."""
+    l3: int
+    """Offset of the network header."""
+    version: int
+    """4 or 6 for IP, 0 otherwise."""
+    src: bytes
+    dst: bytes
+    """Packed source and destination addresses (4 or 16 bytes; empty when not IP)."""
+    proto: int
+    """Transport protocol after IPv6 extension headers (-1 when not IP)."""
+    ttl: int
+    """IPv4 TTL or IPv6 hop limit."""
+    l4: int
+    """Offset of the transport header, -1 for a non-first fragment or when there is none."""
+    sport: int
+    dport: int
+    """Transport ports (ICMP: type and code), 0 when absent."""
+    tcp_flags: int
+    seq: int
+    """TCP flags and sequence number (0 for other protocols)."""
+    payload: int
+    """Offset of the transport payload (== end when there is none)."""
+    end: int
+    """End of the IP packet by its length field, clipped to the frame (frame length when not IP)."""
+    fragment: bool
+    """True for any IP fragment (first or not)."""
+    ident: int
+    """IPv4 identification or IPv6 fragment identification (0 otherwise)."""
+
+
+def decode(frame: memoryview | bytes) -> PacketMeta:
+    """Decode the headers of one Ethernet frame. Raises ``Malformed`` for truncated or bad headers."""
+    view = memoryview(frame)
+    size = len(view)
+    if size < 14:
+        raise Malformed("ethernet: shorter than 14 bytes")
+    (ethertype,) = _ETHERTYPE.unpack_from(view, 12)
+    offset, vlan = 14, -1
+    while ethertype in (ETH_P_8021Q, ETH_P_8021AD):
+        if size < offset + 4:
+            raise Malformed("802.1q: truncated tag")
+        tci, ethertype = _VLAN.unpack_from(view, offset)
+        if vlan < 0:
+            vlan = tci & 0x0FFF
+        offset += 4
+    if ethertype == ETH_P_IP:
+        return _ipv4(view, offset, vlan)
+    if ethertype == ETH_P_IPV6:
+        return _ipv6(view, offset, vlan)
+    return PacketMeta(ethertype, vlan, offset, 0, b"", b"", -1, 0, -1, 0, 0, 0, 0, size, size, False, 0)
+
+
+def _ipv4(view: memoryview, l3: int, vlan: int) -> PacketMeta:
+    if len(view) < l3 + 20:
+        raise Malformed("ipv4: truncated header")
+    vihl, _tos, total, ident, frag, ttl, proto, _csum, src, dst = _IPV4.unpack_from(view, l3)
+    if vihl >> 4 != 4:
+        raise Malformed("ipv4: version is not 4")
+    ihl = (vihl & 0x0F) * 4
+    if ihl < 20 or len(view) < l3 + ihl:
+        raise Malformed("ipv4: bad header length")
+    # A GSO super-packet mirrored by tc may carry total length 0 (BIG TCP); trust the frame then.
+    end = min(l3 + total, len(view)) if total else len(view)
+    if total and total < ihl:
+        raise Malformed("ipv4: total length shorter than header")
+    frag_offset = frag & 0x1FFF
+    fragment = bool(frag & 0x2000) or frag_offset != 0
+    l4 = l3 + ihl if frag_offset == 0 else -1
+    return _transport(view, vlan, l3, 4, src, dst, proto, ttl, l4, end, fragment, ident)
+
+
+def _ipv6(view: memoryview, l3: int, vlan: int) -> PacketMeta:
+    if len(view) < l3 + 40:
+        raise Malformed("ipv6: truncated header")
+    word, plen, nxt, hlim, src, dst = _IPV6.unpack_from(view, l3)
+    if word >> 28 != 6:
+        raise Malformed("ipv6: version is not 6")
+    end = min(l3 + 40 + plen, len(view)) if plen else len(view)
+    offset, fragment, ident = l3 + 40, False, 0
+    while True:
+        if nxt in _IPV6_EXTENSIONS:
+            if end < offset + 8:
+                raise Malformed("ipv6: truncated extension header")
+            nxt2, hlen = _V6EXT.unpack_from(view, offset)
+            offset += (hlen + 2) * 4 if nxt == 51 else (hlen + 1) * 8
+            nxt = nxt2
+        elif nxt == _IPV6_FRAGMENT:
+            if end < offset + 8:
+                raise Malformed("ipv6: truncated fragment header")
+            nxt2, off_flags, ident = _V6FRAG.unpack_from(view, offset)
+            fragment = True
+            offset += 8
+            nxt = nxt2
+            if off_flags >> 3:
+                return _transport(view, vlan, l3, 6, src, dst, nxt, hlim, -1, end, True, ident)
+        else:
+            break
+    return _transport(view, vlan, l3, 6, src, dst, nxt, hlim, offset, end, fragment, ident)
+
+
+def _transport(
+    view: memoryview, vlan: int, l3: int, version: int, src: bytes, dst: bytes, proto: int,
+    ttl: int, l4: int, end: int, fragment: bool, ident: int,
+) -> PacketMeta:
+    ethertype = ETH_P_IP if version == 4 else ETH_P_IPV6
+    sport = dport = flags = seq = 0
+    payload = end
+    if l4 >= 0:
+        if proto == IPPROTO_TCP:
+            if end < l4 + 20:
+                raise Malformed("tcp: truncated header")
+            sport, dport, seq, _ack, doff, flags = _TCP.unpack_from(view, l4)
+            hlen = (doff >> 4) * 4
+            if hlen < 20 or end < l4 + hlen:
+                raise Malformed("tcp: bad data offset")
+            payload = l4 + hlen
+        elif proto == IPPROTO_UDP:
+            if end < l4 + 8:
+                raise Malformed("udp: truncated header")
+            sport, dport = _PORTS.unpack_from(view, l4)
+            payload = l4 + 8
+        elif proto in (IPPROTO_ICMP, IPPROTO_ICMPV6):
+            if end < l4 + 4:
+                raise Malformed("icmp: truncated header")
+            sport, dport = view[l4], view[l4 + 1]
+            payload = l4 + 4
+        else:
+            payload = l4
+    return PacketMeta(
+        ethertype, vlan, l3, version, src, dst, proto, ttl, l4, sport, dport, flags, seq,
+        payload, end, fragment, ident,
+    )
