@@ -1,0 +1,137 @@
+"""Start podmirror itself inside a lab: the node agent in its namespace, a sidecar in each pod.
+
+Both run as real processes through their console scripts, exactly as a user runs them
+(``nodeagent run ...``, ``sidecar-lite ...``, the command-line contract of issue 2), so the lab
+and the end-to-end tests exercise the shipped entry points. Readiness is observed, never assumed:
+the agent is ready when ``/status`` answers; a sidecar is mirroring when a probe datagram sent
+from its pod shows up in the agent's per-pod counters.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import http.client
+import json
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from nodeagent.lab.netns import LabError, inside
+from nodeagent.lab.topology import STATUS_PORT, TUNNEL_PORT, Host, Lab, Node, Pod
+
+BIN = Path(sys.executable).parent
+
+
+@dataclasses.dataclass
+class Agent:
+    lab: Lab
+    node: Node
+    proc: subprocess.Popen[bytes]
+    log: Path
+
+    @property
+    def ip(self) -> str:
+        assert self.node.agent is not None
+        return self.node.agent.ip
+
+    def get(self, path: str) -> tuple[int, bytes]:
+        """GET ``path`` from the agent's status endpoint, from inside the agent's namespace."""
+        assert self.node.agent is not None
+        conn = http.client.HTTPConnection(self.ip, STATUS_PORT, timeout=3)
+        conn.sock = self.lab.ns.connect(self.node.agent.ns, self.ip, STATUS_PORT)
+        try:
+            conn.request("GET", path)
+            resp = conn.getresponse()
+            return resp.status, resp.read()
+        finally:
+            conn.close()
+
+    def status(self) -> dict[str, Any]:
+        code, body = self.get("/status")
+        if code != 200:
+            raise LabError(f"/status answered {code}")
+        return json.loads(body)  # type: ignore[no-any-return]
+
+    def pod(self, pod: Pod) -> dict[str, Any]:
+        return self.status().get("pods", {}).get(pod.key, {})  # type: ignore[no-any-return]
+
+    def wait_ready(self, timeout: float = 20.0) -> dict[str, Any]:
+        deadline = time.monotonic() + timeout
+        while True:
+            if self.proc.poll() is not None:
+                raise LabError(f"nodeagent exited with {self.proc.returncode}: {tail(self.log)}")
+            try:
+                return self.status()
+            except (OSError, LabError, ValueError):
+                if time.monotonic() > deadline:
+                    raise LabError(f"nodeagent status not ready after {timeout}s: {tail(self.log)}") from None
+                time.sleep(0.1)
+
+    def stop(self) -> int:
+        return self.lab.ns.stop(self.proc, timeout=10.0)
+
+
+def tail(path: Path, lines: int = 15) -> str:
+    try:
+        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
+    except OSError:
+        return "(no log)"
+
+
+def start_agent(lab: Lab, node: Node, logdir: Path, *, sensors: Sequence[Host | str] = (),
+                pcap_dir: Path | None = None, pods: Sequence[Pod] | None = None,
+                extra: Sequence[str] = ()) -> Agent:
+    """``nodeagent run`` in the node's agent namespace, with a ``--sender`` per pod of the node."""
+    agent_ns = node.agent or lab.add_agent(node)
+    cmd = [str(BIN / "nodeagent"), "run", "--listen", f"{agent_ns.ip}:{TUNNEL_PORT}",
+           "--status", f"{agent_ns.ip}:{STATUS_PORT}"]
+    for pod in node.pods if pods is None else pods:
+        cmd += ["--sender", f"{pod.ip},{pod.vni},{pod.key}"]
+    for sensor in sensors:
+        cmd += ["--sensor", sensor.ip if isinstance(sensor, Host) else sensor]
+    if pcap_dir is not None:
+        pcap_dir.mkdir(parents=True, exist_ok=True)
+        cmd += ["--pcap-dir", str(pcap_dir)]
+    log = logdir / f"agent-node{node.index}.log"
+    agent = Agent(lab, node, lab.ns.spawn(agent_ns.ns, [*cmd, *extra], log=log.open("wb")), log)
+    agent.wait_ready()
+    return agent
+
+
+def start_sidecar(lab: Lab, pod: Pod, logdir: Path, *, mode: str = "kernel", vni: str = "auto",
+                  extra: Sequence[str] = ()) -> subprocess.Popen[bytes]:
+    """``sidecar-lite`` in the pod's namespace, with the downward-API environment a pod would have."""
+    agent = pod.node.agent
+    if agent is None:
+        raise LabError("start the node's agent before its sidecars")
+    cmd = [str(BIN / "sidecar-lite"), "--agent", f"{agent.ip}:{TUNNEL_PORT}", "--vni", vni,
+           "--interface", "eth0", "--mode", mode, *extra]
+    env = {"POD_IP": pod.ip, "POD_NAME": pod.name, "POD_NAMESPACE": pod.namespace,
+           "NODE_NAME": f"node{pod.node.index}", "NODE_IP": pod.node.uplink_ip}
+    log = logdir / f"sidecar-{pod.name}.log"
+    return lab.ns.spawn(pod.ns, cmd, log=log.open("wb"), env=env)
+
+
+def probe(lab: Lab, pod: Pod) -> None:
+    """One UDP datagram from the pod to its gateway's discard port: cheap, always mirrored."""
+    with inside(pod.ns):
+        sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    with sock:
+        sock.sendto(b"podmirror-lab-probe", (pod.node.gateway, 9))
+
+
+def wait_mirroring(lab: Lab, agent: Agent, pod: Pod, sidecar: subprocess.Popen[bytes],
+                   timeout: float = 20.0) -> None:
+    """Probe from ``pod`` until the agent counts packets from it (the sidecar is mirroring)."""
+    deadline = time.monotonic() + timeout
+    while not agent.pod(pod).get("received", 0):
+        if sidecar.poll() is not None:
+            raise LabError(f"sidecar of {pod.key} exited with {sidecar.returncode}")
+        if time.monotonic() > deadline:
+            raise LabError(f"no mirrored packet from {pod.key} reached the agent within {timeout}s")
+        probe(lab, pod)
+        time.sleep(0.2)
