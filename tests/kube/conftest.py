@@ -1,0 +1,37 @@
+"""Fixtures for the Kubernetes tiers: the in-process fake API, a real client pointed at it."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Callable
+
+import kubernetes.client
+import pytest
+from aiohttp.test_utils import TestServer
+
+from tests.fakes.kubeapi import FakeKubeApi
+
+
+async def eventually(check: Callable[[], object], timeout: float = 10.0) -> None:
+    """Poll ``check`` on the loop until it is truthy or ``timeout`` seconds pass (then fail)."""
+    deadline = asyncio.get_running_loop().time() + timeout
+    while not check():
+        if asyncio.get_running_loop().time() > deadline:
+            raise AssertionError(f"condition not met within {timeout}s: {check}")
+        await asyncio.sleep(0.02)
+
+
+@pytest.fixture
+async def fake_api() -> AsyncIterator[tuple[FakeKubeApi, kubernetes.client.ApiClient]]:
+    fake = FakeKubeApi()
+    server = TestServer(fake.app, host="127.0.0.1")
+    await server.start_server()
+    configuration = kubernetes.client.Configuration()
+    configuration.host = str(server.make_url("")).rstrip("/")
+    client = kubernetes.client.ApiClient(configuration)
+    try:
+        yield fake, client
+    finally:
+        fake.disconnect_watches()
+        await server.close()
+        client.close()
