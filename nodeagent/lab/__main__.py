@@ -1,0 +1,3 @@
+from nodeagent.lab.runner import main
+
+raise SystemExit(main())

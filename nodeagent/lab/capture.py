@@ -1,0 +1,178 @@
+"""Ground truth and what arrived: tcpdump inside namespaces, tshark to decode, and a comparison model.
+
+Model of "the same packet" across vantages (the pod's eth0, the agent's pcap, the remote sensor):
+
+- TCP payload is compared as **bytes per flow direction** (src, sport, dst, dport): the kernel
+  hands GSO super-packets (up to 64 KB) to tcpdump and to the mirror, and the agent re-segments
+  them for sensors, so packet counts legitimately differ while payload bytes may not.
+- TCP packets without payload (SYN, ACK, FIN, RST) and every other packet (UDP, ICMP, ICMPv6,
+  ARP) are compared **one by one** on fields no hop rewrites: addresses, protocol, ports, lengths,
+  the IPv4 identification, ICMP type, TCP flags, sequence and acknowledgement numbers. TTL, MACs
+  and checksums are ignored (the node decrements the TTL, the agent completes partial checksums).
+
+``Traffic.missing``/``duplicated``/``extra`` then say exactly what was lost or seen twice.
+VXLAN captures (the sensor's UDP 4789) are unwrapped with ``strip_vxlan`` before decoding.
+"""
+
+from __future__ import annotations
+
+import collections
+import dataclasses
+import signal
+import struct
+import subprocess
+import time
+from pathlib import Path
+
+from nodeagent.lab.netns import LabError, run
+from nodeagent.lab.topology import Lab
+
+FIELDS = ("frame.len", "eth.type", "ip.src", "ip.dst", "ipv6.src", "ipv6.dst", "ip.proto", "ipv6.nxt",
+          "ip.id", "ip.len", "ipv6.plen", "tcp.srcport", "tcp.dstport", "tcp.len", "tcp.flags",
+          "tcp.seq_raw", "tcp.ack_raw", "udp.srcport", "udp.dstport", "udp.length", "icmp.type",
+          "icmpv6.type", "arp.opcode", "arp.src.proto_ipv4", "arp.dst.proto_ipv4", "ip.frag_offset",
+          "ip.flags.mf")
+Key = tuple[str, ...]
+
+
+@dataclasses.dataclass
+class Traffic:
+    """What one capture holds, in the comparison model above."""
+
+    tcp_bytes: collections.Counter[Key] = dataclasses.field(default_factory=collections.Counter)
+    packets: collections.Counter[Key] = dataclasses.field(default_factory=collections.Counter)
+    frames: int = 0
+
+    def add(self, other: Traffic) -> None:
+        self.tcp_bytes.update(other.tcp_bytes)
+        self.packets.update(other.packets)
+        self.frames += other.frames
+
+    def union(self, other: Traffic) -> Traffic:
+        """Both vantages merged, a packet seen at both counted once (two pods of one flow)."""
+        out = Traffic(frames=self.frames + other.frames)
+        out.tcp_bytes = self.tcp_bytes | other.tcp_bytes
+        out.packets = self.packets | other.packets
+        return out
+
+    def kinds(self) -> collections.Counter[str]:
+        return collections.Counter({k[0]: n for k, n in self.packets.items()})
+
+    def count(self, kind: str) -> int:
+        return sum(n for k, n in self.packets.items() if k[0] == kind)
+
+
+def diff(expected: Traffic, got: Traffic) -> dict[str, object]:
+    """Empty when ``got`` has every packet of ``expected`` exactly once and every TCP byte."""
+    missing = expected.packets - got.packets
+    dup = {k: n for k, n in got.packets.items() if n > 1 and n > expected.packets.get(k, 0)}
+    tcp = {k: (expected.tcp_bytes[k], got.tcp_bytes.get(k, 0)) for k in expected.tcp_bytes
+           if got.tcp_bytes.get(k, 0) != expected.tcp_bytes[k]}
+    out: dict[str, object] = {}
+    if missing:
+        out["missing"] = dict(list(missing.items())[:10]) | {"total": sum(missing.values())}
+    if dup:
+        out["duplicated"] = dict(list(dup.items())[:10])
+    if tcp:
+        out["tcp_bytes (expected, got)"] = tcp
+    return out
+
+
+def start_tcpdump(lab: Lab, ns: str, dev: str, path: Path, bpf: str = "",
+                  timeout: float = 10.0) -> subprocess.Popen[bytes]:
+    """tcpdump writing ``path`` (full frames, packet-buffered); returns once it is listening."""
+    log = path.with_suffix(".log")
+    cmd = ["tcpdump", "-i", dev, "-s", "0", "-U", "-n", "-w", str(path)] + ([bpf] if bpf else [])
+    proc = lab.ns.spawn(ns, cmd, log=log.open("wb"))
+    deadline = time.monotonic() + timeout
+    while "listening on" not in log.read_text(errors="replace"):
+        if proc.poll() is not None or time.monotonic() > deadline:
+            raise LabError(f"tcpdump in {ns} did not start: {log.read_text(errors='replace')}")
+        time.sleep(0.05)
+    return proc
+
+
+def stop_tcpdump(lab: Lab, proc: subprocess.Popen[bytes]) -> None:
+    lab.ns.stop(proc, sig=signal.SIGINT)
+
+
+def decode(path: Path) -> Traffic:
+    """Decode an Ethernet pcap with tshark into the comparison model."""
+    cmd = ["tshark", "-n", "-r", str(path), "-T", "fields", "-E", "separator=\t", "-E", "occurrence=f"]
+    for name in FIELDS:
+        cmd += ["-e", name]
+    out = run(cmd, timeout=120).stdout
+    traffic = Traffic()
+    for line in out.splitlines():
+        row = dict(zip(FIELDS, line.split("\t"), strict=False))
+        traffic.frames += 1
+        _classify(row, traffic)
+    return traffic
+
+
+def _classify(r: dict[str, str], t: Traffic) -> None:
+    src, dst = r["ip.src"] or r["ipv6.src"], r["ip.dst"] or r["ipv6.dst"]
+    length = r["ip.len"] or r["ipv6.plen"]
+    if r["arp.opcode"]:
+        t.packets[("arp", r["arp.src.proto_ipv4"], r["arp.dst.proto_ipv4"], r["arp.opcode"])] += 1
+    elif r["ip.frag_offset"] not in ("", "0"):
+        t.packets[("fragment", src, dst, r["ip.id"], r["ip.frag_offset"], length)] += 1
+    elif r["tcp.srcport"]:
+        flow = (src, r["tcp.srcport"], dst, r["tcp.dstport"])
+        if int(r["tcp.len"] or 0) > 0:
+            t.tcp_bytes[("tcp", *flow)] += int(r["tcp.len"])
+        else:
+            t.packets[("tcp", *flow, r["tcp.flags"], r["tcp.seq_raw"], r["tcp.ack_raw"])] += 1
+    elif r["udp.srcport"]:
+        t.packets[("udp", src, r["udp.srcport"], dst, r["udp.dstport"], r["ip.id"], r["udp.length"])] += 1
+    elif r["icmp.type"] or r["icmpv6.type"]:
+        kind = "icmp" if r["icmp.type"] else "icmpv6"
+        t.packets[(kind, src, dst, r["icmp.type"] or r["icmpv6.type"], r["ip.id"], length)] += 1
+    else:
+        t.packets[("other", r["eth.type"], src, dst, r["ip.proto"] or r["ipv6.nxt"], length)] += 1
+
+
+# -- pcap plumbing (the sensor's VXLAN capture -> inner Ethernet frames) -----------------------
+PCAP_HEADER = struct.Struct("<IHHiIII")
+RECORD = struct.Struct("<IIII")
+
+
+def read_pcap(path: Path) -> tuple[bytes, list[tuple[bytes, bytes]]]:
+    """(global header, [(record header, frame)]) of a little-endian pcap file."""
+    data = path.read_bytes()
+    head, off, records = data[:PCAP_HEADER.size], PCAP_HEADER.size, []
+    while off + RECORD.size <= len(data):
+        incl = RECORD.unpack_from(data, off)[2]
+        records.append((data[off:off + RECORD.size], data[off + RECORD.size:off + RECORD.size + incl]))
+        off += RECORD.size + incl
+    return head, records
+
+
+def strip_vxlan(src: Path, dst: Path) -> dict[str, int]:
+    """Write the inner frames of the VXLAN datagrams in ``src`` (IPv4 outer) to ``dst``.
+
+    Returns counts: ``frames`` written, ``fragments`` (outer IP fragments, not reassembled here),
+    ``vnis`` seen, and ``nested`` (inner frames that are themselves VXLAN: a mirror loop)."""
+    head, records = read_pcap(src)
+    out, counts, vnis = [head], collections.Counter[str](), set()
+    for rec, frame in records:
+        ihl = (frame[14] & 0x0F) * 4
+        if struct.unpack_from("!H", frame, 20)[0] & 0x3FFF:   # MF flag or an offset
+            counts["fragments"] += 1
+            continue
+        inner = frame[14 + ihl + 8 + 8:]
+        vnis.add(int.from_bytes(frame[14 + ihl + 12:14 + ihl + 15], "big"))
+        if _is_vxlan(inner):
+            counts["nested"] += 1
+        sec, frac, _, orig = RECORD.unpack(rec)
+        out.append(RECORD.pack(sec, frac, len(inner), orig - (len(frame) - len(inner))) + inner)
+        counts["frames"] += 1
+    dst.write_bytes(b"".join(out))
+    return dict(counts) | {"vnis": len(vnis)}
+
+
+def _is_vxlan(frame: bytes) -> bool:
+    if len(frame) < 42 or frame[12:14] != b"\x08\x00" or frame[23] != 17:
+        return False
+    ihl = (frame[14] & 0x0F) * 4
+    return struct.unpack_from("!H", frame, 14 + ihl + 2)[0] in (4789, 14789)

@@ -1,0 +1,209 @@
+"""``nodeagent lab``: build a node from namespaces, mirror its pods, drive traffic, summarize, clean up.
+
+The run, in order: topology (one node with ``--pods`` pods, the agent, a remote sensor host and an
+external server host behind the fabric); the sensor's tcpdump (UDP 4789 -> ``sensor.pcap``); the
+agent (pcap output in ``<output>/pcap``, VXLAN output to the sensor); one sidecar per pod; traffic
+for ``--duration`` seconds (client -> web and extra pods -> web inside the node; egress -> ext
+outside it; HTTP, DNS/UDP, TLS, ICMP and ICMPv6 each round; one iperf3 bulk TCP transfer); then the
+summary. Every namespace and process goes away at the end, on Ctrl-C, SIGTERM and failure (the
+``Namespaces`` registry: try/finally plus atexit), unless ``--keep`` asks to leave it running.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from types import FrameType
+from typing import Any
+
+from nodeagent.lab import capture, podmirror
+from nodeagent.lab.netns import LabError
+from nodeagent.lab.topology import Host, Lab, Node, Pod
+from nodeagent.lab.workload import Workload
+
+MIN_UNFRAGMENTED_MTU = 1550
+"""1500-byte frames + 50 bytes of VXLAN over IPv4: the node MTU below which the tunnel fragments."""
+
+
+@dataclasses.dataclass
+class Run:
+    lab: Lab
+    node: Node
+    out: Path
+    web: Pod
+    client: Pod
+    egress: Pod
+    extra: list[Pod]
+    sensor: Host
+    ext: Host
+    agent: podmirror.Agent | None = None
+    sidecars: dict[str, subprocess.Popen[bytes]] = dataclasses.field(default_factory=dict)
+    sensor_dump: subprocess.Popen[bytes] | None = None
+    uplink_before: dict[str, int] = dataclasses.field(default_factory=dict)
+    totals: dict[str, int] = dataclasses.field(default_factory=dict)
+    iperf: dict[str, Any] = dataclasses.field(default_factory=dict)
+
+
+def add_parser(subparsers: Any) -> argparse.ArgumentParser:
+    """Register ``lab`` on the ``nodeagent`` command's subparsers (cli.py's two-line hook)."""
+    p = subparsers.add_parser("lab", help="run the local lab (root): a node of namespaces, mirrored pods")
+    configure(p)
+    p.set_defaults(func=run)
+    return p
+
+
+def configure(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--pods", type=int, default=3, help="pods on the node (>= 3; default 3)")
+    p.add_argument("--duration", type=float, default=15.0, help="seconds of traffic (default 15)")
+    p.add_argument("--sidecar-mode", choices=("kernel", "sniff", "auto"), default="kernel")
+    p.add_argument("--node-mtu", type=int, default=1600,
+                   help="MTU of the node-side veths (default 1600: no tunnel fragments; 1500 shows them)")
+    p.add_argument("--output", type=Path, help="pcaps and logs (default ./podmirror-lab-<time>)")
+    p.add_argument("--keep", action="store_true", help="leave the lab running until Ctrl-C, to explore it")
+    p.add_argument("--iperf-seconds", type=float, default=3.0)
+
+
+def _raise_interrupt(signum: int, frame: FrameType | None) -> None:
+    raise KeyboardInterrupt(f"signal {signum}")
+
+
+def run(args: argparse.Namespace) -> int:
+    if args.pods < 3:
+        print("nodeagent lab: --pods must be >= 3", file=sys.stderr)
+        return 2
+    out = (args.output or Path(f"podmirror-lab-{time.strftime('%Y%m%d-%H%M%S')}")).resolve()
+    out.mkdir(parents=True, exist_ok=True)
+    signal.signal(signal.SIGTERM, _raise_interrupt)
+    lab = Lab("pmlab", node_mtu=args.node_mtu, workdir=out)
+    try:
+        r = build(lab, args, out)
+        start(r, args)
+        drive(r, args)
+        summarize(r, args)
+        if args.keep:
+            keep(r)
+        finish(r)
+        return 0
+    except KeyboardInterrupt:
+        print("\nlab: interrupted, cleaning up", flush=True)
+        return 130
+    except LabError as exc:
+        print(f"lab: failed: {exc}", file=sys.stderr)
+        return 1
+    finally:
+        lab.close()
+        print(f"lab: removed namespaces {lab.tag}*", flush=True)
+
+
+def say(msg: str) -> None:
+    print(f"lab: {msg}", flush=True)
+
+
+def build(lab: Lab, args: argparse.Namespace, out: Path) -> Run:
+    say(f"building the node (namespaces {lab.tag}*, node-side MTU {args.node_mtu})")
+    node = lab.add_node()
+    web, client, egress = (lab.add_pod(node, name) for name in ("web", "client", "egress"))
+    extra = [lab.add_pod(node, f"client{i}") for i in range(2, args.pods - 1)]
+    lab.add_agent(node)
+    sensor, ext = lab.add_host("sensor"), lab.add_host("ext")
+    return Run(lab, node, out, web, client, egress, extra, sensor, ext)
+
+
+def start(r: Run, args: argparse.Namespace) -> None:
+    r.sensor_dump = capture.start_tcpdump(r.lab, r.sensor.ns, "eth0", r.out / "sensor.pcap", "udp port 4789")
+    r.agent = podmirror.start_agent(r.lab, r.node, r.out, sensors=[r.sensor], pcap_dir=r.out / "pcap")
+    say(f"agent ready at {r.agent.ip} (tunnels :14789, status :9477); sensor {r.sensor.ip}:4789")
+    extra = ["--tunnel-mtu", str(args.node_mtu)] if args.node_mtu >= MIN_UNFRAGMENTED_MTU else []
+    for pod in r.node.pods:
+        r.sidecars[pod.key] = podmirror.start_sidecar(r.lab, pod, r.out, mode=args.sidecar_mode, extra=extra)
+    for pod in r.node.pods:
+        podmirror.wait_mirroring(r.lab, r.agent, pod, r.sidecars[pod.key])
+    say(f"{len(r.sidecars)} sidecars mirroring ({args.sidecar_mode} mode)")
+    r.uplink_before = r.lab.counters(r.node.ns, "uplink")
+
+
+def drive(r: Run, args: argparse.Namespace) -> None:
+    work = Workload(r.lab, r.out)
+    work.start_servers(r.web)
+    work.start_servers(r.ext, iperf=False)
+    say(f"traffic for {args.duration:.0f}s: HTTP, DNS/UDP, TLS, ICMP(v6); one iperf3 TCP bulk transfer")
+    t0 = time.monotonic()
+    rounds = 0
+    while (elapsed := time.monotonic() - t0) < args.duration or rounds == 0:
+        for client, server in [(r.client, r.web), (r.egress, r.ext)] + [(p, r.web) for p in r.extra]:
+            for k, v in work.client(client, server).items():
+                r.totals[k] = r.totals.get(k, 0) + v
+        if rounds == 1 or (rounds == 0 and args.duration < 2 * args.iperf_seconds):
+            r.iperf = work.iperf(r.client, r.web, seconds=args.iperf_seconds)
+        rounds += 1
+        progress(r, elapsed)
+
+
+def progress(r: Run, elapsed: float) -> None:
+    assert r.agent is not None
+    st = r.agent.status()
+    up = r.lab.counters(r.node.ns, "uplink")
+    t = dict.fromkeys(("http_bytes", "dns_ok", "tls_bytes", "ping_replies", "errors"), 0) | r.totals
+    say(f"[{elapsed:5.1f}s] http {t['http_bytes'] // 1000} kB, dns {t['dns_ok']}, "
+        f"tls {t['tls_bytes'] // 1000} kB, ping {t['ping_replies']}, errors {t['errors']}"
+        f" | agent received {st['received']} forwarded {st['forwarded']} dropped {sum(st['drops'].values())}"
+        f" | uplink tx {(up['tx_bytes'] - r.uplink_before['tx_bytes']) / 1e6:.1f} MB")
+
+
+def summarize(r: Run, args: argparse.Namespace) -> None:
+    assert r.agent is not None
+    st = r.agent.status()
+    up = r.lab.counters(r.node.ns, "uplink")
+    sensor_rx = r.lab.counters(r.sensor.ns, "eth0")
+    print("\n== podmirror lab summary ==")
+    print(f"{'pod':24} {'packets':>10} {'bytes':>14} {'forwarded':>10} {'dropped':>8}")
+    for key, c in sorted(st.get("pods", {}).items()):
+        print(f"{key:24} {c['received']:>10} {c['received_bytes']:>14} {c['forwarded']:>10} "
+              f"{sum(c['drops'].values()):>8}")
+    print(f"agent totals: received {st['received']} = forwarded {st['forwarded']} + drops "
+          f"{ {k: v for k, v in st['drops'].items() if v} or 0}")
+    for name, state in st.get("outputs", {}).items():
+        print(f"output {name}: {state}")
+    if r.iperf:
+        print(f"iperf3 client -> web: {r.iperf['bps'] / 1e9:.2f} Gbit/s, {r.iperf['bytes'] / 1e6:.0f} MB")
+    print(f"node uplink during traffic: tx {up['tx_bytes'] - r.uplink_before['tx_bytes']} bytes, "
+          f"rx {up['rx_bytes'] - r.uplink_before['rx_bytes']} bytes; the sensor host received "
+          f"{sensor_rx['rx_bytes']} bytes in {sensor_rx['rx_packets']} packets")
+    mtu = (f"raised to {args.node_mtu}: a VXLAN copy of a full-size frame (1550 bytes) is not fragmented"
+           if args.node_mtu >= MIN_UNFRAGMENTED_MTU else
+           f"{args.node_mtu}: VXLAN copies of full-size frames are IP-fragmented between pod and agent")
+    print(f"node-side veth MTU {mtu}")
+    pcaps = sorted((r.out / "pcap").glob("*"))
+    print(f"agent pcap files ({len(pcaps)}): {r.out / 'pcap'}  e.g. tshark -r {pcaps[0] if pcaps else '...'}")
+    print(f"sensor capture: {r.out / 'sensor.pcap'}; logs: {r.out}/*.log")
+
+
+def finish(r: Run) -> None:
+    """Stop sidecars (they remove their kernel state), then the agent (it flushes), then the sensor."""
+    codes = {key: r.lab.ns.stop(proc, timeout=10.0) for key, proc in r.sidecars.items()}
+    assert r.agent is not None
+    code = r.agent.stop()
+    if r.sensor_dump is not None:
+        capture.stop_tcpdump(r.lab, r.sensor_dump)
+    say(f"sidecars exited {sorted(set(codes.values()))}, agent exited {code}")
+
+
+def keep(r: Run) -> None:
+    say("--keep: the lab stays up until Ctrl-C. Enter a namespace with:")
+    for name in r.lab.ns.names:
+        print(f"    ip netns exec {name} bash")
+    try:
+        signal.pause()
+    except KeyboardInterrupt:
+        pass
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="nodeagent lab", description=__doc__.splitlines()[0])
+    configure(parser)
+    return run(parser.parse_args(argv))
