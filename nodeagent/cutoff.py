@@ -1,0 +1,94 @@
+"""Encrypted-flow cutoff: forward the handshake and the first bytes, then headers only (or nothing).
+
+Model. A sensor learns little from the body of an encrypted flow, but much from its handshake
+(SNI, certificates, JA3/JA4, SSH banners) and from its headers (duration and byte counts come from
+TCP sequence numbers, which Zeek reads). Per flow and per direction, ``Cutoff.apply`` forwards the
+first ``budget`` payload bytes whole; past the budget an encrypted flow's packets are cut to their
+headers (``after="headers"``: Ethernet + IP + TCP/UDP kept, payload removed, the record keeps its
+original length as pcap does) or dropped (``after="drop"``: ``CUT_OFF``; packets with SYN, FIN or
+RST are still forwarded, cut to headers, so the sensor sees the connection open and close).
+
+Detection, on the first payload of each direction of a flow (later payloads are never inspected:
+a random body starting with the same bytes must not flip a clear flow), on any port:
+
+- TLS: a handshake record header, ``0x16 0x03 0x00..0x04`` (RFC 8446 5.1, SSL 3.0 to TLS 1.3);
+- SSH: the identification string ``SSH-`` (RFC 4253 4.2), sent by both sides first;
+- QUIC: a UDP long-header packet (first byte ``0b11xxxxxx``) with a known version (RFC 9000 17.2,
+  RFC 9369): the flow is encrypted from its first Initial.
+
+Bounded: flows live in a ``FlowTable`` (capacity, idle timeout; evictions counted). A flow evicted
+and seen again mid-stream is inspected afresh and usually not recognised (its next payload is not a
+handshake): it is then forwarded whole, never lost. Pure: ``now`` comes from the caller.
+"""
+
+from __future__ import annotations
+
+from nodeagent.flowtable import FlowTable
+from nodeagent.wire.headers import IPPROTO_TCP, IPPROTO_UDP, TCP_FIN, TCP_RST, TCP_SYN, PacketMeta
+
+HEADERS, DROP = "headers", "drop"
+FORWARD = 0
+"""``apply`` result: forward whole. A positive result is the length to cut the frame to; -1 drops."""
+CUT = -1
+QUIC_VERSIONS = frozenset({0x00000001, 0x6B3343CF} | {0xFF000000 + d for d in range(29, 35)})
+"""QUIC v1, v2 and drafts 29-34 (what deployed stacks still send)."""
+_CONTROL = TCP_SYN | TCP_FIN | TCP_RST
+
+
+class _Flow:
+    __slots__ = ("encrypted", "seen", "sent")
+
+    def __init__(self) -> None:
+        self.encrypted = False
+        self.seen = [False, False]
+        """Whether each direction's first payload was inspected."""
+        self.sent = [0, 0]
+        """Payload bytes forwarded whole, per direction."""
+
+
+class Cutoff:
+    def __init__(self, *, budget: int = 16384, after: str = HEADERS, capacity: int = 65536,
+                 idle: float = 300.0) -> None:
+        if after not in (HEADERS, DROP):
+            raise ValueError(f"after must be headers or drop, got {after!r}")
+        self._budget = budget
+        self._drop = after == DROP
+        self._flows: FlowTable[_Flow] = FlowTable(capacity=capacity, idle=idle)
+
+    @property
+    def evictions(self) -> int:
+        return self._flows.evictions
+
+    def apply(self, meta: PacketMeta, frame: memoryview | bytes, now: float) -> int:
+        """``FORWARD`` (0), a length to cut the frame to (> 0), or ``CUT`` (-1: drop)."""
+        proto = meta.proto
+        if meta.l4 < 0 or (proto != IPPROTO_TCP and proto != IPPROTO_UDP):
+            return FORWARD
+        src, dst = (meta.src, meta.sport), (meta.dst, meta.dport)
+        forward = src < dst
+        key = (proto, src, dst) if forward else (proto, dst, src)
+        size = meta.end - meta.payload
+        flow = self._flows.get(key, now)
+        if flow is None:
+            if size == 0:
+                return FORWARD  # no state for bare handshakes and ACKs of unknown flows
+            flow = _Flow()
+        self._flows.put(key, flow, now)
+        side = 0 if forward else 1
+        if size and not flow.seen[side]:
+            flow.seen[side] = True
+            flow.encrypted = flow.encrypted or _is_encrypted(meta, frame)
+        if not flow.encrypted or flow.sent[side] < self._budget:
+            flow.sent[side] += size
+            return FORWARD
+        if self._drop and not (proto == IPPROTO_TCP and meta.tcp_flags & _CONTROL):
+            return CUT
+        return meta.payload if size else FORWARD
+
+
+def _is_encrypted(meta: PacketMeta, frame: memoryview | bytes) -> bool:
+    head = bytes(frame[meta.payload : meta.payload + 5])
+    if meta.proto == IPPROTO_TCP:
+        return (len(head) >= 3 and head[0] == 0x16 and head[1] == 0x03 and head[2] <= 0x04) or \
+            head.startswith(b"SSH-")
+    return len(head) == 5 and head[0] & 0xC0 == 0xC0 and int.from_bytes(head[1:5]) in QUIC_VERSIONS

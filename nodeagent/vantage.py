@@ -1,0 +1,108 @@
+"""Flow-consistent vantage and cross-node ownership: which copy of a flow the agent forwards.
+
+Model. A TCP or UDP flow between two monitored pods is seen from two vantages (the two sidecars).
+Forwarding each packet once is not enough: the sensor must see the whole connection from *one*
+vantage, or it sees one connection split across two address pairs (with a Service, the client's
+copies show ClusterIP:port, the server's podIP:targetPort). The rule, with ``prefer`` = client
+(default) or server:
+
+- Every flow has a client, learned from its handshake (the sender of a SYN without ACK, the
+  receiver of a SYN+ACK) and remembered in a bounded table; without a handshake (UDP, a flow
+  older than the agent) the server is the endpoint with the lower port, the lower address on a
+  tie. The fallback depends on the 5-tuple only, so two vantages and two agents agree on it.
+- Same node (the peer is a local sender): the copy from the preferred end's vantage is forwarded,
+  the other one is dropped as ``OTHER_VANTAGE``.
+- Across nodes (the peer is a monitored pod on another node, ``PodInfo.local`` False): the node of
+  the preferred end owns the flow; the other node drops its copies as ``NOT_OWNER``. No
+  coordination: both agents compute the same answer from the same packet, provided every agent in
+  the cluster uses the same ``prefer`` (one DaemonSet configuration).
+
+Why the client side is the default: it is exact under Service DNAT. From the server's vantage the
+peer is always the client's real address (DNAT rewrote the destination before the packet reached
+the server), so the server-side copies of a monitored client are recognised and dropped. From the
+client's vantage the peer is the ClusterIP, which is no pod: the client side never needs to know
+where the Service led. With ``prefer="server"`` the agent learns, from the server's copies, which
+client endpoints (address, port, protocol) a local server covers and then drops the client's
+DNAT'd copies; the packets the client's sidecar delivers before the server's first copy (the SYN)
+are forwarded from the client's side, and across nodes a DNAT'd client copy cannot be recognised
+at all. Both limits are why "client" is the default.
+
+Not decided here: packets without a flow (ICMP, ARP, non-first fragments, other protocols) and
+flows with an unmonitored peer; those go to per-packet dedup. SNAT (masquerade) hides the client
+from the server's vantage: both copies pass this stage and per-packet dedup removes one.
+Pure: the caller passes the peer ``PodInfo`` (or None) and ``now``.
+"""
+
+from __future__ import annotations
+
+from nodeagent.flowtable import FlowTable
+from nodeagent.pods import PodInfo
+from nodeagent.verdict import Drop
+from nodeagent.wire.headers import IPPROTO_TCP, IPPROTO_UDP, TCP_ACK, TCP_SYN, PacketMeta
+
+CLIENT, SERVER = "client", "server"
+
+
+class Vantage:
+    """Decide per packet whether this vantage forwards a flow seen from two vantages."""
+
+    def __init__(self, *, prefer: str = CLIENT, capacity: int = 262_144, idle: float = 300.0) -> None:
+        if prefer not in (CLIENT, SERVER):
+            raise ValueError(f"prefer must be client or server, got {prefer!r}")
+        self._prefer_client = prefer == CLIENT
+        self._clients: FlowTable[tuple[bytes, int]] = FlowTable(capacity=capacity, idle=idle)
+        """Canonical 5-tuple -> client endpoint (packed address, port)."""
+        self._covered: FlowTable[bool] = FlowTable(capacity=capacity, idle=idle)
+        """prefer=server only: client endpoints (address, port, proto) whose server is local."""
+
+    @property
+    def evictions(self) -> int:
+        return self._clients.evictions + self._covered.evictions
+
+    def decide(self, meta: PacketMeta, pod: PodInfo, peer: PodInfo | None, now: float) -> Drop | None:
+        """None to keep this copy, else ``Drop.OTHER_VANTAGE`` or ``Drop.NOT_OWNER``."""
+        proto = meta.proto
+        if meta.l4 < 0 or (proto != IPPROTO_TCP and proto != IPPROTO_UDP):
+            return None
+        if meta.src == pod.addr:
+            own_port, peer_addr, peer_port = meta.sport, meta.dst, meta.dport
+        elif meta.dst == pod.addr:
+            own_port, peer_addr, peer_port = meta.dport, meta.src, meta.sport
+        else:
+            return None
+        client = self._client(meta, now)
+        pod_is_client = client == (pod.addr, own_port)
+        if peer is None or peer is pod or peer.addr == pod.addr:
+            if not self._prefer_client and pod_is_client and peer is None:
+                if self._covered.get((pod.addr, own_port, proto), now):
+                    return Drop.OTHER_VANTAGE
+            return None
+        keep = pod_is_client if self._prefer_client else not pod_is_client
+        if not peer.local:
+            return None if keep else Drop.NOT_OWNER
+        if keep:
+            if not self._prefer_client:  # the client's DNAT'd copies are ours to drop later
+                self._covered.put((peer_addr, peer_port, proto), True, now)
+            return None
+        return Drop.OTHER_VANTAGE
+
+    def _client(self, meta: PacketMeta, now: float) -> tuple[bytes, int]:
+        src, dst = (meta.src, meta.sport), (meta.dst, meta.dport)
+        key = (meta.proto, src, dst) if src < dst else (meta.proto, dst, src)
+        flags = meta.tcp_flags if meta.proto == IPPROTO_TCP else 0
+        if flags & TCP_SYN:
+            client = src if not flags & TCP_ACK else dst
+            self._clients.put(key, client, now)
+            return client
+        client = self._clients.get(key, now)
+        if client is None:
+            client = _guess_client(src, dst)
+        self._clients.put(key, client, now)
+        return client
+
+
+def _guess_client(a: tuple[bytes, int], b: tuple[bytes, int]) -> tuple[bytes, int]:
+    """Without a handshake: the server listens on the lower port (ephemeral ports are high)."""
+    if a[1] != b[1]:
+        return a if a[1] > b[1] else b
+    return a if a[0] > b[0] else b
