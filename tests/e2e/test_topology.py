@@ -1,0 +1,77 @@
+"""The lab's topology on its own (no podmirror): routing, workloads, ClusterIP DNAT, two nodes, cleanup."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from nodeagent.lab import netns
+from nodeagent.lab.topology import Lab
+from nodeagent.lab.traffic import HTTP_PORT, ping
+from nodeagent.lab.workload import Workload
+
+pytestmark = pytest.mark.needs_root
+
+
+def test_pods_reach_each_other_and_remote_hosts_over_ipv4_and_ipv6(lab: Lab, tmp_path: Path) -> None:
+    node = lab.add_node()
+    client, web = lab.add_pod(node, "client"), lab.add_pod(node, "web")
+    lab.add_agent(node)
+    ext = lab.add_host("ext")
+    work = Workload(lab, tmp_path)
+    work.start_servers(web, iperf=False)
+    work.start_servers(ext, iperf=False)
+
+    inside = work.client(client, web, rounds=1)
+    outside = work.client(client, ext, rounds=1)
+
+    for result in (inside, outside):
+        assert result["errors"] == 0
+        assert result["http_bytes"] == 2 * 20_000 and result["tls_bytes"] == 2 * 20_000
+        assert result["dns_ok"] == 2 and result["ping_replies"] == 4
+    assert lab.counters(node.ns, "uplink")["tx_packets"] > 0
+
+
+def test_node_mtu_applies_to_node_side_veths_only(lab: Lab) -> None:
+    node = lab.add_node()
+    pod = lab.add_pod(node, "p")
+    agent = lab.add_agent(node)
+    assert "mtu 1600" in lab.ns.ip(node.ns, "link", "show", pod.host_veth)
+    assert "mtu 1500" in lab.ns.ip(pod.ns, "link", "show", "eth0")
+    assert "mtu 1600" in lab.ns.ip(agent.ns, "link", "show", "eth0")
+
+
+def test_cluster_ip_is_dnatted_in_the_node_namespace(lab: Lab, tmp_path: Path) -> None:
+    node = lab.add_node()
+    client, web = lab.add_pod(node, "client"), lab.add_pod(node, "web")
+    Workload(lab, tmp_path).start_servers(web, iperf=False)
+    lab.add_cluster_ip(node, "10.96.0.10", 80, web, HTTP_PORT)
+
+    sock = lab.ns.connect(client.ns, "10.96.0.10", 80)
+    with sock:
+        sock.sendall(b"GET / HTTP/1.0\r\n\r\n")
+        assert sock.recv(12) == b"HTTP/1.0 200"
+
+
+def test_two_nodes_route_pods_to_each_other(lab: Lab) -> None:
+    a = lab.add_pod(lab.add_node(), "a")
+    b = lab.add_pod(lab.add_node(), "b")
+    with netns.inside(a.ns):
+        assert ping(b.ip, 1, 77) == 1
+        assert ping(b.ip6, 1, 78) == 1
+
+
+def test_close_removes_every_namespace_and_process(tmp_path: Path) -> None:
+    lab = Lab("pme2e")
+    try:
+        node = lab.add_node()
+        web = lab.add_pod(node, "web")
+        Workload(lab, tmp_path).start_servers(web)
+        names = list(lab.ns.names)
+        procs = list(lab.ns.procs)
+        assert len(netns.leftovers(lab.tag)) == len(names) == 3
+    finally:
+        lab.close()
+    assert netns.leftovers(lab.tag) == []
+    assert all(p.poll() is not None for p in procs)
