@@ -1,0 +1,92 @@
+"""The ``Output`` protocol and ``Fanout``, which hands each forwarded packet to every output.
+
+Contract for an output (pcap files, VXLAN to sensors, batched transport, ...):
+
+- ``offer(fwd)`` is called on the event loop for every packet and **never blocks**. ``fwd.frame``
+  is a view into the receiver's reused buffer: it is valid only during the call, so an output that
+  keeps the bytes copies them (``bytes(fwd.frame)``) or writes them into its own buffer at once.
+  An output that cannot take a packet (queue full, send error) counts it in its own ``state()``;
+  the pipeline already counted the packet as forwarded, so the invariant
+  ``received == forwarded + sum(drops)`` is untouched by output trouble (the per-output counters
+  say what each output really delivered).
+- ``open()`` runs before the receiver is bound; ``run()`` is the output's background work (timers,
+  reconnects), a root task under the agent's supervisor: returning is fine, raising stops the agent.
+- ``flush()`` pushes buffered data out (SIGTERM calls it); ``close()`` releases everything.
+- ``state()`` is a JSON-able dict shown under ``/status`` ``outputs.<name>``; integer values in it
+  also become ``podmirror_output_*`` gauges in ``/metrics``.
+
+``Fanout`` normalizes each frame for sensors first (``wire/normalize.py``: GSO super-packets
+re-segmented, partial checksums completed), once, then offers the result to every output.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from typing import Any, Protocol, runtime_checkable
+
+from nodeagent.verdict import Forward
+from nodeagent.wire.normalize import Normalizer
+
+log = logging.getLogger(__name__)
+
+
+@runtime_checkable
+class Output(Protocol):
+    name: str
+    """Unique key under ``/status`` ``outputs`` and the ``output`` label in ``/metrics``."""
+
+    async def open(self) -> None: ...
+
+    async def run(self) -> None: ...
+
+    def offer(self, fwd: Forward) -> None: ...
+
+    async def flush(self) -> None: ...
+
+    async def close(self) -> None: ...
+
+    def state(self) -> dict[str, Any]: ...
+
+
+class Fanout:
+    """Normalize once, then offer to every output. An output that raises is counted, not fatal."""
+
+    def __init__(self, outputs: Sequence[Output], normalizer: Normalizer | None) -> None:
+        self.outputs: list[Output] = list(outputs)
+        self.normalizer = normalizer
+        self.errors: dict[str, int] = {}
+
+    def add(self, output: Output) -> None:
+        if any(o.name == output.name for o in self.outputs):
+            raise ValueError(f"two outputs named {output.name!r}")
+        self.outputs.append(output)
+
+    def offer(self, fwd: Forward) -> None:
+        normalizer = self.normalizer
+        if normalizer is None:
+            self._offer_all(fwd)
+            return
+        frames = normalizer.apply(fwd.frame, fwd.meta, fwd.wire_len)
+        if frames is None:
+            self._offer_all(fwd)
+            return
+        for frame in frames:
+            self._offer_all(fwd._replace(frame=memoryview(frame), wire_len=len(frame)))
+
+    def _offer_all(self, fwd: Forward) -> None:
+        for output in self.outputs:
+            try:
+                output.offer(fwd)
+            except Exception:  # an output's bug must not stop the others: counted, logged once
+                count = self.errors.get(output.name, 0)
+                self.errors[output.name] = count + 1
+                if count == 0:
+                    log.exception("output %s failed to take a packet (further failures only counted)",
+                                  output.name)
+
+    def state(self) -> dict[str, Any]:
+        out = {o.name: o.state() for o in self.outputs}
+        for name, count in self.errors.items():
+            out.setdefault(name, {})["offer_exceptions"] = count
+        return out

@@ -1,0 +1,211 @@
+"""Wiring and supervision: builds every part from ``Settings``, runs root tasks, shuts down cleanly.
+
+``Agent`` knows every part and does no packet work (kopf's ``running.py`` shape):
+
+- built from ``Settings``: ``PodIndex`` (static senders and peers), ``Stats``, ``Pipeline``,
+  ``Normalizer`` + ``Fanout`` over the outputs (pcap, VXLAN sensors), ``Receiver``;
+- ``run()`` opens the outputs, binds the tunnel socket, starts the status server, then supervises
+  the root tasks (each output's ``run`` and every task added with ``add_task``) until SIGTERM or
+  SIGINT or until a root task fails. A root task that returns is simply done; one that raises
+  stops the agent with exit code 1 (after the same clean shutdown).
+- shutdown order: stop receiving first (no packet arrives half-handled), cancel root tasks, flush
+  then close every output, stop the status server. Exit code 0 after a signal.
+
+Extension points for other parts (call them before ``run``; ``install(agent)`` functions are listed
+in ``_install_extensions``):
+
+- ``add_route(method, path, handler)``: an aiohttp route on the status server (``/v1/pushdown``);
+- ``add_task(name, factory)``: a supervised root task (the Kubernetes pod watcher);
+- ``add_output(output)``: an ``Output`` (batched transport), see ``adapters/outputs.py``;
+- ``report_mode(pod_key, mode)``: the sidecar's mode, shown as ``pods[key].mode`` in ``/status``;
+- ``pods``, ``stats``, ``pipeline``, ``settings``: the shared objects, loop thread only.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from aiohttp import web
+
+from nodeagent.adapters.outputs import Fanout, Output
+from nodeagent.adapters.pcap_out import PcapOutput
+from nodeagent.adapters.receiver import DropLog, Receiver
+from nodeagent.adapters.vxlan_out import VxlanOutput
+from nodeagent.pipeline import Pipeline
+from nodeagent.pods import PodIndex, PodInfo
+from nodeagent.settings import Settings
+from nodeagent.stats import Stats
+from nodeagent.web import metrics, status
+from nodeagent.wire.normalize import Normalizer
+
+log = logging.getLogger(__name__)
+
+TaskFactory = Callable[[], Awaitable[None]]
+
+
+def static_pods(settings: Settings) -> list[PodInfo]:
+    """The pod table from the configuration: local senders and peers on other nodes."""
+    pods = [PodInfo(ip=s.ip, vni=int(s.vni), namespace=s.namespace, name=s.name) for s in settings.senders]
+    pods += [PodInfo(ip=p.ip, vni=0, namespace=p.namespace, name=p.name, local=False) for p in settings.peers]
+    return pods
+
+
+def build_pipeline(settings: Settings, pods: PodIndex, stats: Stats) -> Pipeline:
+    """The one place the pipeline is constructed (issue 3 passes dedup/filters settings here)."""
+    return Pipeline(pods=pods, stats=stats)
+
+
+def build_outputs(settings: Settings) -> list[Output]:
+    outputs: list[Output] = []
+    if settings.outputs.pcap.dir is not None:
+        outputs.append(PcapOutput(settings.outputs.pcap))
+    if settings.outputs.sensors:
+        outputs.append(VxlanOutput(settings.outputs.sensors))
+    return outputs
+
+
+def _install_extensions(agent: Agent) -> None:
+    """Other parts plug in here: one import and one ``install(agent)`` call each."""
+
+
+class Agent:
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.stats = Stats()
+        self.pods = PodIndex(static_pods(settings))
+        for pod in self.pods.all():
+            if pod.local:
+                self.stats.pod(pod.key)  # known senders show in /status before their first packet
+        self.pipeline = build_pipeline(settings, self.pods, self.stats)
+        norm = settings.normalize
+        self.normalizer = Normalizer(max_frame=norm.max_frame, segment=norm.segment,
+                                     fix_checksums=norm.fix_checksums)
+        self.fanout = Fanout(build_outputs(settings), self.normalizer)
+        self.receiver = Receiver(settings.listen, self.pipeline, self.fanout.offer,
+                                 DropLog(settings.log.drop_interval))
+        self.modes: dict[str, str] = {}
+        self.registry = metrics.make_registry(self.status)
+        self.status_address: tuple[str, int] | None = None
+        self._routes: list[status.Route] = []
+        self._tasks: dict[str, TaskFactory] = {}
+        self._outputs_open = False
+        self._started = time.monotonic()
+        self._stop = asyncio.Event()
+
+    # ---- extension points ----
+    def add_route(self, method: str, path: str, handler: status.Handler) -> None:
+        self._routes.append(status.Route(method, path, handler))
+
+    def add_task(self, name: str, factory: TaskFactory) -> None:
+        if name in self._tasks:
+            raise ValueError(f"two root tasks named {name!r}")
+        self._tasks[name] = factory
+
+    def add_output(self, output: Output) -> None:
+        self.fanout.add(output)
+
+    def report_mode(self, pod_key: str, mode: str) -> None:
+        self.modes[pod_key] = mode
+
+    def stop(self) -> None:
+        """Ask ``run`` to shut down (what SIGTERM does)."""
+        self._stop.set()
+
+    # ---- status ----
+    def is_ready(self) -> bool:
+        return self.receiver.is_bound and self._outputs_open and self.status_address is not None
+
+    def status(self) -> dict[str, Any]:
+        snap = self.stats.snapshot()  # synchronous: the accounting invariant holds in this dict
+        for key, mode in self.modes.items():
+            if key in snap["pods"]:
+                snap["pods"][key]["mode"] = mode
+        address = self.receiver.address
+        snap.update(
+            listen=f"{address[0]}:{address[1]}" if address else None,
+            uptime=round(time.monotonic() - self._started, 3),
+            ready=self.is_ready(),
+            outputs=self.fanout.state(),
+            normalize=self.normalizer.state(),
+            socket=self.receiver.socket_state(),
+            malformed={"first": self.receiver.malformed.first, "last": self.receiver.malformed.last},
+            senders=sum(1 for p in self.pods.all() if p.local),
+        )
+        return snap
+
+    # ---- lifecycle ----
+    async def run(self, *, handle_signals: bool = True) -> int:
+        loop = asyncio.get_running_loop()
+        if handle_signals:
+            for sig in (signal.SIGTERM, signal.SIGINT):
+                loop.add_signal_handler(sig, self.stop)
+        runner: web.AppRunner | None = None
+        try:
+            for output in self.fanout.outputs:
+                await output.open()
+            self._outputs_open = True
+            self.receiver.start(loop)
+            app = status.make_app(self, self.registry, self._routes)
+            runner, self.status_address = await status.serve(app, self.settings.status.host,
+                                                             self.settings.status.port)
+            log.info("status on http://%s:%d/status", *self.status_address)
+            return await self._supervise()
+        finally:
+            await self._shutdown(runner)
+            if handle_signals:
+                for sig in (signal.SIGTERM, signal.SIGINT):
+                    loop.remove_signal_handler(sig)
+
+    async def _supervise(self) -> int:
+        factories = {f"output:{o.name}": o.run for o in self.fanout.outputs} | self._tasks
+        tasks = {asyncio.create_task(f(), name=name) for name, f in factories.items()}  # type: ignore[arg-type]
+        stopper = asyncio.create_task(self._stop.wait(), name="stop")
+        code = 0
+        try:
+            while not stopper.done():
+                done, _ = await asyncio.wait(tasks | {stopper}, return_when=asyncio.FIRST_COMPLETED)
+                for task in done - {stopper}:
+                    tasks.discard(task)
+                    if not task.cancelled() and task.exception() is not None:
+                        log.error("root task %s failed; stopping", task.get_name(),
+                                  exc_info=task.exception())
+                        code = 1
+                        self._stop.set()
+            log.info("stopping")
+            return code
+        finally:
+            for task in (*tasks, stopper):
+                task.cancel()
+            await asyncio.gather(*tasks, stopper, return_exceptions=True)
+
+    async def _shutdown(self, runner: web.AppRunner | None) -> None:
+        self.receiver.stop()
+        for output in self.fanout.outputs:
+            with _logged(f"flushing output {output.name}"):
+                await output.flush()
+            with _logged(f"closing output {output.name}"):
+                await output.close()
+        self._outputs_open = False
+        if runner is not None:
+            await runner.cleanup()
+        self.status_address = None
+
+
+@contextlib.contextmanager
+def _logged(what: str) -> Any:
+    try:
+        yield
+    except Exception:  # the outermost boundary: one output's failure must not stop the others' flush
+        log.exception("%s failed", what)
+
+
+async def run(settings: Settings) -> int:
+    agent = Agent(settings)
+    _install_extensions(agent)
+    return await agent.run()

@@ -1,0 +1,103 @@
+"""``nodeagent`` command line: dispatch only. Each subcommand's code lives in its own module.
+
+Adding a subcommand (``lab``, ``inject``, ``collect``): in your module write
+``register(subparsers) -> None`` that adds a parser and sets ``func=<callable(args) -> int>``
+with ``set_defaults``; then add one import and one call to ``_register_all`` below.
+
+Exit codes: 0 success (also after SIGTERM), 1 runtime failure, 2 bad usage or configuration
+(the message names the field, e.g. ``outputs.pcap.max_bytes must be > 0``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import sys
+from collections.abc import Sequence
+from typing import Any
+
+from nodeagent import settings as settings_mod
+from nodeagent.settings import ConfigError, Settings
+
+
+def _register_all(subparsers: Any) -> None:
+    _register_run(subparsers)
+
+
+def _register_run(subparsers: Any) -> None:
+    p = subparsers.add_parser("run", help="run the node agent (flags override the config file)")
+    p.add_argument("--config", metavar="FILE", help="YAML or JSON configuration")
+    p.add_argument("--listen", metavar="IP:PORT", help=f"tunnel UDP address (port {settings_mod.TUNNEL_PORT})")
+    p.add_argument("--sender", metavar="IP,VNI,NAMESPACE/NAME", action="append",
+                   help="a monitored pod on this node (repeat; replaces the file's senders)")
+    p.add_argument("--peer", metavar="IP,NAMESPACE/NAME", action="append",
+                   help="a monitored pod on another node (repeat; replaces the file's peers)")
+    p.add_argument("--pcap-dir", metavar="DIR", help="write rotating pcap files here")
+    p.add_argument("--sensor", metavar="IP[:PORT]", action="append",
+                   help=f"VXLAN sensor (repeat; port {settings_mod.SENSOR_PORT} by default)")
+    p.add_argument("--status", metavar="IP:PORT", help=f"status address (port {settings_mod.STATUS_PORT})")
+    p.add_argument("--dedup-vantage", choices=("client", "server"), help="which vantage of a local flow is kept")
+    p.add_argument("--log-level", choices=("DEBUG", "INFO", "WARNING", "ERROR"))
+    p.set_defaults(func=_run)
+
+
+def run_overrides(args: argparse.Namespace) -> dict[str, Any]:
+    """Flags -> a mapping merged over the config file (lists replace, scalars override)."""
+    over: dict[str, Any] = {}
+    if args.listen:
+        host, port = settings_mod.parse_hostport(args.listen, settings_mod.TUNNEL_PORT, "--listen")
+        over["listen"] = {"host": host, "port": port}
+    if args.status:
+        host, port = settings_mod.parse_hostport(args.status, settings_mod.STATUS_PORT, "--status")
+        over["status"] = {"host": host, "port": port}
+    if args.sender:
+        over["senders"] = list(args.sender)
+    if args.peer:
+        over["peers"] = list(args.peer)
+    if args.pcap_dir:
+        over.setdefault("outputs", {})["pcap"] = {"dir": args.pcap_dir}
+    if args.sensor:
+        over.setdefault("outputs", {})["sensors"] = list(args.sensor)
+    if args.dedup_vantage:
+        over["dedup"] = {"vantage": args.dedup_vantage}
+    if args.log_level:
+        over["log"] = {"level": args.log_level}
+    return over
+
+
+def load_run_settings(args: argparse.Namespace) -> Settings:
+    over = run_overrides(args)
+    if args.config:
+        return settings_mod.load_file(args.config, over)
+    return settings_mod.load(over)
+
+
+def _run(args: argparse.Namespace) -> int:
+    from nodeagent import app  # imported here: other subcommands need not load aiohttp
+
+    settings = load_run_settings(args)
+    logging.basicConfig(level=settings.log.level.upper(),
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    return asyncio.run(app.run(settings))
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="nodeagent", description="podmirror node agent")
+    subparsers = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    _register_all(subparsers)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return int(args.func(args))
+    except ConfigError as exc:
+        print(f"nodeagent: configuration error: {exc}", file=sys.stderr)
+        return 2
+    except OSError as exc:  # e.g. the listen or status address is taken
+        print(f"nodeagent: cannot start: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 0

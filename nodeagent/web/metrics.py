@@ -1,0 +1,116 @@
+"""Prometheus exposition: a custom collector that reads the agent's status at scrape time.
+
+client_python's model: one ``CollectorRegistry`` per agent (no global default registry, so tests
+and several agents in one process never share metrics), and a ``Collector`` whose ``collect``
+builds metric families from the same ``status()`` dict that ``/status`` serves, so the two views
+cannot disagree. Names follow Prometheus conventions: ``podmirror_`` prefix, ``_total`` counters,
+``_bytes`` units, labels for reason, namespace/pod and output.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from typing import Any
+
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector, CollectorRegistry
+
+
+class AgentCollector(Collector):
+    def __init__(self, status: Callable[[], dict[str, Any]]) -> None:
+        self._status = status
+
+    def collect(self) -> Iterator[Metric]:
+        status = self._status()
+        yield from _totals(status)
+        yield from _pods(status.get("pods", {}))
+        yield from _outputs(status.get("outputs", {}))
+        yield from _misc(status)
+
+
+def make_registry(status: Callable[[], dict[str, Any]]) -> CollectorRegistry:
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(AgentCollector(status))
+    return registry
+
+
+def _counter(name: str, doc: str, value: int | float, labels: dict[str, str] | None = None) -> Metric:
+    family = CounterMetricFamily(name, doc, labels=list(labels or {}))
+    family.add_metric(list((labels or {}).values()), value)
+    return family
+
+
+def _totals(s: dict[str, Any]) -> Iterator[Metric]:
+    yield _counter("podmirror_packets_received_total", "Tunnel datagrams received.", s["received"])
+    yield _counter("podmirror_bytes_received_total", "Bytes of tunnel datagrams received.",
+                   s["received_bytes"])
+    yield _counter("podmirror_packets_forwarded_total", "Datagrams handed to the outputs.", s["forwarded"])
+    yield _counter("podmirror_bytes_forwarded_total", "Bytes handed to the outputs.", s["forwarded_bytes"])
+    drops = CounterMetricFamily("podmirror_packets_dropped_total", "Datagrams dropped, by reason.",
+                                labels=["reason"])
+    drop_bytes = CounterMetricFamily("podmirror_bytes_dropped_total", "Bytes dropped, by reason.",
+                                     labels=["reason"])
+    for reason, count in s["drops"].items():
+        drops.add_metric([reason], count)
+        drop_bytes.add_metric([reason], s.get("drop_bytes", {}).get(reason, 0))
+    yield drops
+    yield drop_bytes
+    saved = CounterMetricFamily("podmirror_saved_bytes_total", "Bytes not sent, by mechanism.",
+                                labels=["mechanism"])
+    for mechanism, count in s.get("saved_bytes", {}).items():
+        saved.add_metric([mechanism], count)
+    yield saved
+
+
+def _pods(pods: dict[str, dict[str, Any]]) -> Iterator[Metric]:
+    labels = ["namespace", "pod"]
+    families = {
+        key: CounterMetricFamily(f"podmirror_pod_{key}_total", doc, labels=labels)
+        for key, doc in (
+            ("packets_received", "Datagrams received from the pod's tunnel."),
+            ("bytes_received", "Bytes received from the pod's tunnel."),
+            ("packets_forwarded", "Datagrams of the pod handed to the outputs."),
+            ("bytes_forwarded", "Bytes of the pod handed to the outputs."),
+        )
+    }
+    dropped = CounterMetricFamily("podmirror_pod_packets_dropped_total", "Datagrams of the pod dropped.",
+                                  labels=[*labels, "reason"])
+    for key, c in pods.items():
+        namespace, _, name = key.partition("/")
+        values = [namespace, name or key]
+        families["packets_received"].add_metric(values, c["received"])
+        families["bytes_received"].add_metric(values, c["received_bytes"])
+        families["packets_forwarded"].add_metric(values, c["forwarded"])
+        families["bytes_forwarded"].add_metric(values, c["forwarded_bytes"])
+        for reason, count in c["drops"].items():
+            if count:
+                dropped.add_metric([*values, reason], count)
+    yield from families.values()
+    yield dropped
+
+
+def _outputs(outputs: dict[str, dict[str, Any]]) -> Iterator[Metric]:
+    """Every integer at the top level of an output's state becomes ``podmirror_output_<key>``."""
+    families: dict[str, GaugeMetricFamily] = {}
+    for name, state in outputs.items():
+        for key, value in state.items():
+            if isinstance(value, int) and not isinstance(value, bool):
+                family = families.get(key)
+                if family is None:
+                    family = families[key] = GaugeMetricFamily(
+                        f"podmirror_output_{key}", f"Output state field {key!r}.", labels=["output"])
+                family.add_metric([name], value)
+    yield from families.values()
+
+
+def _misc(s: dict[str, Any]) -> Iterator[Metric]:
+    kernel = s.get("socket", {})
+    yield _counter("podmirror_socket_kernel_drops_total",
+                   "Datagrams the kernel dropped on the tunnel socket (receive buffer full).",
+                   kernel.get("kernel_drops", 0))
+    uptime = GaugeMetricFamily("podmirror_uptime_seconds", "Seconds since the agent started.")
+    uptime.add_metric([], s.get("uptime", 0.0))
+    yield uptime
+    for key, value in s.get("normalize", {}).items():
+        if key != "max_frame":
+            yield _counter(f"podmirror_normalize_{key}_total", f"Normalization: {key}.", value)

@@ -1,0 +1,78 @@
+"""The status server: ``/healthz``, ``/readyz``, ``/status`` (JSON) and ``/metrics`` (Prometheus).
+
+``make_app`` takes a ``StatusSource`` (the agent) and returns an aiohttp application; ``serve``
+runs it with ``AppRunner(handle_signals=False)`` so that the agent, not aiohttp, owns SIGTERM.
+Extra routes (``Route`` tuples) come from other parts of the agent, e.g. issue 3's pushdown.
+
+``/status`` is built by the source in one synchronous call on the loop thread, so the invariant
+``received == forwarded + sum(drops)`` holds in every response.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Any, NamedTuple, Protocol
+
+from aiohttp import web
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from prometheus_client.registry import CollectorRegistry
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+class Route(NamedTuple):
+    method: str
+    path: str
+    handler: Handler
+
+
+class StatusSource(Protocol):
+    def status(self) -> dict[str, Any]: ...
+
+    def is_ready(self) -> bool: ...
+
+
+def make_app(source: StatusSource, registry: CollectorRegistry, routes: Sequence[Route] = ()) -> web.Application:
+    async def healthz(_request: web.Request) -> web.Response:
+        return web.Response(text="ok\n")
+
+    async def readyz(_request: web.Request) -> web.Response:
+        if source.is_ready():
+            return web.Response(text="ready\n")
+        return web.Response(status=503, text="not ready\n")
+
+    async def status(_request: web.Request) -> web.Response:
+        return web.json_response(source.status(), dumps=_dumps)
+
+    async def metrics(_request: web.Request) -> web.Response:
+        body = generate_latest(registry)
+        return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
+
+    app = web.Application()
+    app.router.add_get("/healthz", healthz)
+    app.router.add_get("/readyz", readyz)
+    app.router.add_get("/status", status)
+    app.router.add_get("/metrics", metrics)
+    for route in routes:
+        app.router.add_route(route.method, route.path, route.handler)
+    return app
+
+
+def _dumps(value: Any) -> str:
+    import json
+
+    return json.dumps(value, indent=1, sort_keys=True) + "\n"
+
+
+async def serve(app: web.Application, host: str, port: int) -> tuple[web.AppRunner, tuple[str, int]]:
+    """Start ``app`` on host:port (0: any free port). Returns the runner and the bound address."""
+    runner = web.AppRunner(app, handle_signals=False, access_log=None)
+    await runner.setup()
+    site = web.TCPSite(runner, host, port, reuse_address=True)
+    try:
+        await site.start()
+    except OSError:
+        await runner.cleanup()
+        raise
+    sockname = runner.addresses[0]
+    return runner, (sockname[0], sockname[1])

@@ -1,0 +1,165 @@
+"""Make mirrored frames acceptable to sensors: re-segment GSO super-packets, complete partial checksums.
+
+Why (DATAPLANE.md, measured): tc mirred copies a pod's packets *before* the NIC would segment or
+checksum them. TCP arrives as GSO super-packets of up to 64 KB, and locally generated TCP/UDP
+carries a *partial* L4 checksum (only the folded pseudo-header sum, CHECKSUM_PARTIAL). Zeek drops
+packets whose checksum does not verify and truncates frames beyond its 9216-byte snap length;
+Suricata flags them; tshark marks them bad. So the agent rewrites what it hands on, once, before
+every output, and the sensors need no "ignore checksums" option:
+
+- **Re-segmentation** of a TCP frame longer than ``max_frame`` (default 1514: an Ethernet MTU of
+  1500) into MSS-sized segments, exactly as the kernel's GSO would have put them on the wire:
+  the headers (Ethernet, VLAN, IP with options/extension headers, TCP with options) are copied;
+  IP total/payload length is set; IPv4 identification increments per segment and its header
+  checksum is recomputed; the TCP sequence number advances by the payload offset; FIN and PSH stay
+  only on the last segment and CWR only on the first; each segment gets a full TCP checksum.
+  MSS = ``max_frame`` - header length, which equals the sender's own MSS for standard frames.
+- **Checksum completion**: a TCP/UDP checksum is *partial* when the stored value equals the folded
+  pseudo-header sum. Compared modulo 0xFFFF, which makes the ones' complement "negative zero"
+  (0xFFFF) equal to 0. A complete checksum that collides with that value (1 in 65535) is recomputed
+  to the same valid value, so the test has no harmful false positives. UDP checksum 0 over IPv4
+  means "no checksum" and is left alone; a computed UDP checksum of 0 is sent as 0xFFFF (RFC 768).
+
+Not changed: IP fragments, frames already sliced (``len(frame) < wire_len``: the payload needed to
+checksum is gone), non-TCP frames above ``max_frame`` (UDP GSO is rare; counted as ``oversize``).
+
+The ones' complement sum uses ``int.from_bytes(data, "big") % 0xFFFF``: 65536 is 1 modulo 65535,
+so a big-endian integer is congruent to the sum of its 16-bit words. One C call for a 64 KB packet
+instead of a Python loop; an odd length is padded by a shift (``<< 8``) instead of a copy.
+
+Pure: bytes in, new bytes out; counters are plain ints read by ``/status``.
+"""
+
+from __future__ import annotations
+
+import struct
+
+from nodeagent.wire.headers import IPPROTO_TCP, IPPROTO_UDP, TCP_FIN, TCP_PSH, PacketMeta
+
+TCP_CWR = 0x80
+_U16 = struct.Struct("!H")
+_U32 = struct.Struct("!I")
+
+
+def ones_sum(data: bytes | bytearray | memoryview) -> int:
+    """Ones' complement sum of ``data`` as 16-bit big-endian words, modulo 0xFFFF (0 == 0xFFFF)."""
+    value = int.from_bytes(data, "big")
+    if len(data) & 1:
+        value <<= 8
+    return value % 0xFFFF
+
+
+def finish(total: int) -> int:
+    """The checksum field for a ones' complement sum ``total`` taken with the field zeroed."""
+    total %= 0xFFFF
+    return 0xFFFF - total if total else 0
+
+
+def pseudo_sum(meta: PacketMeta, l4_len: int) -> int:
+    """Pseudo-header sum (RFC 793 / RFC 8200 8.1) modulo 0xFFFF; the same formula serves v4 and v6."""
+    return (int.from_bytes(meta.src + meta.dst, "big") + meta.proto + l4_len) % 0xFFFF
+
+
+def checksum_offset(meta: PacketMeta) -> int:
+    """Offset of the L4 checksum field in the frame, or -1 when there is none to fix."""
+    if meta.l4 < 0 or meta.fragment:
+        return -1
+    if meta.proto == IPPROTO_TCP:
+        return meta.l4 + 16
+    if meta.proto == IPPROTO_UDP:
+        return meta.l4 + 6
+    return -1
+
+
+def is_partial(frame: memoryview | bytes, meta: PacketMeta) -> bool:
+    """True when the stored L4 checksum is only the pseudo-header sum (CHECKSUM_PARTIAL)."""
+    off = checksum_offset(meta)
+    if off < 0 or off + 2 > meta.end:
+        return False
+    (stored,) = _U16.unpack_from(frame, off)
+    if stored == 0 and meta.proto == IPPROTO_UDP:
+        return False  # IPv4 "no checksum" (and never partial: the pseudo sum is never 0 folded)
+    return stored % 0xFFFF == pseudo_sum(meta, meta.end - meta.l4)
+
+
+def l4_checksum(frame: memoryview | bytes | bytearray, meta: PacketMeta, end: int) -> int:
+    """Full L4 checksum of ``frame[meta.l4:end]``, ignoring whatever the checksum field holds."""
+    off = checksum_offset(meta)
+    (stored,) = _U16.unpack_from(frame, off)
+    total = pseudo_sum(meta, end - meta.l4) + ones_sum(memoryview(frame)[meta.l4:end]) - stored
+    csum = finish(total)
+    if csum == 0 and meta.proto == IPPROTO_UDP:
+        return 0xFFFF
+    return csum
+
+
+class Normalizer:
+    """Applies the rules above and counts what it did."""
+
+    def __init__(self, *, max_frame: int = 1514, segment: bool = True, fix_checksums: bool = True) -> None:
+        self.max_frame = max_frame
+        self.segment = segment
+        self.fix_checksums = fix_checksums
+        self.segmented = 0
+        """Super-packets split."""
+        self.segments = 0
+        """Frames produced by splitting."""
+        self.fixed = 0
+        """Partial checksums completed (not counting segments, which always get a full checksum)."""
+        self.oversize = 0
+        """Frames above ``max_frame`` left whole (not TCP, or headers too long to split)."""
+
+    def apply(self, frame: memoryview, meta: PacketMeta, wire_len: int) -> list[bytearray] | None:
+        """New frames to send instead of ``frame``, or None to send ``frame`` unchanged."""
+        size = len(frame)
+        if size != wire_len or meta.l4 < 0 or meta.fragment:
+            return None
+        if size > self.max_frame:
+            splittable = meta.proto == IPPROTO_TCP and meta.payload < min(meta.end, self.max_frame)
+            if self.segment and splittable:
+                return self._split(frame, meta)
+            self.oversize += 1
+        if not self.fix_checksums or not is_partial(frame, meta):
+            return None
+        out = bytearray(frame)
+        _U16.pack_into(out, checksum_offset(meta), l4_checksum(out, meta, meta.end))
+        self.fixed += 1
+        return [out]
+
+    def _split(self, frame: memoryview, meta: PacketMeta) -> list[bytearray]:
+        header = frame[: meta.payload]
+        payload = frame[meta.payload : meta.end]
+        mss = self.max_frame - meta.payload
+        out = []
+        for index, start in enumerate(range(0, len(payload), mss)):
+            chunk = payload[start : start + mss]
+            last = start + mss >= len(payload)
+            out.append(_segment(header, chunk, meta, index, start, last))
+        self.segmented += 1
+        self.segments += len(out)
+        return out
+
+    def state(self) -> dict[str, int]:
+        return {"segmented": self.segmented, "segments": self.segments, "checksums_fixed": self.fixed,
+                "oversize": self.oversize, "max_frame": self.max_frame}
+
+
+def _segment(header: memoryview, chunk: memoryview, meta: PacketMeta, index: int, start: int,
+             last: bool) -> bytearray:
+    seg = bytearray(header)
+    seg += chunk
+    l3, l4 = meta.l3, meta.l4
+    if meta.version == 4:
+        _U16.pack_into(seg, l3 + 2, len(seg) - l3)
+        _U16.pack_into(seg, l3 + 4, (meta.ident + index) & 0xFFFF)
+        _U16.pack_into(seg, l3 + 10, 0)
+        _U16.pack_into(seg, l3 + 10, finish(ones_sum(memoryview(seg)[l3:l4])))
+    else:
+        _U16.pack_into(seg, l3 + 4, len(seg) - l3 - 40)
+    _U32.pack_into(seg, l4 + 4, (meta.seq + start) & 0xFFFFFFFF)
+    flags = meta.tcp_flags if last else meta.tcp_flags & ~(TCP_FIN | TCP_PSH)
+    if index:
+        flags &= ~TCP_CWR
+    seg[l4 + 13] = flags
+    _U16.pack_into(seg, l4 + 16, l4_checksum(seg, meta, len(seg)))
+    return seg
