@@ -1,0 +1,147 @@
+"""``nodeagent collect``: settings from flags, wiring, lifecycle (SIGTERM/SIGINT -> close, exit 0).
+
+    nodeagent collect --cert FILE --key FILE [--client-ca FILE] [--listen IP:PORT]
+                      [--pcap-dir DIR [--pcap-max-bytes N] [--pcap-max-seconds S] [--pcap-max-files N]]
+                      [--sensor IP[:PORT][,VNI]]... [--interface NAME [--interface-existing]]
+                      [--status IP:PORT]
+
+Defaults: listen 0.0.0.0:14790 (agents' ``transport`` collectors), status 0.0.0.0:9478 (the agent's
+is 9477, so both fit on one host). At least one sink is required. Bad flags exit 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import dataclasses
+import logging
+import signal
+import sys
+
+from aiohttp import web
+
+from nodeagent.collector import sinks
+from nodeagent.collector import web as status_web
+from nodeagent.collector.server import Collector, server_context
+
+DEFAULT_PORT = 14790
+DEFAULT_STATUS_PORT = 9478
+log = logging.getLogger("nodeagent.collect")
+
+
+class ConfigError(ValueError):
+    pass
+
+
+def _hostport(text: str, default_port: int, field: str) -> tuple[str, int]:
+    host, sep, port = text.rpartition(":")
+    if not sep or host.endswith(":"):      # no port, or a bare IPv6 address
+        host, port = text, str(default_port)
+    host = host.strip("[]")
+    if not host or not port.isdigit() or not 0 <= int(port) < 65536:
+        raise ConfigError(f"{field}: {text!r} is not IP[:PORT]")
+    return host, int(port)
+
+
+@dataclasses.dataclass(frozen=True)
+class CollectSettings:
+    cert: str
+    key: str
+    client_ca: str | None = None
+    listen: tuple[str, int] = ("0.0.0.0", DEFAULT_PORT)
+    status: tuple[str, int] | None = ("0.0.0.0", DEFAULT_STATUS_PORT)
+    pcap_dir: str | None = None
+    pcap_max_bytes: int = 100 * 2**20
+    pcap_max_seconds: float = 300.0
+    pcap_max_files: int = 10
+    sensors: tuple[tuple[str, int, int | None], ...] = ()
+    """VXLAN sensors: (host, port, vni or None to keep the sender's)."""
+    interface: str | None = None
+    interface_existing: bool = False
+
+    def __post_init__(self) -> None:
+        if not (self.pcap_dir or self.sensors or self.interface):
+            raise ConfigError("collect: at least one of --pcap-dir, --sensor, --interface is required")
+        if self.pcap_max_bytes <= 0 or self.pcap_max_seconds <= 0 or self.pcap_max_files <= 0:
+            raise ConfigError("collect.pcap limits must be > 0")
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--cert", required=True, help="server certificate chain (PEM)")
+    p.add_argument("--key", required=True, help="server private key (PEM)")
+    p.add_argument("--client-ca", help="require agent certificates signed by this CA")
+    p.add_argument("--listen", default=f"0.0.0.0:{DEFAULT_PORT}")
+    p.add_argument("--status", default=f"0.0.0.0:{DEFAULT_STATUS_PORT}", help="'' disables it")
+    p.add_argument("--pcap-dir")
+    p.add_argument("--pcap-max-bytes", type=int, default=100 * 2**20)
+    p.add_argument("--pcap-max-seconds", type=float, default=300.0)
+    p.add_argument("--pcap-max-files", type=int, default=10)
+    p.add_argument("--sensor", action="append", default=[], help="VXLAN sensor IP[:PORT][,VNI]")
+    p.add_argument("--interface", help="veth to create (or use) for a sniffing sensor")
+    p.add_argument("--interface-existing", action="store_true", help="use --interface as it is")
+
+
+def settings_from(args: argparse.Namespace) -> CollectSettings:
+    sensors = []
+    for text in args.sensor:
+        addr, _, vni = text.partition(",")
+        host, port = _hostport(addr, 4789, "--sensor")
+        sensors.append((host, port, int(vni, 0) if vni else None))
+    return CollectSettings(
+        cert=args.cert, key=args.key, client_ca=args.client_ca,
+        listen=_hostport(args.listen, DEFAULT_PORT, "--listen"),
+        status=_hostport(args.status, DEFAULT_STATUS_PORT, "--status") if args.status else None,
+        pcap_dir=args.pcap_dir, pcap_max_bytes=args.pcap_max_bytes,
+        pcap_max_seconds=args.pcap_max_seconds, pcap_max_files=args.pcap_max_files,
+        sensors=tuple(sensors), interface=args.interface, interface_existing=args.interface_existing,
+    )
+
+
+def make_sinks(s: CollectSettings) -> list[sinks.Sink]:
+    out: list[sinks.Sink] = []
+    if s.pcap_dir:
+        out.append(sinks.PcapngSink(s.pcap_dir, max_bytes=s.pcap_max_bytes,
+                                    max_seconds=s.pcap_max_seconds, max_files=s.pcap_max_files))
+    out += [sinks.VxlanSink(h, p, vni=v) for h, p, v in s.sensors]
+    if s.interface:
+        out.append(sinks.InterfaceSink(s.interface, create=not s.interface_existing))
+    return out
+
+
+async def run(s: CollectSettings) -> int:
+    loop = asyncio.get_running_loop()
+    stop = asyncio.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    collector = Collector(make_sinks(s), server_context(s.cert, s.key, s.client_ca))
+    runner = web.AppRunner(status_web.make_app(collector), handle_signals=False)
+    try:
+        host, port = await collector.start(*s.listen)
+        log.info("collector listening on %s:%d", host, port)
+        if s.status:
+            await runner.setup()
+            await web.TCPSite(runner, *s.status).start()
+        # Stdout line for tests and scripts: the bound port (0 in --listen picks one).
+        print(f"listening {host}:{port}", flush=True)
+        await stop.wait()
+    finally:
+        await collector.stop()
+        await runner.cleanup()
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="nodeagent collect")
+    add_arguments(parser)
+    return command(parser.parse_args(argv))
+
+
+def command(args: argparse.Namespace) -> int:
+    """Entry for ``nodeagent collect`` (cli.py dispatches here)."""
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    try:
+        settings = settings_from(args)
+    except ConfigError as exc:
+        print(f"nodeagent collect: {exc}", file=sys.stderr)
+        return 2
+    return asyncio.run(run(settings))

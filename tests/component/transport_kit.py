@@ -1,0 +1,139 @@
+"""Shared pieces of the transport tests: certificates, packets, an in-process or child collector."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import trustme
+from scapy.layers.inet import IP, TCP, UDP
+from scapy.layers.l2 import Ether
+
+from nodeagent.batcher import Record
+from nodeagent.collector.server import Collector, server_context
+from nodeagent.pods import PodInfo
+from nodeagent.verdict import Direction, Forward
+from nodeagent.wire import headers
+
+CLIENT = PodInfo(ip="10.0.0.5", vni=5, namespace="shop", name="client")
+SERVER = PodInfo(ip="10.0.0.9", vni=9, namespace="shop", name="server")
+
+
+class Certs:
+    def __init__(self, tmp: Path, ca: trustme.CA | None = None) -> None:
+        self.ca = ca or trustme.CA()
+        cert = self.ca.issue_cert("127.0.0.1", "localhost")
+        self.ca_file = str(tmp / "ca.pem")
+        self.cert_file = str(tmp / "server.pem")
+        self.key_file = str(tmp / "server.key")
+        self.ca.cert_pem.write_to_path(self.ca_file)
+        cert.cert_chain_pems[0].write_to_path(self.cert_file)
+        cert.private_key_pem.write_to_path(self.key_file)
+        client = self.ca.issue_cert("agent.example")
+        self.client_cert = str(tmp / "client.pem")
+        self.client_key = str(tmp / "client.key")
+        client.cert_chain_pems[0].write_to_path(self.client_cert)
+        client.private_key_pem.write_to_path(self.client_key)
+
+
+def frame(sport: int, dport: int, reply: bool = False, payload: bytes = b"x" * 100,
+          udp: bool = False) -> bytes:
+    a, b = CLIENT.ip, SERVER.ip
+    l4: Any = UDP(sport=sport, dport=dport) if udp else TCP(sport=sport, dport=dport, seq=7)
+    if reply:
+        a, b = b, a
+        l4 = UDP(sport=dport, dport=sport) if udp else TCP(sport=dport, dport=sport, seq=9)
+    return bytes(Ether(src="02:00:00:00:00:05", dst="02:00:00:00:00:09") / IP(src=a, dst=b) / l4 / payload)
+
+
+def forward(raw: bytes, now: float) -> Forward:
+    meta = headers.decode(raw)
+    pod, direction = (CLIENT, Direction.EGRESS) if meta.src == CLIENT.addr else (SERVER, Direction.EGRESS)
+    return Forward(memoryview(raw), meta, pod.vni, pod, direction, len(raw), now)
+
+
+def flow_key(raw: bytes) -> tuple[Any, ...]:
+    m = headers.decode(raw)
+    return (m.proto, *sorted([(m.src, m.sport), (m.dst, m.dport)]))
+
+
+class RecordingSink:
+    def __init__(self) -> None:
+        self.records: list[Record] = []
+
+    def deliver(self, records: Sequence[Record], agent: str) -> None:
+        self.records.extend(records)
+
+    def close(self) -> None:
+        pass
+
+    def state(self) -> dict[str, Any]:
+        return {"kind": "recording", "packets": len(self.records)}
+
+
+async def start_collector(certs: Certs, sink: Any, client_ca: str | None = None) -> tuple[Collector, int]:
+    collector = Collector([sink], server_context(certs.cert_file, certs.key_file, client_ca))
+    _, port = await collector.start("127.0.0.1", 0)
+    return collector, port
+
+
+async def wait_for(cond: Callable[[], bool], timeout: float, what: str) -> None:
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while not cond():
+        if loop.time() > deadline:
+            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
+        await asyncio.sleep(0.02)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+class ChildCollector:
+    """``python -m nodeagent.collector`` as a child process (so it can be killed for real)."""
+
+    def __init__(self, certs: Certs, port: int, pcap_dir: Path, extra: Sequence[str] = ()) -> None:
+        self.cmd = [sys.executable, "-m", "nodeagent.collector", "--cert", certs.cert_file,
+                    "--key", certs.key_file, "--listen", f"127.0.0.1:{port}", "--status", "",
+                    "--pcap-dir", str(pcap_dir), *extra]
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def start(self, timeout: float = 20.0) -> None:
+        self.proc = subprocess.Popen(self.cmd, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
+                                     env={**os.environ, "PYTHONUNBUFFERED": "1"})
+        assert self.proc.stdout is not None
+        deadline = time.monotonic() + timeout
+        line = self.proc.stdout.readline()   # "listening HOST:PORT" once bound
+        if not line.startswith(b"listening") or time.monotonic() > deadline:
+            self.stop()
+            raise AssertionError(f"collector did not start: {line!r}")
+
+    def kill(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGKILL)
+            self.proc.wait(10)
+
+    def stop(self) -> int | None:
+        if self.proc is None:
+            return None
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(10)
+        if self.proc.stdout:
+            self.proc.stdout.close()
+        return self.proc.returncode
