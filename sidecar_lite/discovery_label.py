@@ -1,0 +1,49 @@
+"""The seed's discovery, made node-local: the agent pod on *this* node whose label has a value.
+
+``SENSOR=<value>`` selects pods with ``<PODMIRROR_LABEL_KEY>=<value>`` (key ``run`` by default, as
+in the seed) in one namespace (``PODMIRROR_AGENT_NAMESPACE``, default the pod's own) and on this
+node (field selector ``spec.nodeName=NODE_NAME``). It needs a namespaced Role allowing ``list pods``
+in that namespace, instead of the seed's cluster-wide ``view`` binding. Among several running
+candidates the one with the smallest name wins, so restarts pick the same agent.
+
+This is the only sidecar module that imports ``kubernetes``, and only when this mode is chosen.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from sidecar_lite.discovery import DiscoveryError
+from sidecar_lite.settings import Settings
+
+
+def find_agent(settings: Settings) -> str:
+    from kubernetes import client, config  # heavy: imported only in label mode
+
+    try:
+        config.load_incluster_config()
+    except config.ConfigException:
+        config.load_kube_config()
+    if not settings.pod.node_name:
+        raise DiscoveryError("label discovery needs NODE_NAME (downward API spec.nodeName)")
+    namespace = settings.agent_namespace or "default"
+    pods = client.CoreV1Api().list_namespaced_pod(
+        namespace,
+        label_selector=f"{settings.label_key}={settings.label_value}",
+        field_selector=f"spec.nodeName={settings.pod.node_name}",
+    )
+    return choose(pods.items, settings)
+
+
+def choose(items: list[Any], settings: Settings) -> str:
+    """The address of the first running candidate by name (pure over the API objects)."""
+    ready = sorted(
+        (p for p in items if p.status and p.status.phase == "Running" and p.status.pod_ip),
+        key=lambda p: p.metadata.name,
+    )
+    if not ready:
+        raise DiscoveryError(
+            f"no running pod with {settings.label_key}={settings.label_value} on node "
+            f"{settings.pod.node_name} in namespace {settings.agent_namespace}"
+        )
+    return str(ready[0].status.pod_ip)

@@ -1,0 +1,85 @@
+"""Push-down: fetch the agent's classic BPF program for this pod (issue 3).
+
+The agent answers ``GET <rules-url>?ip=<pod ip>&vni=<vni>&mode=<kernel|sniff>`` with
+``{"version": "<opaque>", "bpf": [[code, jt, jf, k], ...] | null}``; ``null`` means mirror
+everything. The sidecar prepends its own tunnel exclusion (``bpf.mirror_program``).
+
+Fail open: when the agent cannot be reached or answers nonsense, nothing changes (no new filtering
+is ever added because of an error) and it is logged once per outage; the agent enforces every rule
+itself anyway. ``parse`` and ``build_url`` are pure; ``Poller`` is the thin urllib adapter.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import urllib.error
+import urllib.parse
+import urllib.request
+from typing import NamedTuple
+
+from sidecar_lite import bpf
+
+log = logging.getLogger(__name__)
+
+TIMEOUT = 2.0
+"""Seconds per request: the agent is on the same node; a slow answer must not stall repair."""
+MAX_BODY = 1 << 20
+
+
+class Pushdown(NamedTuple):
+    version: str
+    program: bpf.Program | None
+
+
+class BadAnswer(ValueError):
+    pass
+
+
+def build_url(base: str, *, ip: str, vni: int, mode: str, agent_host: str | None = None) -> str:
+    """``base`` with ``{agent_host}`` substituted and the query parameters of the contract added."""
+    if agent_host is not None:
+        base = base.replace("{agent_host}", agent_host)
+    query = urllib.parse.urlencode({"ip": ip, "vni": vni, "mode": mode})
+    return f"{base}{'&' if '?' in base else '?'}{query}"
+
+
+def parse(body: bytes) -> Pushdown:
+    try:
+        doc = json.loads(body)
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise BadAnswer(f"not JSON: {exc}") from exc
+    if not isinstance(doc, dict) or not isinstance(doc.get("version"), str):
+        raise BadAnswer("missing string field 'version'")
+    raw = doc.get("bpf")
+    try:
+        program = None if raw is None else bpf.validate(raw)
+    except bpf.BadProgram as exc:
+        raise BadAnswer(str(exc)) from exc
+    return Pushdown(doc["version"], program)
+
+
+class Poller:
+    """Poll ``url``; ``poll()`` returns a Pushdown only when its version changed."""
+
+    def __init__(self, url: str) -> None:
+        self.url = url
+        self.current: Pushdown | None = None
+        self._failing = False
+
+    def poll(self) -> Pushdown | None:
+        try:
+            with urllib.request.urlopen(self.url, timeout=TIMEOUT) as response:
+                answer = parse(response.read(MAX_BODY))
+        except (OSError, BadAnswer) as exc:  # URLError and timeouts are OSErrors
+            if not self._failing:
+                log.warning("push-down: %s unusable (%s); keeping the current program", self.url, exc)
+            self._failing = True
+            return None
+        if self._failing:
+            log.info("push-down: %s reachable again", self.url)
+            self._failing = False
+        if self.current is not None and answer.version == self.current.version:
+            return None
+        self.current = answer
+        return answer

@@ -1,0 +1,104 @@
+"""The two run loops: kernel mode (verify/repair + push-down) and sniff mode (packet loop).
+
+Both poll push-down rules when a URL is configured and stop on the ``Stopper``. Kernel mode imports
+``sidecar_lite.kernel`` (and so pyroute2) only when it runs. Errors while verifying are logged and
+retried on the next tick: a transient netlink failure must not end the mirror.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import time
+from typing import TYPE_CHECKING
+
+from sidecar_lite import bpf, plan
+from sidecar_lite.rules import Poller
+from sidecar_lite.sniffer import Sniffer
+from sidecar_lite.stopper import Stopper
+
+if TYPE_CHECKING:
+    from sidecar_lite.kernel import Kernel
+
+log = logging.getLogger("sidecar_lite")
+
+
+@dataclasses.dataclass(frozen=True)
+class Target:
+    """Where and what to mirror, once discovery and VNI are resolved."""
+
+    interface: str
+    agent_ip: str
+    agent_port: int
+    vni: int
+    tunnel_mtu: int | None = None
+
+
+def build_plan(t: Target, pushed: bpf.Program | None) -> plan.MirrorPlan:
+    return plan.build(interface=t.interface, agent_ip=t.agent_ip, agent_port=t.agent_port, vni=t.vni,
+                      pushed=pushed, tunnel_mtu=t.tunnel_mtu)
+
+
+def run_kernel(t: Target, poller: Poller | None, stop: Stopper, verify_interval: float,
+               rules_interval: float) -> None:
+    """Apply the plan, keep it in place until stopped, then remove it. Raises if the first apply fails."""
+    from sidecar_lite.kernel import Kernel
+
+    kernel = Kernel()
+    current = build_plan(t, None)
+    try:
+        steps = kernel.apply(current)
+        log.info("kernel mode: mirroring %s to %s:%d vni %d via %s (%d setup steps)", t.interface,
+                 t.agent_ip, t.agent_port, t.vni, current.vxlan.name, len(steps))
+        next_verify = next_poll = time.monotonic()
+        while not stop.wait(min(next_verify, next_poll if poller else next_verify) - time.monotonic()):
+            now = time.monotonic()
+            if poller and now >= next_poll:
+                next_poll = now + rules_interval
+                update = poller.poll()
+                if update is not None:
+                    current = build_plan(t, update.program)
+                    next_verify = now  # install it now: the diff replaces just the two filters
+                    log.info("push-down version %r installed (%s)", update.version,
+                             "mirror all" if update.program is None else f"{len(update.program)} insns")
+            if now >= next_verify:
+                next_verify = now + verify_interval
+                _verify(kernel, current)
+    finally:
+        kernel.teardown(current)
+        kernel.close()
+        log.info("kernel mode: removed %s and the filters on %s", current.vxlan.name, t.interface)
+
+
+def _verify(kernel: Kernel, current: plan.MirrorPlan) -> None:
+    try:
+        steps = kernel.apply(current)
+    except Exception as exc:  # outermost boundary of one repair round: log, retry next round
+        log.error("kernel state check failed: %s", exc)
+        return
+    if steps:
+        log.warning("repaired kernel state: %s", ", ".join(f"{s.action} {s.target}" for s in steps))
+
+
+def run_sniff(t: Target, poller: Poller | None, stop: Stopper, rules_interval: float,
+              stats_interval: float) -> None:
+    sniffer = Sniffer(t.interface, (t.agent_ip, t.agent_port), t.vni, bpf.mirror_program(t.agent_ip))
+    log.info("sniff mode: mirroring %s to %s:%d vni %d", t.interface, t.agent_ip, t.agent_port, t.vni)
+    due = {"poll": 0.0, "stats": time.monotonic() + stats_interval}
+
+    def tick(now: float) -> None:
+        if poller and now >= due["poll"]:
+            due["poll"] = now + rules_interval
+            update = poller.poll()
+            if update is not None:
+                sniffer.set_program(bpf.mirror_program(t.agent_ip, update.program))
+                log.info("push-down version %r installed in the socket filter", update.version)
+        if now >= due["stats"]:
+            due["stats"] = now + stats_interval
+            log.info("sniff counters: %s", sniffer.counters.line())
+
+    try:
+        sniffer.run(stop.is_set, tick)
+    finally:
+        sniffer.close()
+        log.info("sniff mode stopped: %s", sniffer.counters.line())
