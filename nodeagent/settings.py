@@ -380,6 +380,31 @@ class CutoffSettings:
 
 
 @dataclasses.dataclass(frozen=True)
+class KubeSettings:
+    """The pod table from the Kubernetes API (issue 4, ``adapters/kube.py``); off while ``node_name``
+    is empty. In a cluster the DaemonSet passes ``--node-name=$(NODE_NAME)`` (downward API)."""
+
+    node_name: str = ""
+    """This node's name: the watch of local senders selects ``spec.nodeName=<node_name>``."""
+    kubeconfig: str | None = None
+    """A kubeconfig file; None: the in-cluster service account."""
+    label_selector: str = "podmirror.io/monitored=true"
+    """Selects the monitored pods of the whole cluster (peers): never every pod."""
+    silent_after: float = 60.0
+    """Seconds without a datagram before a selected local pod is listed as ``silent`` in /status."""
+    watch_timeout: int = 300
+    """Seconds a watch request stays open (server-side timeoutSeconds) before it is resumed."""
+
+    @property
+    def enabled(self) -> bool:
+        return bool(self.node_name)
+
+    def __post_init__(self) -> None:
+        _check(self.silent_after > 0, "silent_after", "must be > 0 seconds")
+        _check(10 <= self.watch_timeout <= 3600, "watch_timeout", "must be in 10..3600 seconds")
+
+
+@dataclasses.dataclass(frozen=True)
 class LogSettings:
     level: str = "INFO"
     drop_interval: float = 10.0
@@ -402,6 +427,7 @@ class Settings:
     filters: FilterSettings = FilterSettings()
     cutoff: CutoffSettings = CutoffSettings()
     log: LogSettings = LogSettings()
+    kube: KubeSettings = KubeSettings()
 
     _unique: ClassVar[tuple[str, ...]] = ("senders", "peers")
 
