@@ -65,6 +65,7 @@ class Collector:
         self.streams = framing.Streams()
         self._codec = framing.Codec()
         self._server: asyncio.Server | None = None
+        self._writers: set[asyncio.StreamWriter] = set()
 
     async def start(self, host: str, port: int) -> tuple[str, int]:
         self._server = await asyncio.start_server(self._handle, host, port, ssl=self.ctx,
@@ -73,8 +74,13 @@ class Collector:
         return sockname[0], sockname[1]
 
     async def stop(self) -> None:
+        """Stop listening, close every agent connection (Python 3.11's ``Server.close`` leaves
+        accepted connections open), close the sinks."""
         if self._server is not None:
             self._server.close()
+        for writer in list(self._writers):
+            writer.close()
+        if self._server is not None:
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(self._server.wait_closed(), 2.0)
         for sink in self.sinks:
@@ -84,6 +90,7 @@ class Collector:
         stats = self.stats
         stats.connections += 1
         stats.connections_total += 1
+        self._writers.add(writer)
         try:
             await _Session(self, reader, writer).serve()
         except _FAULTS as exc:
@@ -92,6 +99,7 @@ class Collector:
             log.info("agent connection closed: %s", stats.last_fault)
         finally:
             stats.connections -= 1
+            self._writers.discard(writer)
             writer.close()
             with contextlib.suppress(*_FAULTS):
                 await asyncio.wait_for(writer.wait_closed(), 1.0)

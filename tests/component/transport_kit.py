@@ -79,9 +79,10 @@ class RecordingSink:
         return {"kind": "recording", "packets": len(self.records)}
 
 
-async def start_collector(certs: Certs, sink: Any, client_ca: str | None = None) -> tuple[Collector, int]:
+async def start_collector(certs: Certs, sink: Any, client_ca: str | None = None,
+                          port: int = 0) -> tuple[Collector, int]:
     collector = Collector([sink], server_context(certs.cert_file, certs.key_file, client_ca))
-    _, port = await collector.start("127.0.0.1", 0)
+    _, port = await collector.start("127.0.0.1", port)
     return collector, port
 
 
@@ -123,6 +124,8 @@ class ChildCollector:
         if self.proc is not None and self.proc.poll() is None:
             self.proc.send_signal(signal.SIGKILL)
             self.proc.wait(10)
+        if self.proc is not None and self.proc.stdout:
+            self.proc.stdout.close()
 
     def stop(self) -> int | None:
         if self.proc is None:
@@ -137,3 +140,20 @@ class ChildCollector:
         if self.proc.stdout:
             self.proc.stdout.close()
         return self.proc.returncode
+
+
+def pcapng_packets(path: Path) -> list[tuple[int, bytes]]:
+    """(interface id, frame) of every Enhanced Packet Block; a truncated tail (killed writer) ends it."""
+    import struct
+
+    data = path.read_bytes()
+    out, offset = [], 0
+    while offset + 12 <= len(data):
+        kind, total = struct.unpack_from("<II", data, offset)
+        if total < 12 or offset + total > len(data):
+            break
+        if kind == 6:
+            iface, _hi, _lo, cap, _orig = struct.unpack_from("<IIIII", data, offset + 8)
+            out.append((iface, data[offset + 28:offset + 28 + cap]))
+        offset += total
+    return out
