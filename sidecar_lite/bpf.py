@@ -7,10 +7,10 @@ egress and on an AF_PACKET SOCK_RAW socket the program sees the frame from its E
 
 Invariants:
 
-- ``mirror_program`` always starts with ``tunnel_exclusion(agent)``: IPv4 (0x0800), protocol 17,
-  destination = the agent's address -> return 0. Matching on protocol + destination and not on the
-  UDP port is what also excludes non-first IP fragments of large tunnel datagrams (DATAPLANE.md
-  measured 55k leaked fragments in 0.5 s when only the port was matched).
+- ``mirror_program`` always starts with ``tunnel_exclusion(agent, port)``: IPv4 UDP to the agent's
+  address that is a non-first fragment or goes to the tunnel port -> return 0. Non-first fragments
+  carry no UDP header, so matching only the port leaked them (DATAPLANE.md measured 55k leaked
+  fragments in 0.5 s); all non-first UDP fragments to the agent's address are skipped instead.
 - cBPF jumps are relative and forward-only, so prepending the exclusion never changes what a pushed
   program means; the exclusion's "not the tunnel" exits land on the first pushed instruction.
 
@@ -39,7 +39,10 @@ ACCEPT_ALL = 0x40000
 LDH_ABS = 0x28
 LDB_ABS = 0x30
 LD_ABS = 0x20
+LDH_IND = 0x48
+LDXB_MSH = 0xB1
 JEQ_K = 0x15
+JSET_K = 0x45
 RET_K = 0x06
 
 TC_ACT_SHOT = 2
@@ -59,25 +62,35 @@ class BadProgram(ValueError):
     """A pushed program the kernel would reject (or that we refuse to install)."""
 
 
-def tunnel_exclusion(agent_ip: str) -> Program:
-    """Skip (return 0) every IPv4 UDP packet to ``agent_ip``; fall through to the next insn otherwise."""
+def tunnel_exclusion(agent_ip: str, agent_port: int) -> Program:
+    """Skip (return 0) the tunnel's packets; fall through to the next instruction for all others.
+
+    Tunnel packets are IPv4 UDP to ``agent_ip`` that are either non-first fragments (they carry no
+    port, so every one of them to the agent is skipped) or have destination port ``agent_port``.
+    Other UDP to the agent's host (DNS to a node address, say) is still mirrored.
+    """
     agent = int(ipaddress.IPv4Address(agent_ip))
-    # Offsets: ethertype at 12, IPv4 protocol at 14 + 9, destination at 14 + 16.
+    # Ethertype at 12; IPv4 at 14: flags/fragment offset at +6, protocol at +9, destination at +16.
     return (
         Insn(LDH_ABS, 0, 0, 12),
-        Insn(JEQ_K, 0, 5, 0x0800),  # not IPv4 -> pass (index 7)
+        Insn(JEQ_K, 0, 10, 0x0800),  # not IPv4 -> pass (index 12)
         Insn(LDB_ABS, 0, 0, 23),
-        Insn(JEQ_K, 0, 3, 17),  # not UDP -> pass
+        Insn(JEQ_K, 0, 8, 17),  # not UDP -> pass
         Insn(LD_ABS, 0, 0, 30),
-        Insn(JEQ_K, 0, 1, agent),  # to the agent -> skip, else pass
+        Insn(JEQ_K, 0, 6, agent),  # not to the agent -> pass
+        Insn(LDH_ABS, 0, 0, 20),
+        Insn(JSET_K, 3, 0, 0x1FFF),  # non-first fragment -> skip (index 11)
+        Insn(LDXB_MSH, 0, 0, 14),  # X = IPv4 header length
+        Insn(LDH_IND, 0, 0, 16),  # UDP destination port at 14 + X + 2
+        Insn(JEQ_K, 0, 1, agent_port),  # tunnel port -> skip, else pass
         Insn(RET_K, 0, 0, 0),
     )
 
 
-def mirror_program(agent_ip: str, pushed: Sequence[Insn] | None = None) -> Program:
+def mirror_program(agent_ip: str, agent_port: int, pushed: Sequence[Insn] | None = None) -> Program:
     """The program that decides what to mirror: tunnel exclusion, then ``pushed`` or "everything"."""
     tail: Program = tuple(pushed) if pushed else (Insn(RET_K, 0, 0, ACCEPT_ALL),)
-    return tunnel_exclusion(agent_ip) + tail
+    return tunnel_exclusion(agent_ip, agent_port) + tail
 
 
 def drop_all() -> Program:
@@ -89,7 +102,7 @@ def validate(raw: object) -> Program:
     """Turn a pushed JSON ``[[code, jt, jf, k], ...]`` into a Program, or raise BadProgram."""
     if not isinstance(raw, list) or not raw:
         raise BadProgram("bpf must be a non-empty list of [code, jt, jf, k]")
-    if len(raw) > MAX_INSNS - len(tunnel_exclusion("0.0.0.0")):
+    if len(raw) > MAX_INSNS - len(tunnel_exclusion("0.0.0.0", 0)):
         raise BadProgram(f"bpf has {len(raw)} instructions, too many")
     program = tuple(_insn(item, index, len(raw)) for index, item in enumerate(raw))
     if program[-1].code & 0x07 != RET_K & 0x07:
@@ -105,8 +118,10 @@ def _insn(item: object, index: int, length: int) -> Insn:
     code, jt, jf, k = item
     if not (0 <= code <= 0xFFFF and 0 <= jt <= 0xFF and 0 <= jf <= 0xFF and 0 <= k <= 0xFFFFFFFF):
         raise BadProgram(f"bpf[{index}] has a field out of range")
-    if code & 0x07 == 0x05 and index + 1 + max(jt, jf) >= length:  # BPF_JMP class
-        raise BadProgram(f"bpf[{index}] jumps past the end")
+    if code & 0x07 == 0x05:  # BPF_JMP class: BPF_JA jumps by k, conditionals by jt/jf
+        reach = k if code == 0x05 else max(jt, jf)
+        if index + 1 + reach >= length:
+            raise BadProgram(f"bpf[{index}] jumps past the end")
     return Insn(code, jt, jf, k)
 
 

@@ -79,7 +79,7 @@ def build(
 ) -> MirrorPlan:
     """The desired kernel state for mirroring ``interface`` to the agent."""
     vx = VxlanSpec(device_name(vni), vni, agent_ip, agent_port)
-    mirror = bpf.pack(bpf.mirror_program(agent_ip, pushed))
+    mirror = bpf.pack(bpf.mirror_program(agent_ip, agent_port, pushed))
     filters = (
         FilterSpec(interface, INGRESS, mirror, vx.name),
         FilterSpec(interface, EGRESS, mirror, vx.name),

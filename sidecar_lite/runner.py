@@ -82,7 +82,8 @@ def _verify(kernel: Kernel, current: plan.MirrorPlan) -> None:
 
 def run_sniff(t: Target, poller: Poller | None, stop: Stopper, rules_interval: float,
               stats_interval: float) -> None:
-    sniffer = Sniffer(t.interface, (t.agent_ip, t.agent_port), t.vni, bpf.mirror_program(t.agent_ip))
+    program = bpf.mirror_program(t.agent_ip, t.agent_port)
+    sniffer = Sniffer(t.interface, (t.agent_ip, t.agent_port), t.vni, program)
     log.info("sniff mode: mirroring %s to %s:%d vni %d", t.interface, t.agent_ip, t.agent_port, t.vni)
     due = {"poll": 0.0, "stats": time.monotonic() + stats_interval}
 
@@ -91,7 +92,7 @@ def run_sniff(t: Target, poller: Poller | None, stop: Stopper, rules_interval: f
             due["poll"] = now + rules_interval
             update = poller.poll()
             if update is not None:
-                sniffer.set_program(bpf.mirror_program(t.agent_ip, update.program))
+                sniffer.set_program(bpf.mirror_program(t.agent_ip, t.agent_port, update.program))
                 log.info("push-down version %r installed in the socket filter", update.version)
         if now >= due["stats"]:
             due["stats"] = now + stats_interval
