@@ -7,23 +7,51 @@ lookup and never a parse:
 
 1. sender: the source address must be a monitored pod on this node, and the VNI its own;
 2. decode: VXLAN, then the inner Ethernet/IP/transport headers;
-3. (later stages: dedup, filters, slicing) each may drop with its own reason.
+3. vantage (``vantage``): a flow seen from two vantages is kept from one (``OTHER_VANTAGE``), a
+   flow between two nodes' monitored pods from one node (``NOT_OWNER``);
+4. filters (``filters``): ordered rules from the copy's own vantage (``FILTERED``), maybe a snap
+   length;
+5. dedup (``flowkey`` + ``dedup``): another vantage's copy of a packet forwarded moments ago
+   (``DUPLICATE``); after the filters, so a copy one vantage's rules exclude does not hide the
+   other vantage's copy;
+6. cutoff (``cutoff``): encrypted flows past their budget are cut to headers or dropped
+   (``CUT_OFF``); then the snap length, keeping ``wire_len``.
 
-Every call counts the datagram once as received and once as its outcome (see ``stats``).
+Stages 3-6 are optional (None: skipped), which is also the no-op baseline of ``bench/``. Every
+call counts the datagram once as received and once as its outcome (see ``stats``); bytes not sent
+are added per mechanism with ``Stats.save`` (dedup, filter, slice, cutoff).
 """
 
 from __future__ import annotations
 
-from nodeagent.pods import PodIndex
-from nodeagent.stats import UNKNOWN_POD, Stats
+from typing import Any
+
+from nodeagent import cutoff as cutoff_mod
+from nodeagent import flowkey
+from nodeagent.cutoff import Cutoff
+from nodeagent.dedup import DedupWindow
+from nodeagent.filters import EXCLUDE, FilterSet
+from nodeagent.pods import PodIndex, PodInfo
+from nodeagent.stats import UNKNOWN_POD, Counters, Stats
+from nodeagent.vantage import Vantage
 from nodeagent.verdict import Direction, Drop, Forward, Verdict
 from nodeagent.wire import Malformed, headers, vxlan
+from nodeagent.wire.headers import PacketMeta
+
+DEDUP, FILTER, SLICE, CUTOFF = "dedup", "filter", "slice", "cutoff"
+"""``Stats.saved_bytes`` mechanisms."""
 
 
 class Pipeline:
-    def __init__(self, *, pods: PodIndex, stats: Stats) -> None:
+    def __init__(self, *, pods: PodIndex, stats: Stats, vantage: Vantage | None = None,
+                 filters: FilterSet | None = None, dedup: DedupWindow | None = None,
+                 cutoff: Cutoff | None = None) -> None:
         self._pods = pods
         self._stats = stats
+        self._vantage = vantage
+        self._filters = filters
+        self._dedup = dedup
+        self._cutoff = cutoff
 
     def process(self, datagram: bytes | memoryview, sender: str, now: float) -> Verdict:
         stats = self._stats
@@ -51,5 +79,56 @@ class Pipeline:
             direction = Direction.INGRESS
         else:
             direction = Direction.UNKNOWN
+        return self._stages(frame, meta, pod, direction, counters, size, now)
+
+    def _stages(self, frame: vxlan.VxlanFrame, meta: PacketMeta, pod: PodInfo, direction: Direction,
+                counters: Counters, size: int, now: float) -> Verdict:
+        stats, inner = self._stats, frame.inner
+        peer = self._peer(meta, direction)
+        if self._vantage is not None:
+            reason = self._vantage.decide(meta, pod, peer, now)
+            if reason is not None:
+                return self._drop(counters, reason, size, DEDUP)
+        keep = 0
+        if self._filters is not None:
+            keep = self._filters.decide(inner, meta, pod, peer, direction)
+            if keep == EXCLUDE:
+                return self._drop(counters, Drop.FILTERED, size, FILTER)
+        if self._dedup is not None and self._dedup.check_and_add(flowkey.digest(meta, inner), pod.addr, now):
+            return self._drop(counters, Drop.DUPLICATE, size, DEDUP)
+        if self._cutoff is not None:
+            cut = self._cutoff.apply(meta, inner, now)
+            if cut == cutoff_mod.CUT:
+                return self._drop(counters, Drop.CUT_OFF, size, CUTOFF)
+            if cut and cut < len(inner):
+                stats.save(CUTOFF, len(inner) - cut)
+                inner = inner[:cut]
+        if keep and keep < len(inner):
+            stats.save(SLICE, len(inner) - keep)
+            inner = inner[:keep]
         stats.forward(counters, size)
-        return Forward(frame.inner, meta, frame.vni, pod, direction, len(frame.inner), now)
+        return Forward(inner, meta, frame.vni, pod, direction, len(frame.inner), now)
+
+    def _peer(self, meta: PacketMeta, direction: Direction) -> PodInfo | None:
+        """The monitored pod at the other end (local or on another node), if any."""
+        if direction == Direction.EGRESS:
+            return self._pods.by_addr(meta.dst)
+        if direction == Direction.INGRESS:
+            return self._pods.by_addr(meta.src)
+        return None
+
+    def _drop(self, counters: Counters, reason: Drop, size: int, mechanism: str) -> Drop:
+        self._stats.drop(counters, reason, size)
+        self._stats.save(mechanism, size)
+        return reason
+
+    def state(self) -> dict[str, Any]:
+        """Table sizes and evictions (lost state, not packet drops) for ``/status``."""
+        out: dict[str, Any] = {}
+        if self._dedup is not None:
+            out["dedup"] = {"entries": len(self._dedup), "evictions": self._dedup.evictions}
+        if self._vantage is not None:
+            out["vantage"] = {"evictions": self._vantage.evictions}
+        if self._cutoff is not None:
+            out["cutoff"] = {"evictions": self._cutoff.evictions}
+        return out
