@@ -31,6 +31,7 @@ from kubernetes.client.exceptions import ApiException
 from kubernetes.watch.watch import iter_resp_lines
 
 from nodeagent.kubepods import LOCAL, MONITORED_LABEL, PEERS, PodTable
+from nodeagent.stats import Counters
 
 log = logging.getLogger(__name__)
 
@@ -217,3 +218,45 @@ class KubeWatcher:
                 stream.stop()
             for thread in threads:
                 await asyncio.to_thread(thread.join, 5.0)
+
+
+def install(agent: Any) -> None:
+    """Wire the watcher into ``app.Agent`` when ``settings.kube`` is enabled (``--node-name``):
+    a root task, the ``kube``/``silent`` parts of ``/status``, and readiness once listed."""
+    settings = agent.settings.kube
+    if not settings.enabled:
+        return
+    table = PodTable(agent.pods, node=settings.node_name)
+    client = api_client(settings.kubeconfig)
+    watcher = KubeWatcher(table, kubernetes.client.CoreV1Api(client),
+                          watch_specs(settings.node_name, settings.label_selector),
+                          timeout=settings.watch_timeout)
+
+    async def run() -> None:
+        try:
+            await watcher.run()
+        finally:
+            client.close()
+
+    def report(snapshot: dict[str, Any]) -> None:
+        now = asyncio.get_running_loop().time()
+        last_seen = {key: counters.last_seen for key, counters in agent.stats.pods.items()}
+        silent = table.silent(last_seen, now, settings.silent_after)
+        add_status(snapshot, table, watcher, silent)
+
+    agent.add_task("kube-watch", run)
+    agent.add_status_hook(report)
+    agent.add_ready_check(watcher.synced.is_set)
+
+
+def add_status(snapshot: dict[str, Any], table: PodTable, watcher: KubeWatcher, silent: list[str]) -> None:
+    """``/status`` additions: every selected local pod (zero counters before its first datagram,
+    which leaves the totals and their invariant untouched), ``silent`` flags and watch counters."""
+    pods = snapshot.setdefault("pods", {})
+    quiet = set(silent)
+    for key in table.keys(LOCAL):
+        entry = pods.setdefault(key, Counters().snapshot())
+        entry["silent"] = key in quiet
+    snapshot["silent"] = silent
+    snapshot["kube"] = {**watcher.snapshot(), "synced": watcher.synced.is_set(),
+                        "local": len(table.keys(LOCAL)), "peers": len(table.keys(PEERS))}

@@ -11,7 +11,7 @@ import pytest
 from nodeagent.adapters.kube import Backoff, KubeWatcher, watch_specs
 from nodeagent.kubepods import PodTable
 from nodeagent.pods import PodIndex
-from tests.fakes.kubeapi import FakeKubeApi, label_matcher, pod
+from tests.fakes.kubeapi import label_matcher, pod
 from tests.kube.conftest import eventually
 
 pytestmark = pytest.mark.kube

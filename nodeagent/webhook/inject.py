@@ -1,0 +1,176 @@
+"""Sidecar injection: what to add to a pod, as a new pod template and as a JSON Patch (RFC 6902).
+
+Pure: dicts in (API JSON, camelCase), dicts out. Shared by the admission webhook (``server``) and
+the offline ``nodeagent inject`` command, so both inject exactly the same sidecar.
+
+Decision (``wants_injection``), first match wins: excluded namespace (kube-system, podmirror's
+own) or host network -> no; annotation ``podmirror.io/monitor: "false"`` -> no; ``"true"`` -> yes;
+namespace labelled ``podmirror.io/monitor=enabled`` -> yes; else no.
+
+What is added:
+- a container ``podmirror-sidecar`` (idempotent: a pod that has it is left alone), its
+  environment (agent discovery, ``PODMIRROR_VNI=auto``, pod identity from the downward API), small
+  resources, and the security context of its mode: ``kernel`` adds NET_ADMIN (tc and a VXLAN
+  device in the pod's namespace); ``sniff`` and ``auto`` add nothing, so the pod stays within the
+  Pod Security "baseline" level and the sniffer uses the runtime-default NET_RAW (``auto`` without
+  NET_ADMIN falls back to sniffing). The sidecar runs as UID 0: capabilities of a non-root process
+  are not effective without ambient capabilities.
+- the label ``podmirror.io/monitored=true``: the agent's watch selects on it (labels can be
+  selected server-side, annotations cannot).
+- with ``podmirror.io/containers: a,b``: containers share the pod's network namespace, so a
+  container cannot be mirrored alone; the selection becomes the declared ports of those
+  containers, written to ``podmirror.io/ports`` (``8080/TCP,53/UDP``), which the agent reads into
+  ``PodInfo.ports`` and filters on. Undeclared ports cannot be attributed and are warned about.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+from collections.abc import Mapping
+from typing import Any
+
+from nodeagent.kubepods import (
+    CONTAINERS_ANNOTATION,
+    MODE_ANNOTATION,
+    MONITOR_ANNOTATION,
+    MONITORED_LABEL,
+    PORTS_ANNOTATION,
+)
+
+SIDECAR_NAME = "podmirror-sidecar"
+MODES = ("auto", "kernel", "sniff")
+Obj = dict[str, Any]
+
+
+@dataclasses.dataclass(frozen=True)
+class InjectConfig:
+    image: str = "podmirror:0.1.0"
+    agent: str = "podmirror-agent.podmirror.svc.cluster.local:14789"
+    """PODMIRROR_AGENT: the agent Service (``internalTrafficPolicy: Local``) and its tunnel port."""
+    rules_url: str = "http://podmirror-agent.podmirror.svc.cluster.local:9477/v1/pushdown"
+    """PODMIRROR_RULES_URL: the push-down endpoint on the same node-local Service."""
+    discovery: str = "service"
+    default_mode: str = "auto"
+    excluded_namespaces: tuple[str, ...] = ("kube-system", "podmirror")
+    requests: Mapping[str, str] = dataclasses.field(
+        default_factory=lambda: {"cpu": "10m", "memory": "24Mi"})
+    limits: Mapping[str, str] = dataclasses.field(
+        default_factory=lambda: {"cpu": "200m", "memory": "64Mi"})
+
+    def __post_init__(self) -> None:
+        if self.default_mode not in MODES:
+            raise ValueError(f"default mode must be one of {MODES}, not {self.default_mode!r}")
+
+
+def wants_injection(pod: Mapping[str, Any], namespace: str, *, namespace_enabled: bool,
+                    config: InjectConfig) -> bool:
+    annotations = (pod.get("metadata") or {}).get("annotations") or {}
+    if namespace in config.excluded_namespaces or (pod.get("spec") or {}).get("hostNetwork"):
+        return False
+    choice = annotations.get(MONITOR_ANNOTATION)
+    if choice in ("true", "false"):
+        return choice == "true"
+    return namespace_enabled
+
+
+def is_injected(pod: Mapping[str, Any]) -> bool:
+    containers = (pod.get("spec") or {}).get("containers") or []
+    return any(c.get("name") == SIDECAR_NAME for c in containers)
+
+
+def _field(name: str, path: str) -> Obj:
+    return {"name": name, "valueFrom": {"fieldRef": {"fieldPath": path}}}
+
+
+def sidecar_container(config: InjectConfig, mode: str) -> Obj:
+    security: Obj = {"runAsUser": 0, "runAsNonRoot": False, "allowPrivilegeEscalation": False,
+                     "readOnlyRootFilesystem": True}
+    if mode == "kernel":
+        security["capabilities"] = {"add": ["NET_ADMIN"]}
+    env = [
+        {"name": "PODMIRROR_AGENT", "value": config.agent},
+        {"name": "PODMIRROR_VNI", "value": "auto"},
+        {"name": "PODMIRROR_INTERFACE", "value": "eth0"},
+        {"name": "PODMIRROR_MODE", "value": mode},
+        {"name": "PODMIRROR_DISCOVERY", "value": config.discovery},
+        {"name": "PODMIRROR_RULES_URL", "value": config.rules_url},
+        _field("POD_IP", "status.podIP"),
+        _field("POD_NAME", "metadata.name"),
+        _field("POD_NAMESPACE", "metadata.namespace"),
+        _field("NODE_NAME", "spec.nodeName"),
+        _field("NODE_IP", "status.hostIP"),
+    ]
+    return {"name": SIDECAR_NAME, "image": config.image, "args": ["sidecar-lite"], "env": env,
+            "resources": {"requests": dict(config.requests), "limits": dict(config.limits)},
+            "securityContext": security}
+
+
+def selected_ports(spec: Mapping[str, Any], names: str) -> tuple[str, list[str]]:
+    """``podmirror.io/containers`` -> (``podmirror.io/ports`` value, warnings)."""
+    wanted = [n.strip() for n in names.split(",") if n.strip()]
+    containers = {c.get("name"): c for c in spec.get("containers") or []}
+    ports, warnings = [], []
+    for name in wanted:
+        if name not in containers:
+            warnings.append(f"podmirror: container {name!r} named in {CONTAINERS_ANNOTATION} not found")
+            continue
+        declared = containers[name].get("ports") or []
+        if not declared:
+            warnings.append(f"podmirror: container {name!r} declares no ports; its traffic cannot be "
+                            "told apart from the pod's other containers")
+        for port in declared:
+            item = f"{port['containerPort']}/{port.get('protocol', 'TCP')}"
+            if item not in ports:
+                ports.append(item)
+    return ",".join(ports), warnings
+
+
+def _mode(annotations: Mapping[str, str], config: InjectConfig) -> tuple[str, list[str]]:
+    mode = annotations.get(MODE_ANNOTATION, config.default_mode)
+    if mode in MODES:
+        return mode, []
+    return config.default_mode, [f"podmirror: unknown {MODE_ANNOTATION} {mode!r}; "
+                                 f"using {config.default_mode!r}"]
+
+
+def inject_template(template: Mapping[str, Any], config: InjectConfig) -> tuple[Obj, list[str]]:
+    """A copy of a pod (or pod template) with the sidecar, label and ports annotation added."""
+    result: Obj = copy.deepcopy(dict(template))
+    if is_injected(result):
+        return result, []
+    meta = result.setdefault("metadata", {})
+    annotations = meta.get("annotations") or {}
+    mode, warnings = _mode(annotations, config)
+    meta["labels"] = {**(meta.get("labels") or {}), MONITORED_LABEL: "true"}
+    spec = result.setdefault("spec", {})
+    if CONTAINERS_ANNOTATION in annotations:
+        ports, more = selected_ports(spec, annotations[CONTAINERS_ANNOTATION])
+        warnings += more
+        meta["annotations"] = {**annotations, PORTS_ANNOTATION: ports}
+    spec["containers"] = [*(spec.get("containers") or []), sidecar_container(config, mode)]
+    return result, warnings
+
+
+def _escape(key: str) -> str:
+    return key.replace("~", "~0").replace("/", "~1")  # RFC 6901 pointer escaping
+
+
+def patch_for(pod: Mapping[str, Any], config: InjectConfig) -> tuple[list[Obj], list[str]]:
+    """The JSON Patch turning ``pod`` into ``inject_template(pod)``: only additions, so it applies
+    cleanly even if another webhook changed unrelated fields."""
+    if is_injected(pod):
+        return [], []
+    injected, warnings = inject_template(pod, config)
+    meta, new_meta = pod.get("metadata") or {}, injected["metadata"]
+    ops: list[Obj] = []
+    for field, keys in (("labels", [MONITORED_LABEL]), ("annotations", [PORTS_ANNOTATION])):
+        new = new_meta.get(field) or {}
+        present = [k for k in keys if k in new and (meta.get(field) or {}).get(k) != new[k]]
+        if present and meta.get(field) is None:
+            ops.append({"op": "add", "path": f"/metadata/{field}", "value": {k: new[k] for k in present}})
+        else:
+            ops += [{"op": "add", "path": f"/metadata/{field}/{_escape(k)}", "value": new[k]}
+                    for k in present]
+    ops.append({"op": "add", "path": "/spec/containers/-", "value": injected["spec"]["containers"][-1]})
+    return ops, warnings

@@ -1,0 +1,154 @@
+"""A real, throwaway control plane for the ``apiserver`` tier: etcd + kube-apiserver on loopback.
+
+etcd (Debian's ``etcd-server``) and the kube-apiserver that ``.ci/apiserver.sh`` builds
+(``$PODMIRROR_APISERVER``, else ``/var/cache/podmirror/kube-apiserver``) listen on random
+127.0.0.1 ports, with data in a temporary directory removed afterwards. Authentication: a static
+token for an admin in ``system:masters`` (which may impersonate, for ``kubectl auth can-i --as``);
+authorization: RBAC, as in a real cluster. No controller-manager or scheduler runs: tests set
+``spec.nodeName`` and patch ``status`` themselves, and the ServiceAccount admission plugin is off
+(it would wait for the token controller to create each namespace's ``default`` account).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import socket
+import ssl
+import subprocess
+import tempfile
+import time
+import urllib.request
+from collections.abc import Iterator
+
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import rsa
+
+TOKEN = "podmirror-test-admin-token"
+DEFAULT_BINARY = "/var/cache/podmirror/kube-apiserver"
+
+
+def apiserver_binary() -> str | None:
+    path = os.environ.get("PODMIRROR_APISERVER") or DEFAULT_BINARY
+    return path if os.access(path, os.X_OK) else None
+
+
+def missing() -> str | None:
+    """Why the tier cannot run here, or None."""
+    if apiserver_binary() is None:
+        return "no kube-apiserver binary (build it with .ci/apiserver.sh or set PODMIRROR_APISERVER)"
+    if shutil.which("etcd") is None:
+        return "no etcd (Debian package etcd-server)"
+    return None
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+class ControlPlane:
+    def __init__(self, workdir: str) -> None:
+        self.workdir = workdir
+        self.url = ""
+        self.kubeconfig = os.path.join(workdir, "admin.kubeconfig")
+        self._procs: list[subprocess.Popen[bytes]] = []
+
+    def start(self) -> None:
+        etcd_port, peer_port, api_port = _free_port(), _free_port(), _free_port()
+        etcd_url = f"http://127.0.0.1:{etcd_port}"
+        self._spawn("etcd", ["etcd", "--data-dir", os.path.join(self.workdir, "etcd"),
+                             "--listen-client-urls", etcd_url, "--advertise-client-urls", etcd_url,
+                             "--listen-peer-urls", f"http://127.0.0.1:{peer_port}",
+                             "--initial-advertise-peer-urls", f"http://127.0.0.1:{peer_port}",
+                             "--initial-cluster", f"default=http://127.0.0.1:{peer_port}",
+                             "--log-level", "error"])
+        key_file = self._service_account_key()
+        tokens = os.path.join(self.workdir, "tokens.csv")
+        with open(tokens, "w") as handle:
+            handle.write(f"{TOKEN},admin,admin-uid,system:masters\n")
+        self._spawn("kube-apiserver", [
+            str(apiserver_binary()), "--etcd-servers", etcd_url, "--bind-address", "127.0.0.1",
+            "--advertise-address", "127.0.0.1", "--secure-port", str(api_port),
+            "--cert-dir", os.path.join(self.workdir, "certs"), "--token-auth-file", tokens,
+            "--authorization-mode", "RBAC", "--service-account-key-file", key_file,
+            "--service-account-signing-key-file", key_file,
+            "--service-account-issuer", "https://kubernetes.default.svc",
+            "--service-cluster-ip-range", "10.96.0.0/16", "--disable-admission-plugins", "ServiceAccount",
+            "--enable-priority-and-fairness=false", "--watch-cache=true", "--v", "0"])
+        self.url = f"https://127.0.0.1:{api_port}"
+        self._write_kubeconfig()
+        self._wait_ready(deadline=time.monotonic() + 90)
+
+    def _spawn(self, name: str, argv: list[str]) -> None:
+        log = open(os.path.join(self.workdir, f"{name}.log"), "wb")  # noqa: SIM115 (closed by the child's exit)
+        self._procs.append(subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT,
+                                            stdin=subprocess.DEVNULL))
+        log.close()
+
+    def _service_account_key(self) -> str:
+        key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+        path = os.path.join(self.workdir, "sa.key")
+        with open(path, "wb") as handle:
+            handle.write(key.private_bytes(serialization.Encoding.PEM,
+                                           serialization.PrivateFormat.TraditionalOpenSSL,
+                                           serialization.NoEncryption()))
+        return path
+
+    def _write_kubeconfig(self) -> None:
+        with open(self.kubeconfig, "w") as handle:
+            handle.write(f"""apiVersion: v1
+kind: Config
+clusters:
+- name: test
+  cluster: {{server: "{self.url}", insecure-skip-tls-verify: true}}
+users:
+- name: admin
+  user: {{token: "{TOKEN}"}}
+contexts:
+- name: test
+  context: {{cluster: test, user: admin}}
+current-context: test
+""")
+
+    def _wait_ready(self, deadline: float) -> None:
+        context = ssl.create_default_context()
+        context.check_hostname = False
+        context.verify_mode = ssl.CERT_NONE
+        request = urllib.request.Request(f"{self.url}/readyz", headers={"Authorization": f"Bearer {TOKEN}"})
+        while True:
+            for proc in self._procs:
+                if proc.poll() is not None:
+                    raise RuntimeError(f"control plane process exited: {proc.args[0]}; see {self.workdir}")
+            with contextlib.suppress(OSError):
+                with urllib.request.urlopen(request, context=context, timeout=2) as answer:
+                    if answer.status == 200:
+                        return
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"kube-apiserver not ready; logs in {self.workdir}")
+            time.sleep(0.2)
+
+    def stop(self) -> None:
+        for proc in reversed(self._procs):
+            proc.terminate()
+        for proc in reversed(self._procs):
+            try:
+                proc.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+        self._procs.clear()
+
+
+@contextlib.contextmanager
+def running() -> Iterator[ControlPlane]:
+    workdir = tempfile.mkdtemp(prefix="pmk8-cp-")
+    plane = ControlPlane(workdir)
+    try:
+        plane.start()
+        yield plane
+    finally:
+        plane.stop()
+        shutil.rmtree(workdir, ignore_errors=True)

@@ -1,0 +1,107 @@
+"""The webhook's pure core on AdmissionReview requests recorded from a real kube-apiserver
+(tests/data/admission, made by ``python -m tests.kube.record_admission``)."""
+
+from __future__ import annotations
+
+import json
+import pathlib
+from typing import Any
+
+import pytest
+
+from nodeagent import kubepods
+from nodeagent.webhook.inject import SIDECAR_NAME, InjectConfig, patch_for
+from nodeagent.webhook.review import BadReview, respond
+from tests.kube.patching import apply_patch, response_patch, validate
+
+DATA = pathlib.Path(__file__).resolve().parents[1] / "data" / "admission"
+CONFIG = InjectConfig(image="registry.example/podmirror:1.0")
+
+
+def review(case: str) -> dict[str, Any]:
+    return json.loads((DATA / f"{case}.json").read_text())
+
+
+def injected(case: str, *, namespace_enabled: bool = False) -> tuple[dict[str, Any], dict[str, Any]]:
+    req = review(case)
+    answer = respond(req, CONFIG, namespace_enabled=namespace_enabled)
+    assert answer["response"]["uid"] == req["request"]["uid"]
+    assert answer["response"]["allowed"] is True
+    return apply_patch(req["request"]["object"], response_patch(answer)), answer
+
+
+def sidecar(pod: dict[str, Any]) -> dict[str, Any]:
+    (container,) = [c for c in pod["spec"]["containers"] if c["name"] == SIDECAR_NAME]
+    return container
+
+
+def test_annotated_pod_gets_sidecar_label_env_and_a_valid_spec() -> None:
+    pod, answer = injected("annotated_pod")
+    assert answer["response"]["patchType"] == "JSONPatch"
+    assert pod["metadata"]["labels"] == {"app": "web", kubepods.MONITORED_LABEL: "true"}
+    container = sidecar(pod)
+    env = {e["name"]: e.get("value") or e["valueFrom"]["fieldRef"]["fieldPath"] for e in container["env"]}
+    assert env["PODMIRROR_AGENT"].endswith(":14789") and env["PODMIRROR_VNI"] == "auto"
+    assert env["PODMIRROR_MODE"] == "auto" and env["PODMIRROR_DISCOVERY"] == "service"
+    assert env["PODMIRROR_RULES_URL"].endswith(":9477/v1/pushdown")
+    assert (env["POD_IP"], env["NODE_NAME"], env["NODE_IP"]) == ("status.podIP", "spec.nodeName",
+                                                                 "status.hostIP")
+    assert "capabilities" not in container["securityContext"]  # auto/sniff: runtime-default NET_RAW
+    assert container["resources"]["limits"] == {"cpu": "200m", "memory": "64Mi"}
+    validate(pod)
+
+
+def test_kernel_mode_adds_net_admin_and_containers_become_declared_ports() -> None:
+    pod, answer = injected("kernel_mode_containers")
+    assert sidecar(pod)["securityContext"]["capabilities"] == {"add": ["NET_ADMIN"]}
+    assert pod["metadata"]["annotations"][kubepods.PORTS_ANNOTATION] == "8080/TCP,8081/UDP,9090/TCP"
+    assert "warnings" not in answer["response"]
+    validate(pod)
+    pod["status"] = {"podIP": "10.9.0.4"}
+    info = kubepods.pod_info(pod, node="")
+    assert info is not None and info.ports == (8080, 8081, 9090)  # what the agent reads back
+
+
+def test_enabled_namespace_injects_plain_pods_but_not_opted_out_ones() -> None:
+    pod, _ = injected("plain_pod_in_enabled_namespace", namespace_enabled=True)
+    assert sidecar(pod)
+    plain, answer = injected("plain_pod_in_enabled_namespace", namespace_enabled=False)
+    assert "patch" not in answer["response"]
+    opted_out, answer = injected("opted_out_pod", namespace_enabled=True)
+    assert "patch" not in answer["response"]
+
+
+def test_excluded_namespace_is_never_injected_even_when_annotated() -> None:
+    _, answer = injected("kube_system_pod", namespace_enabled=True)
+    assert "patch" not in answer["response"] and answer["response"]["allowed"] is True
+
+
+def test_injection_is_idempotent() -> None:
+    pod, _ = injected("annotated_pod")
+    assert patch_for(pod, CONFIG) == ([], [])
+    req = review("annotated_pod")
+    req["request"]["object"] = pod
+    assert "patch" not in respond(req, CONFIG, namespace_enabled=False)["response"]
+
+
+def test_missing_containers_and_bad_mode_are_warned_not_denied() -> None:
+    req = review("kernel_mode_containers")
+    annotations = req["request"]["object"]["metadata"]["annotations"]
+    annotations["podmirror.io/containers"] = "ghost"
+    annotations["podmirror.io/mode"] = "turbo"
+    answer = respond(req, CONFIG, namespace_enabled=False)
+    warnings = answer["response"]["warnings"]
+    assert any("ghost" in w for w in warnings) and any("turbo" in w for w in warnings)
+    pod = apply_patch(req["request"]["object"], response_patch(answer))
+    assert "capabilities" not in sidecar(pod)["securityContext"]  # fell back to the default mode
+
+
+def test_escaped_keys_patch_existing_labels_in_place() -> None:
+    req = review("annotated_pod")
+    ops = response_patch(respond(req, CONFIG, namespace_enabled=False))
+    assert {"op": "add", "path": "/metadata/labels/podmirror.io~1monitored", "value": "true"} in ops
+
+
+def test_not_a_review_is_rejected() -> None:
+    with pytest.raises(BadReview):
+        respond({"kind": "AdmissionReview"}, CONFIG, namespace_enabled=False)
