@@ -72,6 +72,9 @@ def build_outputs(settings: Settings) -> list[Output]:
 
 def _install_extensions(agent: Agent) -> None:
     """Other parts plug in here: one import and one ``install(agent)`` call each."""
+    from nodeagent.adapters import kube  # the Kubernetes pod table, when settings.kube is enabled
+
+    kube.install(agent)
 
 
 class Agent:
@@ -94,6 +97,8 @@ class Agent:
         self.status_address: tuple[str, int] | None = None
         self._routes: list[status.Route] = []
         self._tasks: dict[str, TaskFactory] = {}
+        self._status_hooks: list[Callable[[dict[str, Any]], None]] = []
+        self._ready_checks: list[Callable[[], bool]] = []
         self._outputs_open = False
         self._started = time.monotonic()
         self._stop = asyncio.Event()
@@ -110,6 +115,14 @@ class Agent:
     def add_output(self, output: Output) -> None:
         self.fanout.add(output)
 
+    def add_status_hook(self, hook: Callable[[dict[str, Any]], None]) -> None:
+        """``hook(snapshot)`` adds its part to each ``/status`` answer (loop thread, synchronous)."""
+        self._status_hooks.append(hook)
+
+    def add_ready_check(self, check: Callable[[], bool]) -> None:
+        """``/readyz`` also waits for ``check()`` (e.g. the pod table's first list)."""
+        self._ready_checks.append(check)
+
     def report_mode(self, pod_key: str, mode: str) -> None:
         self.modes[pod_key] = mode
 
@@ -119,7 +132,8 @@ class Agent:
 
     # ---- status ----
     def is_ready(self) -> bool:
-        return self.receiver.is_bound and self._outputs_open and self.status_address is not None
+        return (self.receiver.is_bound and self._outputs_open and self.status_address is not None
+                and all(check() for check in self._ready_checks))
 
     def status(self) -> dict[str, Any]:
         snap = self.stats.snapshot()  # synchronous: the accounting invariant holds in this dict
@@ -137,6 +151,8 @@ class Agent:
             malformed={"first": self.receiver.malformed.first, "last": self.receiver.malformed.last},
             senders=sum(1 for p in self.pods.all() if p.local),
         )
+        for hook in self._status_hooks:
+            hook(snap)
         return snap
 
     # ---- lifecycle ----
