@@ -17,12 +17,16 @@ import sys
 from collections.abc import Sequence
 from typing import Any
 
+from nodeagent import inject_cmd
 from nodeagent import settings as settings_mod
 from nodeagent.settings import ConfigError, Settings
+from nodeagent.webhook import server as webhook_server
 
 
 def _register_all(subparsers: Any) -> None:
     _register_run(subparsers)
+    inject_cmd.register(subparsers)
+    webhook_server.register(subparsers)
 
 
 def _register_run(subparsers: Any) -> None:
@@ -39,6 +43,8 @@ def _register_run(subparsers: Any) -> None:
     p.add_argument("--status", metavar="IP:PORT", help=f"status address (port {settings_mod.STATUS_PORT})")
     p.add_argument("--dedup-vantage", choices=("client", "server"), help="which vantage of a local flow is kept")
     p.add_argument("--log-level", choices=("DEBUG", "INFO", "WARNING", "ERROR"))
+    p.add_argument("--node-name", metavar="NAME", help="take the pod table from Kubernetes for this node")
+    p.add_argument("--kubeconfig", metavar="FILE", help="with --node-name (default: in-cluster account)")
     p.set_defaults(func=_run)
 
 
@@ -63,6 +69,9 @@ def run_overrides(args: argparse.Namespace) -> dict[str, Any]:
         over["dedup"] = {"vantage": args.dedup_vantage}
     if args.log_level:
         over["log"] = {"level": args.log_level}
+    if args.node_name or args.kubeconfig:
+        kube = {"node_name": args.node_name, "kubeconfig": args.kubeconfig}
+        over["kube"] = {key: value for key, value in kube.items() if value}
     return over
 
 
