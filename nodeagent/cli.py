@@ -19,6 +19,7 @@ from typing import Any
 
 from nodeagent import inject_cmd
 from nodeagent import settings as settings_mod
+from nodeagent.lab import runner as lab_runner
 from nodeagent.settings import ConfigError, Settings
 from nodeagent.webhook import server as webhook_server
 
@@ -27,6 +28,7 @@ def _register_all(subparsers: Any) -> None:
     _register_run(subparsers)
     inject_cmd.register(subparsers)
     webhook_server.register(subparsers)
+    lab_runner.register(subparsers)
 
 
 def _register_run(subparsers: Any) -> None:

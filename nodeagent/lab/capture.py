@@ -83,7 +83,7 @@ def start_tcpdump(lab: Lab, ns: str, dev: str, path: Path, bpf: str = "",
     """tcpdump writing ``path`` (full frames, packet-buffered); returns once it is listening."""
     log = path.with_suffix(".log")
     cmd = ["tcpdump", "-i", dev, "-s", "0", "-U", "-n", "-w", str(path)] + ([bpf] if bpf else [])
-    proc = lab.ns.spawn(ns, cmd, log=log.open("wb"))
+    proc = lab.ns.spawn(ns, cmd, log=log)
     deadline = time.monotonic() + timeout
     while "listening on" not in log.read_text(errors="replace"):
         if proc.poll() is not None or time.monotonic() > deadline:

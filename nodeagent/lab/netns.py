@@ -25,7 +25,7 @@ import subprocess
 import threading
 import time
 from collections.abc import Iterator, Sequence
-from typing import IO
+from pathlib import Path
 
 CLONE_NEWNET = 0x40000000
 _libc = ctypes.CDLL(None, use_errno=True)
@@ -87,12 +87,13 @@ class Namespaces:
     def sysctl(self, ns: str, values: dict[str, str]) -> None:
         self.exec(ns, ["sysctl", "-q", "-w", *(f"{k}={v}" for k, v in values.items())])
 
-    def spawn(self, ns: str, cmd: Sequence[str], *, log: IO[bytes] | int | None = subprocess.DEVNULL,
+    def spawn(self, ns: str, cmd: Sequence[str], *, log: Path | None = None,
               env: dict[str, str] | None = None) -> subprocess.Popen[bytes]:
-        """Start ``cmd`` in ``ns`` in its own process group; ``close()`` stops it if nobody did."""
-        proc = subprocess.Popen(["ip", "netns", "exec", ns, *cmd], stdout=log, stderr=subprocess.STDOUT,
-                                stdin=subprocess.DEVNULL, start_new_session=True,
-                                env={**os.environ, **(env or {})})
+        """Start ``cmd`` in ``ns`` in its own process group, output to ``log``; ``close()`` stops it."""
+        with open(log or os.devnull, "wb") as out:   # the child keeps its own descriptor
+            proc = subprocess.Popen(["ip", "netns", "exec", ns, *cmd], stdout=out, stderr=subprocess.STDOUT,
+                                    stdin=subprocess.DEVNULL, start_new_session=True,
+                                    env={**os.environ, **(env or {})})
         self.procs.append(proc)
         return proc
 

@@ -23,7 +23,11 @@ from typing import Any
 from nodeagent.lab.netns import LabError, inside
 from nodeagent.lab.topology import STATUS_PORT, TUNNEL_PORT, Host, Lab, Node, Pod
 
-BIN = Path(sys.executable).parent
+SOURCE_ROOT = Path(__file__).resolve().parents[2]
+"""Where ``nodeagent`` and ``sidecar_lite`` are importable from (a checkout or site-packages)."""
+ENV = {"PYTHONPATH": str(SOURCE_ROOT), "PYTHONUNBUFFERED": "1"}
+NODEAGENT = [sys.executable, "-m", "nodeagent"]
+SIDECAR = [sys.executable, "-m", "sidecar_lite"]
 
 
 @dataclasses.dataclass
@@ -87,7 +91,7 @@ def start_agent(lab: Lab, node: Node, logdir: Path, *, sensors: Sequence[Host | 
                 extra: Sequence[str] = ()) -> Agent:
     """``nodeagent run`` in the node's agent namespace, with a ``--sender`` per pod of the node."""
     agent_ns = node.agent or lab.add_agent(node)
-    cmd = [str(BIN / "nodeagent"), "run", "--listen", f"{agent_ns.ip}:{TUNNEL_PORT}",
+    cmd = [*NODEAGENT, "run", "--listen", f"{agent_ns.ip}:{TUNNEL_PORT}",
            "--status", f"{agent_ns.ip}:{STATUS_PORT}"]
     for pod in node.pods if pods is None else pods:
         cmd += ["--sender", f"{pod.ip},{pod.vni},{pod.key}"]
@@ -97,7 +101,7 @@ def start_agent(lab: Lab, node: Node, logdir: Path, *, sensors: Sequence[Host | 
         pcap_dir.mkdir(parents=True, exist_ok=True)
         cmd += ["--pcap-dir", str(pcap_dir)]
     log = logdir / f"agent-node{node.index}.log"
-    agent = Agent(lab, node, lab.ns.spawn(agent_ns.ns, [*cmd, *extra], log=log.open("wb")), log)
+    agent = Agent(lab, node, lab.ns.spawn(agent_ns.ns, [*cmd, *extra], log=log, env=ENV), log)
     agent.wait_ready()
     return agent
 
@@ -108,12 +112,12 @@ def start_sidecar(lab: Lab, pod: Pod, logdir: Path, *, mode: str = "kernel", vni
     agent = pod.node.agent
     if agent is None:
         raise LabError("start the node's agent before its sidecars")
-    cmd = [str(BIN / "sidecar-lite"), "--agent", f"{agent.ip}:{TUNNEL_PORT}", "--vni", vni,
+    cmd = [*SIDECAR, "--agent", f"{agent.ip}:{TUNNEL_PORT}", "--vni", vni,
            "--interface", "eth0", "--mode", mode, *extra]
     env = {"POD_IP": pod.ip, "POD_NAME": pod.name, "POD_NAMESPACE": pod.namespace,
-           "NODE_NAME": f"node{pod.node.index}", "NODE_IP": pod.node.uplink_ip}
+           "NODE_NAME": f"node{pod.node.index}", "NODE_IP": pod.node.uplink_ip, **ENV}
     log = logdir / f"sidecar-{pod.name}.log"
-    return lab.ns.spawn(pod.ns, cmd, log=log.open("wb"), env=env)
+    return lab.ns.spawn(pod.ns, cmd, log=log, env=env)
 
 
 def probe(lab: Lab, pod: Pod) -> None:

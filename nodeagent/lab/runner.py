@@ -49,12 +49,11 @@ class Run:
     iperf: dict[str, Any] = dataclasses.field(default_factory=dict)
 
 
-def add_parser(subparsers: Any) -> argparse.ArgumentParser:
+def register(subparsers: Any) -> None:
     """Register ``lab`` on the ``nodeagent`` command's subparsers (cli.py's two-line hook)."""
     p = subparsers.add_parser("lab", help="run the local lab (root): a node of namespaces, mirrored pods")
     configure(p)
     p.set_defaults(func=run)
-    return p
 
 
 def configure(p: argparse.ArgumentParser) -> None:
@@ -66,6 +65,8 @@ def configure(p: argparse.ArgumentParser) -> None:
     p.add_argument("--output", type=Path, help="pcaps and logs (default ./podmirror-lab-<time>)")
     p.add_argument("--keep", action="store_true", help="leave the lab running until Ctrl-C, to explore it")
     p.add_argument("--iperf-seconds", type=float, default=3.0)
+    p.add_argument("--iperf-rate", default="200M",
+                   help="iperf3 bitrate (default 200M, what one agent core forwards; 0 = unlimited)")
 
 
 def _raise_interrupt(signum: int, frame: FrameType | None) -> None:
@@ -115,6 +116,7 @@ def build(lab: Lab, args: argparse.Namespace, out: Path) -> Run:
 
 
 def start(r: Run, args: argparse.Namespace) -> None:
+    Workload(r.lab, r.out).start_sink(r.sensor)
     r.sensor_dump = capture.start_tcpdump(r.lab, r.sensor.ns, "eth0", r.out / "sensor.pcap", "udp port 4789")
     r.agent = podmirror.start_agent(r.lab, r.node, r.out, sensors=[r.sensor], pcap_dir=r.out / "pcap")
     say(f"agent ready at {r.agent.ip} (tunnels :14789, status :9477); sensor {r.sensor.ip}:4789")
@@ -139,7 +141,7 @@ def drive(r: Run, args: argparse.Namespace) -> None:
             for k, v in work.client(client, server).items():
                 r.totals[k] = r.totals.get(k, 0) + v
         if rounds == 1 or (rounds == 0 and args.duration < 2 * args.iperf_seconds):
-            r.iperf = work.iperf(r.client, r.web, seconds=args.iperf_seconds)
+            r.iperf = work.iperf(r.client, r.web, seconds=args.iperf_seconds, bitrate=args.iperf_rate)
         rounds += 1
         progress(r, elapsed)
 
@@ -161,12 +163,14 @@ def summarize(r: Run, args: argparse.Namespace) -> None:
     up = r.lab.counters(r.node.ns, "uplink")
     sensor_rx = r.lab.counters(r.sensor.ns, "eth0")
     print("\n== podmirror lab summary ==")
-    print(f"{'pod':24} {'packets':>10} {'bytes':>14} {'forwarded':>10} {'dropped':>8}")
+    print(f"{'pod (at the agent)':24} {'mode':>7} {'packets':>10} {'bytes':>14} {'forwarded':>10} "
+          f"{'dropped':>8}")
     for key, c in sorted(st.get("pods", {}).items()):
-        print(f"{key:24} {c['received']:>10} {c['received_bytes']:>14} {c['forwarded']:>10} "
-              f"{sum(c['drops'].values()):>8}")
+        print(f"{key:24} {c.get('mode', '?'):>7} {c['received']:>10} {c['received_bytes']:>14} "
+              f"{c['forwarded']:>10} {sum(c['drops'].values()):>8}")
     print(f"agent totals: received {st['received']} = forwarded {st['forwarded']} + drops "
           f"{ {k: v for k, v in st['drops'].items() if v} or 0}")
+    print(f"agent socket: {st.get('socket', {})} (kernel_drops: datagrams lost before the agent read them)")
     for name, state in st.get("outputs", {}).items():
         print(f"output {name}: {state}")
     if r.iperf:

@@ -109,6 +109,18 @@ def serve(args: argparse.Namespace) -> None:
     httpd.serve_forever()
 
 
+def sink(port: int) -> None:
+    """Receive and discard UDP datagrams on ``port`` (a sensor's VXLAN port: no ICMP unreachable)."""
+    sock = socket.socket(socket.AF_INET6, socket.SOCK_DGRAM)
+    sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 8 << 20)
+    sock.bind(("::", port))
+    buf = bytearray(65536)
+    print("ready", flush=True)
+    while True:
+        sock.recv_into(buf)
+
+
 # -- clients --------------------------------------------------------------------------------------
 def _http_get(host: str, port: int) -> int:
     url = f"http://[{host}]:{port}/" if ":" in host else f"http://{host}:{port}/"
@@ -196,6 +208,7 @@ def client(args: argparse.Namespace) -> dict[str, int]:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m nodeagent.lab.traffic")
     sub = parser.add_subparsers(dest="cmd", required=True)
+    sub.add_parser("sink").add_argument("--port", type=int, default=4789)
     for name in ("serve", "client"):
         p = sub.add_parser(name)
         p.add_argument("--http", type=int, default=HTTP_PORT)
@@ -211,6 +224,9 @@ def main(argv: list[str] | None = None) -> int:
     c.add_argument("--rounds", type=int, default=1)
     c.add_argument("--ping", type=int, default=2, help="echo requests per round and target")
     args = parser.parse_args(argv)
+    if args.cmd == "sink":
+        sink(args.port)
+        return 0
     if args.cmd == "serve":
         serve(args)
         return 0

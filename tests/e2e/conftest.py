@@ -7,6 +7,7 @@ agent's or the sidecar's entry point cannot start (they are built in parallel wi
 
 from __future__ import annotations
 
+import os
 import subprocess
 from collections.abc import Iterator
 from pathlib import Path
@@ -14,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from nodeagent.lab import netns
-from nodeagent.lab.podmirror import BIN
+from nodeagent.lab.podmirror import ENV, NODEAGENT, SIDECAR
 from nodeagent.lab.topology import Lab
 
 
@@ -29,9 +30,9 @@ def lab(tmp_path: Path) -> Iterator[Lab]:
 
 
 def _entry_point_problem() -> str | None:
-    for cmd in ([str(BIN / "nodeagent"), "run", "--help"], [str(BIN / "sidecar-lite"), "--help"]):
+    for cmd in ([*NODEAGENT, "run", "--help"], [*SIDECAR, "--help"]):
         try:
-            proc = subprocess.run(cmd, capture_output=True, text=True, timeout=30)
+            proc = subprocess.run(cmd, capture_output=True, text=True, timeout=30, env={**os.environ, **ENV})
         except OSError as exc:
             return f"{cmd[0]} missing: {exc}"
         if proc.returncode != 0:
