@@ -1,0 +1,199 @@
+"""wire/normalize: GSO super-packets re-segmented like the kernel would, partial checksums completed."""
+
+from __future__ import annotations
+
+import struct
+
+import pytest
+from scapy.layers.inet import IP, TCP, UDP, ICMP
+from scapy.layers.inet6 import IPv6, IPv6ExtHdrDestOpt
+from scapy.layers.l2 import Dot1Q, Ether
+
+from nodeagent.wire import headers, normalize
+from nodeagent.wire.normalize import Normalizer
+
+MAC1, MAC2 = "02:00:00:00:00:01", "02:00:00:00:00:02"
+"""Explicit MACs: scapy would otherwise resolve them (seconds per IPv6 packet)."""
+
+
+def _fold(words_sum: int) -> int:
+    while words_sum >> 16:
+        words_sum = (words_sum & 0xFFFF) + (words_sum >> 16)
+    return words_sum
+
+
+def _word_sum(data: bytes) -> int:
+    if len(data) % 2:
+        data += b"\0"
+    return sum(struct.unpack(f"!{len(data) // 2}H", data))
+
+
+def _pseudo(frame: bytes) -> int:
+    """Folded pseudo-header sum, computed word by word (independent of the module under test)."""
+    meta = headers.decode(frame)
+    l4_len = meta.end - meta.l4
+    return _fold(_word_sum(meta.src + meta.dst) + meta.proto + l4_len)
+
+
+def _with_partial(pkt) -> bytes:
+    """The frame as tc mirred copies it: L4 checksum field = folded pseudo-header sum."""
+    frame = bytearray(bytes(pkt))
+    meta = headers.decode(bytes(frame))
+    struct.pack_into("!H", frame, normalize.checksum_offset(meta), _pseudo(bytes(frame)))
+    return bytes(frame)
+
+
+def _l4_valid(frame: bytes) -> bool:
+    """A checksum verifies when the ones' complement sum over pseudo-header + segment is 0xFFFF."""
+    meta = headers.decode(frame)
+    total = _word_sum(meta.src + meta.dst) + meta.proto + (meta.end - meta.l4) + _word_sum(frame[meta.l4:meta.end])
+    return _fold(total) == 0xFFFF
+
+
+def _apply(frame: bytes, max_frame: int = 1514) -> tuple[Normalizer, list[bytes] | None]:
+    norm = Normalizer(max_frame=max_frame)
+    out = norm.apply(memoryview(frame), headers.decode(frame), len(frame))
+    return norm, None if out is None else [bytes(f) for f in out]
+
+
+def _tcp4(payload: bytes, flags: str = "PA", **ip) -> Ether:
+    return Ether(src=MAC1, dst=MAC2) / IP(src="10.0.0.5", dst="10.0.0.9", id=100, flags="DF", **ip) / TCP(
+        sport=40000, dport=80, seq=1000, flags=flags, options=[("NOP", None), ("NOP", None),
+                                                              ("Timestamp", (1, 2))]) / payload
+
+
+def test_ones_sum_matches_word_by_word_sum_for_odd_and_even_lengths():
+    for data in (b"", b"\x01", b"\xff\xff", b"\x12\x34\x56", bytes(range(256)) * 3 + b"\x07"):
+        assert normalize.ones_sum(data) == _fold(_word_sum(data)) % 0xFFFF
+
+
+def test_finish_maps_negative_zero_to_zero():
+    assert normalize.finish(0) == 0
+    assert normalize.finish(0xFFFF) == 0
+    assert normalize.finish(1) == 0xFFFE
+
+
+def test_small_frame_with_valid_checksum_is_left_alone():
+    frame = bytes(_tcp4(b"hello"))
+    norm, out = _apply(frame)
+    assert out is None
+    assert norm.fixed == 0
+
+
+def test_partial_tcp_checksum_is_completed():
+    frame = _with_partial(_tcp4(b"hello world"))
+    assert not _l4_valid(frame)
+    norm, out = _apply(frame)
+    assert out is not None and len(out) == 1
+    assert _l4_valid(out[0])
+    assert out[0] == bytes(_tcp4(b"hello world"))  # what the NIC would have sent
+    assert norm.fixed == 1
+
+
+def test_partial_udp_checksum_over_ipv6_is_completed():
+    pkt = Ether(src=MAC1, dst=MAC2) / IPv6(src="fd00::5", dst="fd00::9") / UDP(sport=5353, dport=53) / b"\x00\x01query"
+    norm, out = _apply(_with_partial(pkt))
+    assert out is not None and _l4_valid(out[0])
+    assert norm.fixed == 1
+
+
+def test_udp_without_checksum_is_left_alone():
+    pkt = Ether(src=MAC1, dst=MAC2) / IP(src="10.0.0.5", dst="10.0.0.9") / UDP(sport=1, dport=2, chksum=0) / b"x"
+    _, out = _apply(bytes(pkt))
+    assert out is None
+
+
+def test_sliced_frame_is_left_alone():
+    frame = _with_partial(_tcp4(b"x" * 100))
+    norm = Normalizer()
+    sliced = frame[:80]
+    assert norm.apply(memoryview(sliced), headers.decode(sliced), len(frame)) is None
+
+
+def test_fragment_is_left_alone():
+    whole = _with_partial(Ether(src=MAC1, dst=MAC2) / IP(src="10.0.0.5", dst="10.0.0.9") / UDP(sport=1, dport=2) / (b"x" * 40))
+    first_fragment = Ether(whole)
+    first_fragment[IP].flags = "MF"
+    del first_fragment[IP].chksum
+    frame = bytes(first_fragment)
+    assert headers.decode(frame).fragment
+    _, out = _apply(frame)
+    assert out is None
+
+
+@pytest.mark.parametrize("size", [1449, 2896, 5000, 64000])
+def test_super_packet_is_cut_into_mss_segments_like_gso(size):
+    payload = bytes(i % 251 for i in range(size))
+    frame = _with_partial(_tcp4(payload, flags="FPA"))
+    norm, out = _apply(frame)
+    assert out is not None
+    header_len = headers.decode(frame).payload
+    mss = 1514 - header_len
+    assert len(out) == -(-size // mss)
+    assert all(len(seg) <= 1514 for seg in out)
+    rebuilt = b""
+    for i, seg in enumerate(out):
+        parsed = Ether(seg)
+        assert _l4_valid(seg)
+        ip_copy = parsed[IP].copy()
+        del ip_copy.chksum
+        assert IP(bytes(ip_copy))[IP].chksum == parsed[IP].chksum  # IPv4 header checksum valid
+        assert parsed[IP].len == len(seg) - 14
+        assert parsed[IP].id == 100 + i
+        assert parsed[TCP].seq == 1000 + i * mss
+        last = i == len(out) - 1
+        assert bool(parsed[TCP].flags & 0x01) == last  # FIN only on the last
+        assert bool(parsed[TCP].flags & 0x08) == last  # PSH only on the last
+        assert parsed[TCP].flags & 0x10  # ACK on all
+        assert parsed[TCP].options == [("NOP", None), ("NOP", None), ("Timestamp", (1, 2))]
+        rebuilt += bytes(parsed[TCP].payload)
+    assert rebuilt == payload
+    assert norm.segmented == 1 and norm.segments == len(out)
+
+
+def test_cwr_stays_only_on_the_first_segment():
+    frame = _with_partial(_tcp4(b"y" * 3000, flags="AC"))
+    _, out = _apply(frame)
+    assert out is not None
+    assert [bool(Ether(s)[TCP].flags & 0x80) for s in out] == [True, False, False]
+
+
+def test_ipv6_super_packet_with_extension_header_and_vlan_is_segmented():
+    pkt = (Ether(src=MAC1, dst=MAC2) / Dot1Q(vlan=7) / IPv6(src="fd00::5", dst="fd00::9") / IPv6ExtHdrDestOpt()
+           / TCP(sport=1, dport=2, seq=5, flags="PA") / (b"z" * 4000))
+    _, out = _apply(_with_partial(pkt))
+    assert out is not None and len(out) == 3
+    total = b""
+    for seg in out:
+        parsed = Ether(seg)
+        assert parsed[IPv6].plen == len(seg) - 18 - 40
+        assert _l4_valid(seg)
+        total += bytes(parsed[TCP].payload)
+    assert total == b"z" * 4000
+
+
+def test_sequence_number_wraps():
+    pkt = Ether(src=MAC1, dst=MAC2) / IP(src="10.0.0.5", dst="10.0.0.9") / TCP(seq=0xFFFFFF00, flags="A") / (b"q" * 3000)
+    _, out = _apply(_with_partial(pkt))
+    assert out is not None
+    assert Ether(out[1])[TCP].seq == (0xFFFFFF00 + 1460) & 0xFFFFFFFF
+
+
+def test_oversize_udp_is_counted_not_split():
+    pkt = Ether(src=MAC1, dst=MAC2) / IP(src="10.0.0.5", dst="10.0.0.9") / UDP(sport=1, dport=2) / (b"u" * 3000)
+    norm, out = _apply(bytes(pkt))
+    assert out is None
+    assert norm.oversize == 1
+
+
+def test_segmentation_can_be_disabled_but_checksum_still_fixed():
+    frame = _with_partial(_tcp4(b"w" * 3000))
+    norm = Normalizer(segment=False)
+    out = norm.apply(memoryview(frame), headers.decode(frame), len(frame))
+    assert out is not None and len(out) == 1 and _l4_valid(bytes(out[0]))
+
+
+def test_icmp_is_never_touched():
+    pkt = Ether(src=MAC1, dst=MAC2) / IP(src="10.0.0.5", dst="10.0.0.9") / ICMP() / b"ping"
+    _, out = _apply(bytes(pkt))
+    assert out is None

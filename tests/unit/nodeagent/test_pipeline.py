@@ -1,0 +1,107 @@
+"""pipeline: the sender check before parsing, VNI check, malformed input, direction, accounting."""
+
+from __future__ import annotations
+
+import pytest
+from scapy.layers.inet import IP, TCP, UDP
+from scapy.layers.inet6 import IPv6
+from scapy.layers.l2 import Ether
+
+from nodeagent.pipeline import Pipeline
+from nodeagent.pods import PodIndex, PodInfo
+from nodeagent.stats import UNKNOWN_POD, Stats
+from nodeagent.verdict import Direction, Drop, Forward
+from nodeagent.wire import vxlan
+
+MAC1, MAC2 = "02:00:00:00:00:01", "02:00:00:00:00:02"
+WEB = PodInfo(ip="10.0.0.5", vni=5, namespace="default", name="web")
+DB6 = PodInfo(ip="fd00::7", vni=7, namespace="default", name="db6")
+PEER = PodInfo(ip="10.0.9.9", vni=0, namespace="other", name="api", local=False)
+
+
+def _frame(src: str = "10.0.0.5", dst: str = "10.0.0.9") -> bytes:
+    ip = IPv6 if ":" in src else IP
+    return bytes(Ether(src=MAC1, dst=MAC2) / ip(src=src, dst=dst) / TCP(sport=1234, dport=80) / b"data")
+
+
+@pytest.fixture
+def stats() -> Stats:
+    return Stats()
+
+
+@pytest.fixture
+def pipeline(stats: Stats) -> Pipeline:
+    return Pipeline(pods=PodIndex([WEB, DB6, PEER]), stats=stats)
+
+
+def _invariant(stats: Stats) -> None:
+    snap = stats.snapshot()
+    assert snap["received"] == snap["forwarded"] + sum(snap["drops"].values())
+    for pod in snap["pods"].values():
+        assert pod["received"] == pod["forwarded"] + sum(pod["drops"].values())
+
+
+def test_known_sender_with_its_vni_is_forwarded(pipeline, stats):
+    frame = _frame()
+    verdict = pipeline.process(vxlan.encode(5, frame), "10.0.0.5", now=3.0)
+    assert isinstance(verdict, Forward)
+    assert bytes(verdict.frame) == frame and verdict.wire_len == len(frame)
+    assert verdict.vni == 5 and verdict.pod is WEB and verdict.now == 3.0
+    assert verdict.direction == Direction.EGRESS and verdict.meta.dport == 80
+    assert stats.snapshot()["pods"]["default/web"]["forwarded"] == 1
+    _invariant(stats)
+
+
+def test_direction_into_the_pod_and_unknown(pipeline):
+    into = pipeline.process(vxlan.encode(5, _frame("10.0.0.9", "10.0.0.5")), "10.0.0.5", now=0.0)
+    assert isinstance(into, Forward) and into.direction == Direction.INGRESS
+    other = pipeline.process(vxlan.encode(5, _frame("10.1.1.1", "10.1.1.2")), "10.0.0.5", now=0.0)
+    assert isinstance(other, Forward) and other.direction == Direction.UNKNOWN
+
+
+def test_ipv6_sender(pipeline):
+    verdict = pipeline.process(vxlan.encode(7, _frame("fd00::7", "fd00::9")), "fd00::7", now=0.0)
+    assert isinstance(verdict, Forward) and verdict.direction == Direction.EGRESS
+
+
+def test_unknown_sender_is_dropped_before_parsing(pipeline, stats):
+    assert pipeline.process(b"garbage that would not parse", "10.0.0.99", now=0.0) is Drop.UNKNOWN_SENDER
+    snap = stats.snapshot()
+    assert snap["pods"][UNKNOWN_POD]["drops"]["unknown_sender"] == 1
+    assert snap["drops"]["malformed"] == 0
+    _invariant(stats)
+
+
+def test_peer_address_is_not_a_sender(pipeline):
+    assert pipeline.process(vxlan.encode(0, _frame("10.0.9.9")), "10.0.9.9", now=0.0) is Drop.UNKNOWN_SENDER
+
+
+def test_wrong_vni_from_a_known_address_is_dropped(pipeline, stats):
+    assert pipeline.process(vxlan.encode(6, _frame()), "10.0.0.5", now=0.0) is Drop.WRONG_VNI
+    assert stats.snapshot()["pods"]["default/web"]["drops"]["wrong_vni"] == 1
+    _invariant(stats)
+
+
+@pytest.mark.parametrize("datagram", [
+    b"",
+    b"\x08\x00\x00\x00\x00\x00\x05\x00",
+    b"\x00\x00\x00\x00\x00\x00\x05\x00" + _frame(),  # I flag missing
+    vxlan.encode(5, _frame()[:30]),  # truncated IPv4 header
+    vxlan.encode(5, bytes(Ether(src=MAC1, dst=MAC2) / IP(src="10.0.0.5", dst="10.0.0.9") / UDP()))[:44],
+])
+def test_malformed_datagrams_are_counted(pipeline, stats, datagram):
+    assert pipeline.process(datagram, "10.0.0.5", now=0.0) is Drop.MALFORMED
+    assert stats.snapshot()["drops"]["malformed"] == 1
+    _invariant(stats)
+
+
+def test_invariant_holds_over_a_mixed_sequence(pipeline, stats):
+    good = vxlan.encode(5, _frame())
+    inputs = [(good, "10.0.0.5"), (b"x", "10.0.0.5"), (good, "10.9.9.9"), (vxlan.encode(1, _frame()), "10.0.0.5")]
+    for i in range(40):
+        datagram, sender = inputs[i % len(inputs)]
+        pipeline.process(datagram, sender, now=float(i))
+        _invariant(stats)
+    snap = stats.snapshot()
+    assert snap["received"] == 40 and snap["forwarded"] == 10
+    assert snap["received_bytes"] == 10 * (2 * len(good) + 1 + len(good))
