@@ -75,6 +75,9 @@ def _install_extensions(agent: Agent) -> None:
     from nodeagent.adapters import kube  # the Kubernetes pod table, when settings.kube is enabled
 
     kube.install(agent)
+    from nodeagent.adapters import transport_out  # batched TLS output, when collectors are set
+
+    transport_out.install(agent)
 
 
 class Agent:

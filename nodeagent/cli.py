@@ -19,6 +19,7 @@ from typing import Any
 
 from nodeagent import inject_cmd
 from nodeagent import settings as settings_mod
+from nodeagent.collector import main as collector_main
 from nodeagent.lab import runner as lab_runner
 from nodeagent.settings import ConfigError, Settings
 from nodeagent.webhook import server as webhook_server
@@ -29,6 +30,7 @@ def _register_all(subparsers: Any) -> None:
     inject_cmd.register(subparsers)
     webhook_server.register(subparsers)
     lab_runner.register(subparsers)
+    collector_main.register(subparsers)
 
 
 def _register_run(subparsers: Any) -> None:
@@ -43,6 +45,9 @@ def _register_run(subparsers: Any) -> None:
     p.add_argument("--sensor", metavar="IP[:PORT]", action="append",
                    help=f"VXLAN sensor (repeat; port {settings_mod.SENSOR_PORT} by default)")
     p.add_argument("--status", metavar="IP:PORT", help=f"status address (port {settings_mod.STATUS_PORT})")
+    p.add_argument("--collector", metavar="IP[:PORT]", action="append",
+                   help=f"batched TLS output to a collector (repeat; port {settings_mod.COLLECTOR_PORT})")
+    p.add_argument("--collector-ca", metavar="FILE", help="CA that signs the collectors' certificates")
     p.add_argument("--dedup-vantage", choices=("client", "server"), help="which vantage of a local flow is kept")
     p.add_argument("--log-level", choices=("DEBUG", "INFO", "WARNING", "ERROR"))
     p.add_argument("--node-name", metavar="NAME", help="take the pod table from Kubernetes for this node")
@@ -67,6 +72,10 @@ def run_overrides(args: argparse.Namespace) -> dict[str, Any]:
         over.setdefault("outputs", {})["pcap"] = {"dir": args.pcap_dir}
     if args.sensor:
         over.setdefault("outputs", {})["sensors"] = list(args.sensor)
+    if args.collector:
+        over.setdefault("outputs", {}).setdefault("transport", {})["collectors"] = list(args.collector)
+    if args.collector_ca:
+        over.setdefault("outputs", {}).setdefault("transport", {})["ca_file"] = args.collector_ca
     if args.dedup_vantage:
         over["dedup"] = {"vantage": args.dedup_vantage}
     if args.log_level:

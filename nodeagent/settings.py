@@ -216,6 +216,9 @@ class SensorSettings:
     port: int = SENSOR_PORT
     vni: int | str | None = None
     """VNI to send with; None keeps each sender's VNI."""
+    probe_port: int | None = None
+    """TCP port probed every 2 s to decide the sensor's health (issue 5); without it, ICMP
+    unreachable errors on sends mark the sensor down for a growing hold-down."""
 
     @classmethod
     def from_text(cls, text: str) -> SensorSettings:
@@ -227,13 +230,81 @@ class SensorSettings:
         _check(0 < self.port < 65536, "port", "must be in 1..65535")
         if self.vni is not None:
             object.__setattr__(self, "vni", parse_vni(self.vni, "0.0.0.0", "vni"))
+        if self.probe_port is not None:
+            _check(0 < self.probe_port < 65536, "probe_port", "must be in 1..65535")
+
+
+COLLECTOR_PORT = 14790
+"""Default TCP port of ``nodeagent collect`` (the batched transport's collector)."""
+
+
+@dataclasses.dataclass(frozen=True)
+class CollectorEndpointSettings:
+    """A collector the batched transport sends to (``IP[:PORT]``)."""
+
+    host: str
+    port: int = COLLECTOR_PORT
+
+    @classmethod
+    def from_text(cls, text: str) -> CollectorEndpointSettings:
+        host, port = parse_hostport(text, COLLECTOR_PORT, "")
+        return cls(host=host, port=port)
+
+    def __post_init__(self) -> None:
+        _check(_is_ip(self.host), "host", f"must be an IP address, got {self.host!r}")
+        _check(0 < self.port < 65536, "port", "must be in 1..65535")
+
+
+@dataclasses.dataclass(frozen=True)
+class TransportSettings:
+    """Batched, zstd-compressed output over TLS to collectors (issue 5). Off unless ``collectors``
+    is set. Each flow goes to one collector (symmetric hash, consistent ring)."""
+
+    collectors: tuple[CollectorEndpointSettings, ...] = ()
+    ca_file: str | None = None
+    """CA bundle that signs the collectors' certificates (None: the system store). The server is
+    always verified."""
+    cert_file: str | None = None
+    key_file: str | None = None
+    """Optional client certificate and key, for collectors that require one."""
+    server_name: str | None = None
+    """Name the collectors' certificates must carry (default: each collector's address)."""
+    batch_bytes: int = 256 << 10
+    """A batch closes at this many frame bytes."""
+    max_delay: float = 0.02
+    """Seconds a packet may wait in an open batch: bounds the latency (issue 5: <= 50 ms)."""
+    queue_bytes: int = 32 << 20
+    """Compressed bytes kept per collector until acknowledged; the oldest batches go beyond it."""
+    level: int = 3
+    """zstd level (1..19)."""
+    backoff_initial: float = 0.2
+    backoff_max: float = 10.0
+    """Reconnect delay bounds in seconds (exponential, jittered)."""
+    connect_timeout: float = 5.0
+    ack_timeout: float = 15.0
+    """Seconds without an acknowledgement, batches in flight, before the connection is dropped."""
+    flush_timeout: float = 3.0
+    """Seconds SIGTERM waits for the collectors to acknowledge what is queued."""
+
+    def __post_init__(self) -> None:
+        _check(self.batch_bytes >= 1024, "batch_bytes", "must be >= 1024")
+        _check(0 < self.max_delay <= 1.0, "max_delay", "must be in (0, 1] seconds")
+        _check(self.queue_bytes >= self.batch_bytes, "queue_bytes", "must be >= batch_bytes")
+        _check(1 <= self.level <= 19, "level", "must be in 1..19")
+        _check(0 < self.backoff_initial <= self.backoff_max, "backoff_initial",
+               "must be > 0 and <= backoff_max")
+        for name in ("connect_timeout", "ack_timeout", "flush_timeout"):
+            _check(getattr(self, name) > 0, name, "must be > 0")
+        _check((self.cert_file is None) == (self.key_file is None), "cert_file",
+               "and key_file must be given together")
 
 
 @dataclasses.dataclass(frozen=True)
 class OutputsSettings:
     pcap: PcapSettings = PcapSettings()
     sensors: tuple[SensorSettings, ...] = ()
-    """VXLAN sensors; today each gets every packet (issue 5 adds flow affinity across the list)."""
+    """VXLAN sensors; each flow goes to one of them (symmetric hash, consistent ring)."""
+    transport: TransportSettings = TransportSettings()
 
 
 @dataclasses.dataclass(frozen=True)

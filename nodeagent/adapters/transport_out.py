@@ -29,6 +29,7 @@ import dataclasses
 import logging
 import os
 import random
+import socket
 import ssl
 import time
 from collections.abc import Sequence
@@ -36,6 +37,7 @@ from typing import Any
 
 from nodeagent import flowhash, framing
 from nodeagent.batcher import Batch, Batcher, Record
+from nodeagent.settings import TransportSettings
 from nodeagent.verdict import Forward
 from nodeagent.wire import Malformed
 
@@ -332,3 +334,21 @@ class TransportOutput:
         dropped = {r: sum(s["dropped"][r] for s in links.values()) for r in (QUEUE_FULL, SHUTDOWN)}
         return {"kind": "transport", **total, "dropped": dropped, "collectors": links,
                 "stream": self._stream.hex()}
+
+
+def from_settings(ts: TransportSettings, agent: str = "nodeagent") -> TransportOutput:
+    opts = TransportOptions(
+        batch_bytes=ts.batch_bytes, max_delay=ts.max_delay, queue_bytes=ts.queue_bytes, level=ts.level,
+        backoff_initial=ts.backoff_initial, backoff_max=ts.backoff_max,
+        connect_timeout=ts.connect_timeout, ack_timeout=ts.ack_timeout, server_name=ts.server_name,
+    )
+    ctx = client_context(ts.ca_file, ts.cert_file, ts.key_file)
+    return TransportOutput([(c.host, c.port) for c in ts.collectors], ctx, opts, agent=agent,
+                           flush_timeout=ts.flush_timeout)
+
+
+def install(agent: Any) -> None:
+    """``app._install_extensions`` hook: add the output when collectors are configured."""
+    ts = agent.settings.outputs.transport
+    if ts.collectors:
+        agent.add_output(from_settings(ts, agent=socket.gethostname()))

@@ -6,19 +6,30 @@ EHOSTUNREACH on a later send), so a sensor that is down is visible per sensor in
 Header and frame go out in one ``sendmsg`` with two buffers: no concatenation copy.
 
 The VNI is the sender's (the pod's identity travels to the sensor) unless the sensor's settings
-fix one. Today every sensor gets every packet; ``Sensor`` objects are kept in a list so that issue
-5's flow affinity (a symmetric 5-tuple hash choosing one sensor per flow) can replace ``offer``'s
-loop with a choice without touching the per-sensor accounting.
+fix one.
+
+Flow affinity (issue 5): each packet goes to *one* sensor, chosen by the symmetric flow hash on a
+consistent ring (``flowhash``): both directions of a connection reach the same sensor (a Zeek
+cluster needs that), and a sensor that goes down moves only its own flows. The outer UDP source
+port follows the same hash: each sensor has a small pool of connected sockets, each bound to its
+own ephemeral port, indexed by the hash, so receivers that balance on the outer header keep flows
+together too. Health: an ICMP unreachable reported on a send (ECONNREFUSED, EHOSTUNREACH...) marks
+the sensor down for a hold-down time that doubles on each repeated failure (1 s to 30 s); when it
+expires the sensor takes traffic again, and stays if no new error comes (so sensors come back
+automatically). With ``probe_port`` set, a TCP connect every few seconds decides health instead.
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import errno
 import logging
 import socket
 from collections.abc import Sequence
 from typing import Any
 
+from nodeagent import flowhash
 from nodeagent.settings import SensorSettings
 from nodeagent.verdict import Forward
 from nodeagent.wire import vxlan
@@ -26,40 +37,58 @@ from nodeagent.wire import vxlan
 log = logging.getLogger(__name__)
 
 SNDBUF = 4 << 20
+POOL = 8
+"""Sockets (outer source ports) per sensor: enough for a receiver's RSS to spread flows."""
+HOLDDOWN_MIN, HOLDDOWN_MAX = 1.0, 30.0
+"""Seconds a sensor stays down after an ICMP unreachable, doubling on each repeated failure."""
+PROBE_INTERVAL = 2.0
+_UNREACHABLE = frozenset({errno.ECONNREFUSED, errno.EHOSTUNREACH, errno.ENETUNREACH, errno.EHOSTDOWN})
 
 
 class Sensor:
-    """One remote sensor: its socket and its counters."""
+    """One remote sensor: its sockets (one per outer source port), health and counters."""
 
     def __init__(self, settings: SensorSettings) -> None:
         self.settings = settings
         self.address = (settings.host, settings.port)
         self.vni = settings.vni if isinstance(settings.vni, int) else None
-        self.sock: socket.socket | None = None
+        self.socks: list[socket.socket] = []
         self.packets = self.bytes = 0
         self.errors: dict[str, int] = {}
         self.last_error = ""
         self._headers: dict[int, bytes] = {}
+        self.up = True
+        self.failures = 0
+        """Consecutive hold-downs; reset after HOLDDOWN_MAX seconds up."""
+        self.since = 0.0
+        """``now`` of the last health change."""
+
+    @property
+    def sock(self) -> socket.socket | None:
+        return self.socks[0] if self.socks else None
 
     def open(self) -> None:
         family = socket.AF_INET6 if ":" in self.settings.host else socket.AF_INET
-        sock = socket.socket(family, socket.SOCK_DGRAM)
-        sock.setblocking(False)
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, SNDBUF)
-        sock.connect(self.address)
-        self.sock = sock
+        for _ in range(POOL):
+            sock = socket.socket(family, socket.SOCK_DGRAM)
+            sock.setblocking(False)
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, SNDBUF)
+            sock.connect(self.address)   # binds an ephemeral source port: this socket's port
+            self.socks.append(sock)
 
-    def send(self, fwd: Forward) -> None:
+    def send(self, fwd: Forward, flow: int = 0) -> bool:
+        """Send on the socket the flow hash picks; False when the sensor is unreachable (ICMP)."""
         vni = fwd.vni if self.vni is None else self.vni
         header = self._headers.get(vni)
         if header is None:
             header = self._headers[vni] = vxlan.header(vni)
         try:
-            assert self.sock is not None
-            self.bytes += self.sock.sendmsg((header, fwd.frame))
+            self.bytes += self.socks[flow % len(self.socks)].sendmsg((header, fwd.frame))
             self.packets += 1
         except OSError as exc:
             self._count(exc)
+            return exc.errno not in _UNREACHABLE
+        return True
 
     def _count(self, exc: OSError) -> None:
         name = errno.errorcode.get(exc.errno or 0, "EUNKNOWN")
@@ -71,33 +100,84 @@ class Sensor:
                         self.address[0], self.address[1], exc.strerror)
 
     def close(self) -> None:
-        if self.sock is not None:
-            self.sock.close()
-            self.sock = None
+        for sock in self.socks:
+            sock.close()
+        self.socks = []
 
     def state(self) -> dict[str, Any]:
         return {"address": f"{self.address[0]}:{self.address[1]}", "vni": self.vni,
-                "packets": self.packets, "bytes": self.bytes, "errors": dict(self.errors),
-                "last_error": self.last_error}
+                "state": "up" if self.up else "down", "packets": self.packets, "bytes": self.bytes,
+                "errors": dict(self.errors), "last_error": self.last_error}
 
 
 class VxlanOutput:
-    """The ``Output`` sending to every configured sensor (see ``adapters/outputs.py``)."""
+    """The ``Output`` sending each flow to one sensor (see the module docstring and ``outputs.py``)."""
 
     def __init__(self, sensors: Sequence[SensorSettings], name: str = "vxlan") -> None:
         self.name = name
         self.sensors = [Sensor(s) for s in sensors]
+        self._ring = flowhash.Ring(str(i) for i in range(len(self.sensors))) if self.sensors else None
+        self._down: dict[int, float] = {}
+        """Sensor index -> ``now`` when its hold-down ends (inf while a probe says it is down)."""
 
     async def open(self) -> None:
         for sensor in self.sensors:
             sensor.open()
 
     async def run(self) -> None:
-        return None
+        """Probe sensors that configure ``probe_port`` (TCP connect); others need no task."""
+        probed = [i for i, s in enumerate(self.sensors) if s.settings.probe_port]
+        if not probed:
+            return
+        loop = asyncio.get_running_loop()
+        while True:
+            for i in probed:
+                self.set_health(i, await self._probe(self.sensors[i]), loop.time())
+            await asyncio.sleep(PROBE_INTERVAL)
+
+    @staticmethod
+    async def _probe(sensor: Sensor) -> bool:
+        try:
+            _, writer = await asyncio.wait_for(
+                asyncio.open_connection(sensor.settings.host, sensor.settings.probe_port), 1.0)
+        except (TimeoutError, OSError):
+            return False
+        writer.close()
+        with contextlib.suppress(OSError, TimeoutError):
+            await asyncio.wait_for(writer.wait_closed(), 1.0)
+        return True
 
     def offer(self, fwd: Forward) -> None:
-        for sensor in self.sensors:
-            sensor.send(fwd)
+        h = flowhash.flow_hash(fwd.meta, fwd.frame)
+        if self._down:
+            self._revive(fwd.now)
+        i = int(self._ring.lookup(h)) if len(self.sensors) > 1 and self._ring else 0
+        if not self.sensors[i].send(fwd, h):
+            self.set_health(i, False, fwd.now)
+
+    def set_health(self, i: int, up: bool, now: float, until: float | None = None) -> None:
+        """Mark sensor ``i`` up or down; down lasts until ``until`` (default: the hold-down)."""
+        sensor = self.sensors[i]
+        if up == sensor.up and (up or i in self._down):
+            return
+        if up:
+            self._down.pop(i, None)
+        else:
+            if now - sensor.since > HOLDDOWN_MAX and sensor.up:
+                sensor.failures = 0
+            sensor.failures += 1
+            hold = min(HOLDDOWN_MAX, HOLDDOWN_MIN * 2 ** (sensor.failures - 1))
+            probed = bool(sensor.settings.probe_port)
+            self._down[i] = until if until is not None else (float("inf") if probed else now + hold)
+            log.warning("sensor %s:%d down (%s)", *sensor.address, sensor.last_error or "probe failed")
+        sensor.up, sensor.since = up, now
+        if self._ring is not None:
+            self._ring.set_down(str(j) for j in self._down)
+
+    def _revive(self, now: float) -> None:
+        for i, until in list(self._down.items()):
+            if now >= until:
+                self.set_health(i, True, now)
 
     async def flush(self) -> None:
         return None  # nothing is buffered in user space

@@ -17,6 +17,7 @@ import dataclasses
 import logging
 import signal
 import sys
+from typing import Any
 
 from aiohttp import web
 
@@ -128,6 +129,13 @@ async def run(s: CollectSettings) -> int:
         await collector.stop()
         await runner.cleanup()
     return 0
+
+
+def register(subparsers: Any) -> None:
+    """``nodeagent collect`` (cli.py calls this)."""
+    p = subparsers.add_parser("collect", help="receive batches from agents and hand them to a sensor")
+    add_arguments(p)
+    p.set_defaults(func=command)
 
 
 def main(argv: list[str] | None = None) -> int:

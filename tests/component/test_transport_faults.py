@@ -24,7 +24,8 @@ QUEUE = 256 * 1024
 
 
 def accounted(s: dict) -> bool:  # type: ignore[type-arg]
-    return s["offered"] == s["delivered"] + sum(s["dropped"].values()) + s["queued_packets"] + s["open_packets"]
+    held = s["queued_packets"] + s["open_packets"]
+    return s["offered"] == s["delivered"] + sum(s["dropped"].values()) + held
 
 
 async def _traffic(out: TransportOutput, stop: asyncio.Event, peaks: dict[str, int]) -> None:
