@@ -59,7 +59,9 @@ def compile_expression(text: str) -> Program:
     except Scapy_Exception as exc:
         raise BpfError(str(exc)) from None
     insns = compiled.bf_insns
-    return tuple((insns[i].code, insns[i].jt, insns[i].jf, insns[i].k) for i in range(compiled.bf_len))
+    # scapy declares k as a signed int: 0xfd000000 arrives as a negative number.
+    return tuple((insns[i].code & 0xFFFF, insns[i].jt & 0xFF, insns[i].jf & 0xFF, insns[i].k & _MASK)
+                 for i in range(compiled.bf_len))
 
 
 def validate(program: Sequence[Instruction]) -> None:
@@ -83,7 +85,8 @@ def validate(program: Sequence[Instruction]) -> None:
 
 def to_function(program: Sequence[Instruction]) -> Matcher:
     """Translate ``program`` into a Python function (once, at startup)."""
-    program = tuple(tuple(int(v) for v in insn) for insn in program)  # type: ignore[misc]
+    program = tuple((int(c) & 0xFFFF, int(jt) & 0xFF, int(jf) & 0xFF, int(k) & _MASK)
+                    for c, jt, jf, k in program)
     validate(program)
     source = _Generator(program).source()
     namespace: dict[str, object] = {"_W": struct.Struct("!I").unpack_from,
