@@ -30,7 +30,9 @@ def test_tls_on_a_non_standard_port_is_cut_to_headers_after_the_budget() -> None
 def test_drop_mode_drops_payload_but_keeps_fin_and_rst_headers() -> None:
     c = Cutoff(budget=30, after="drop")
     assert apply(c, bytes(tcp("10.0.0.5", "10.0.0.9", dport=2222, payload=b"SSH-2.0-OpenSSH_9.2\r\n"))) == 0
-    assert apply(c, bytes(tcp("10.0.0.5", "10.0.0.9", dport=2222, payload=b"x" * 100))) == cutoff.CUT
+    crossing = bytes(tcp("10.0.0.5", "10.0.0.9", dport=2222, payload=b"x" * 100))
+    assert apply(c, crossing) == cutoff.FORWARD  # 21 + 100 bytes: crosses the budget of 30
+    assert apply(c, crossing) == cutoff.CUT
     assert apply(c, bytes(tcp("10.0.0.5", "10.0.0.9", dport=2222, flags="A"))) == cutoff.CUT
     fin = bytes(tcp("10.0.0.5", "10.0.0.9", dport=2222, flags="FA", payload=b"x" * 10))
     assert apply(c, fin) == meta(fin).payload
