@@ -88,11 +88,18 @@ def tail(path: Path, lines: int = 15) -> str:
 
 def start_agent(lab: Lab, node: Node, logdir: Path, *, sensors: Sequence[Host | str] = (),
                 pcap_dir: Path | None = None, pods: Sequence[Pod] | None = None,
-                extra: Sequence[str] = ()) -> Agent:
-    """``nodeagent run`` in the node's agent namespace, with a ``--sender`` per pod of the node."""
+                config: dict[str, Any] | None = None, extra: Sequence[str] = ()) -> Agent:
+    """``nodeagent run`` in the node's agent namespace, with a ``--sender`` per pod of the node.
+
+    ``config`` (the configuration file's content) is written next to the log and passed with
+    ``--config``; the flags override it, as the command-line contract says."""
     agent_ns = node.agent or lab.add_agent(node)
     cmd = [*NODEAGENT, "run", "--listen", f"{agent_ns.ip}:{TUNNEL_PORT}",
            "--status", f"{agent_ns.ip}:{STATUS_PORT}"]
+    if config is not None:
+        path = logdir / f"agent-node{node.index}.json"
+        path.write_text(json.dumps(config))
+        cmd += ["--config", str(path)]
     for pod in node.pods if pods is None else pods:
         cmd += ["--sender", f"{pod.ip},{pod.vni},{pod.key}"]
     for sensor in sensors:

@@ -154,6 +154,9 @@ class Lab:
                                 "grep . rx_bytes tx_bytes rx_packets tx_packets"]).stdout
         return {k: int(v) for k, v in (line.split(":") for line in out.split())}
 
+    def mac(self, ns: str, dev: str) -> str:
+        return self.ns.exec(ns, ["cat", f"/sys/class/net/{dev}/address"]).stdout.strip()
+
     def all_pods(self) -> list[Pod]:
         return [pod for node in self.nodes for pod in node.pods]
 
