@@ -101,7 +101,7 @@ def sidecar_container(config: InjectConfig, mode: str) -> Obj:
         _field("NODE_NAME", "spec.nodeName"),
         _field("NODE_IP", "status.hostIP"),
     ]
-    return {"name": SIDECAR_NAME, "image": config.image, "args": ["sidecar-lite"], "env": env,
+    return {"name": SIDECAR_NAME, "image": config.image, "command": ["sidecar-lite"], "env": env,
             "resources": {"requests": dict(config.requests), "limits": dict(config.limits)},
             "securityContext": security}
 

@@ -1,0 +1,126 @@
+"""deploy/: kustomize builds, every object validates against the Kubernetes 1.32 schemas
+(``kubernetes-validate --strict``), and the objects say what the issue asks (probes, Service
+policy, webhook safety, least-privilege RBAC, a config the agent accepts)."""
+
+from __future__ import annotations
+
+import functools
+import pathlib
+import shutil
+import subprocess
+from typing import Any
+
+import pytest
+import yaml
+
+from nodeagent import settings
+from nodeagent.inject_cmd import inject_object
+from nodeagent.webhook.inject import SIDECAR_NAME, InjectConfig
+from tests.kube.patching import validate
+
+ROOT = pathlib.Path(__file__).resolve().parents[2]
+KUSTOMIZATIONS = ["deploy", "deploy/base", "deploy/example", "deploy/overlays/zeek"]
+pytestmark = pytest.mark.skipif(shutil.which("kubectl") is None,
+                                reason="needs kubectl (Debian kubernetes-client) for `kubectl kustomize`")
+
+
+@functools.cache
+def build(path: str) -> tuple[dict[str, Any], ...]:
+    result = subprocess.run(["kubectl", "kustomize", str(ROOT / path)], capture_output=True, text=True,
+                            timeout=60)
+    assert result.returncode == 0, result.stderr
+    return tuple(yaml.safe_load_all(result.stdout))
+
+
+def find(objs: tuple[dict[str, Any], ...], kind: str, name: str) -> dict[str, Any]:
+    (obj,) = [o for o in objs if o["kind"] == kind and o["metadata"]["name"] == name]
+    return obj
+
+
+@pytest.mark.parametrize("path", KUSTOMIZATIONS)
+def test_kustomization_builds_and_every_object_validates_strictly(path: str) -> None:
+    objs = build(path)
+    assert objs
+    for obj in objs:
+        validate(obj)
+
+
+def test_everything_is_base_plus_example() -> None:
+    def names(objs: tuple[dict[str, Any], ...]) -> set[tuple[str, str]]:
+        return {(o["kind"], o["metadata"]["name"]) for o in objs}
+
+    assert names(build("deploy")) == names(build("deploy/base")) | names(build("deploy/example"))
+
+
+def test_agent_daemonset_probes_status_port_runs_everywhere_unprivileged() -> None:
+    ds = find(build("deploy/base"), "DaemonSet", "podmirror-agent")
+    pod = ds["spec"]["template"]["spec"]
+    (agent,) = pod["containers"]
+    ports = {p["name"]: p for p in agent["ports"]}
+    assert ports["status"]["containerPort"] == 9477 and ports["tunnel"] == {
+        "name": "tunnel", "containerPort": 14789, "protocol": "UDP"}
+    assert agent["livenessProbe"]["httpGet"] == {"path": "/healthz", "port": "status"}
+    assert agent["readinessProbe"]["httpGet"] == {"path": "/readyz", "port": "status"}
+    assert agent["securityContext"]["capabilities"] == {"drop": ["ALL"]}
+    assert pod["securityContext"]["runAsNonRoot"] is True and "hostNetwork" not in pod
+    assert {"operator": "Exists"} in pod["tolerations"]
+    assert "--node-name" in agent["args"] and agent["resources"]["limits"]
+
+
+def test_agent_config_map_is_a_config_the_agent_accepts() -> None:
+    for path in ("deploy/base", "deploy/overlays/zeek"):
+        (cm,) = [o for o in build(path) if o["kind"] == "ConfigMap"]
+        loaded = settings.load(yaml.safe_load(cm["data"]["config.yaml"]))
+        assert loaded.listen.port == settings.TUNNEL_PORT and loaded.status.port == settings.STATUS_PORT
+        ds = find(build(path), "DaemonSet", "podmirror-agent")
+        volumes = {v["name"]: v for v in ds["spec"]["template"]["spec"]["volumes"]}
+        assert volumes["config"]["configMap"]["name"] == cm["metadata"]["name"]  # hashed name followed
+
+
+def test_agent_service_is_node_local_with_tunnel_and_status_ports() -> None:
+    svc = find(build("deploy/base"), "Service", "podmirror-agent")
+    assert svc["spec"]["internalTrafficPolicy"] == "Local"
+    assert {(p["port"], p["protocol"]) for p in svc["spec"]["ports"]} == {(14789, "UDP"), (9477, "TCP")}
+
+
+def test_webhook_can_never_block_pods_and_skips_system_namespaces() -> None:
+    config = find(build("deploy/base"), "MutatingWebhookConfiguration", "podmirror-injector")
+    paths = set()
+    for hook in config["webhooks"]:
+        assert hook["failurePolicy"] == "Ignore" and hook["timeoutSeconds"] <= 5
+        assert hook["sideEffects"] == "None" and hook["clientConfig"]["service"]["namespace"] == "podmirror"
+        excluded = [e for e in hook["namespaceSelector"]["matchExpressions"]
+                    if e["key"] == "kubernetes.io/metadata.name"]
+        assert excluded == [{"key": "kubernetes.io/metadata.name", "operator": "NotIn",
+                             "values": ["kube-system", "podmirror"]}]
+        paths.add(hook["clientConfig"]["service"]["path"])
+    assert paths == {"/mutate", "/mutate/enabled-namespace"}  # the routes nodeagent webhook serves
+
+
+def test_rbac_is_least_privilege() -> None:
+    objs = build("deploy/base")
+    assert find(objs, "ClusterRole", "podmirror-agent")["rules"] == [
+        {"apiGroups": [""], "resources": ["pods"], "verbs": ["list", "watch"]}]
+    assert find(objs, "ClusterRole", "podmirror-webhook")["rules"] == [
+        {"apiGroups": ["admissionregistration.k8s.io"], "resources": ["mutatingwebhookconfigurations"],
+         "resourceNames": ["podmirror-injector"], "verbs": ["get", "patch"]}]
+    role = find(objs, "Role", "podmirror-agent-discovery")
+    assert role["metadata"]["namespace"] == "podmirror" and role["rules"][0]["verbs"] == ["get", "list"]
+
+
+def test_zeek_overlay_adds_zeek_beside_the_agent_fed_over_loopback() -> None:
+    ds = find(build("deploy/overlays/zeek"), "DaemonSet", "podmirror-agent")
+    containers = {c["name"]: c for c in ds["spec"]["template"]["spec"]["containers"]}
+    assert set(containers) == {"agent", "zeek"} and "lo" in containers["zeek"]["command"]
+    (cm,) = [o for o in build("deploy/overlays/zeek") if o["kind"] == "ConfigMap"]
+    assert yaml.safe_load(cm["data"]["config.yaml"])["outputs"]["sensors"] == ["127.0.0.1:4789"]
+
+
+def test_example_workload_injected_offline_still_validates() -> None:
+    workload = find(build("deploy/example"), "Deployment", "shop")
+    warnings: list[str] = []
+    injected = inject_object(workload, InjectConfig(), warnings)
+    template = injected["spec"]["template"]
+    assert template["spec"]["containers"][-1]["name"] == SIDECAR_NAME
+    assert template["metadata"]["annotations"]["podmirror.io/ports"] == "8080/TCP" and not warnings
+    validate(injected)
