@@ -1,0 +1,118 @@
+"""The agent on loopback: tunnels from a known and an unknown sender, /status, /metrics, /readyz."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import socket
+
+from prometheus_client.parser import text_string_to_metric_families
+
+from tests.component.agent_kit import (
+    KNOWN, UNKNOWN, accounted, get_status, http_get, make_settings, running, send_tunnel, sender,
+    tcp_frame, tunnel_port, wait_for,
+)
+
+
+async def test_known_sender_is_forwarded_and_everything_else_is_a_counted_drop():
+    async with running(make_settings()) as agent:
+        port = tunnel_port(agent)
+        good, stranger = sender(KNOWN), sender(UNKNOWN)
+        send_tunnel(good, port, tcp_frame(), vni=5, count=20)
+        send_tunnel(good, port, tcp_frame(), vni=6, count=3)          # right address, wrong VNI
+        good.sendto(b"\x08\x00\x00\x00\x00\x00\x05\x00" + b"\x00" * 10, ("127.0.0.1", port))  # truncated
+        send_tunnel(stranger, port, tcp_frame(), vni=5, count=7)      # not a known pod
+        await wait_for(lambda: agent.stats.total.received == 31, what="31 datagrams")
+        status = await get_status(agent)
+    assert accounted(status)
+    assert status["received"] == 31 and status["forwarded"] == 20
+    assert status["drops"]["wrong_vni"] == 3 and status["drops"]["malformed"] == 1
+    assert status["drops"]["unknown_sender"] == 7
+    web = status["pods"]["default/web"]
+    assert web["received"] == 24 and web["forwarded"] == 20
+    assert web["received"] == web["forwarded"] + sum(web["drops"].values())
+    assert status["malformed"]["first"].startswith(f"{KNOWN}: vxlan: shorter")
+    assert status["listen"] == f"127.0.0.1:{port}" and status["senders"] == 1
+    assert isinstance(status["socket"]["kernel_drops"], int)
+    good.close()
+    stranger.close()
+
+
+async def test_status_invariant_holds_while_traffic_flows():
+    async with running(make_settings()) as agent:
+        port = tunnel_port(agent)
+        good, stranger = sender(KNOWN), sender(UNKNOWN)
+        for _ in range(10):
+            send_tunnel(good, port, tcp_frame(), count=50)
+            send_tunnel(stranger, port, tcp_frame(), count=10)
+            status = await get_status(agent)  # served between two loop iterations of the receiver
+            assert accounted(status)
+        await wait_for(lambda: agent.stats.total.received == 600, what="600 datagrams")
+        assert accounted(await get_status(agent))
+        good.close()
+        stranger.close()
+
+
+async def test_known_senders_are_listed_before_their_first_packet_and_mode_is_shown():
+    settings = make_settings(senders=[f"{KNOWN},5,default/web", "10.0.0.6,6,default/db"])
+    async with running(settings) as agent:
+        agent.report_mode("default/db", "sniff")
+        status = await get_status(agent)
+    assert status["pods"]["default/db"]["received"] == 0
+    assert status["pods"]["default/db"]["mode"] == "sniff"
+    assert "mode" not in status["pods"]["default/web"]
+
+
+async def test_metrics_expose_totals_drops_and_pods():
+    async with running(make_settings()) as agent:
+        port = tunnel_port(agent)
+        good, stranger = sender(KNOWN), sender(UNKNOWN)
+        send_tunnel(good, port, tcp_frame(), count=4)
+        send_tunnel(stranger, port, tcp_frame(), count=2)
+        await wait_for(lambda: agent.stats.total.received == 6)
+        code, text = await asyncio.to_thread(http_get, agent.status_address, "/metrics")
+        good.close()
+        stranger.close()
+    assert code == 200
+    samples = {(s.name, tuple(sorted(s.labels.items()))): s.value
+               for family in text_string_to_metric_families(text) for s in family.samples}
+    assert samples[("podmirror_packets_received_total", ())] == 6
+    assert samples[("podmirror_packets_forwarded_total", ())] == 4
+    assert samples[("podmirror_packets_dropped_total", (("reason", "unknown_sender"),))] == 2
+    assert samples[("podmirror_pod_packets_received_total", (("namespace", "default"), ("pod", "web")))] == 4
+    assert ("podmirror_socket_kernel_drops_total", ()) in samples
+    # each agent has its own registry: a scrape here never includes another agent's or the global one
+    assert not any(name.startswith("python_") or name.startswith("process_") for name, _ in samples)
+
+
+async def test_health_and_readiness():
+    async with running(make_settings()) as agent:
+        address = agent.status_address
+        assert await asyncio.to_thread(http_get, address, "/healthz") == (200, "ok\n")
+        assert await asyncio.to_thread(http_get, address, "/readyz") == (200, "ready\n")
+        agent.receiver.stop()  # as during shutdown: no longer receiving
+        code, _ = await asyncio.to_thread(http_get, address, "/readyz")
+        assert code == 503
+
+
+async def test_ipv6_listener_accepts_an_ipv6_sender():
+    settings = make_settings(listen="[::1]:0", senders=["::1,9,default/v6"])
+    async with running(settings) as agent:
+        sock = socket.socket(socket.AF_INET6, socket.SOCK_DGRAM)
+        from nodeagent.wire import vxlan
+        sock.sendto(vxlan.encode(9, tcp_frame()), ("::1", tunnel_port(agent)))
+        await wait_for(lambda: agent.stats.total.forwarded == 1, what="IPv6 datagram forwarded")
+        status = await get_status(agent)
+        sock.close()
+    assert status["pods"]["default/v6"]["forwarded"] == 1
+    assert json.dumps(status)  # JSON-able
+
+
+async def test_64k_datagram_arrives_whole():
+    async with running(make_settings(normalize={"segment": False, "fix_checksums": False})) as agent:
+        big = tcp_frame(b"x" * 65000)
+        good = sender(KNOWN)
+        send_tunnel(good, tunnel_port(agent), big)
+        await wait_for(lambda: agent.stats.total.forwarded == 1, what="a 64 KB datagram")
+        assert agent.stats.total.forwarded_bytes == len(big) + 8
+        good.close()
