@@ -28,6 +28,7 @@ log = logging.getLogger(__name__)
 ETH_P_ALL = 0x0003
 IFF_UP = 0x1
 ENOENT, EEXIST = 2, 17
+IN6_ADDR_GEN_MODE_NONE = 1
 RTAX_MTU_LOCK = 1 << 2  # lock bit for RTAX_MTU (2): the kernel will not lower it by PMTU discovery
 
 
@@ -97,7 +98,12 @@ class Kernel:
                 self._ipr.link("add", ifname=vx.name, kind="vxlan", vxlan_id=vx.vni, vxlan_group=vx.remote,
                                vxlan_port=vx.port, vxlan_learning=0)
             elif step.action == "link-up":
-                self._ipr.link("set", index=self._index(step.target), state="up")
+                index = self._index(step.target)
+                # No IPv6 on the tunnel device: its link-local DAD and MLD frames would otherwise
+                # travel through the tunnel as if the pod had sent them.
+                self._ipr.link("set", index=index, IFLA_AF_SPEC={"attrs": [["AF_INET6", {"attrs": [
+                    ["IFLA_INET6_ADDR_GEN_MODE", IN6_ADDR_GEN_MODE_NONE]]}]]})
+                self._ipr.link("set", index=index, state="up")
             elif step.action == "add-clsact":
                 self._add_clsact(step.target)
             elif step.action == "set-filter" and step.filter is not None:

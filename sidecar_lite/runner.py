@@ -13,7 +13,7 @@ import time
 from typing import TYPE_CHECKING
 
 from sidecar_lite import bpf, plan
-from sidecar_lite.rules import Poller
+from sidecar_lite.rules import Poller, Pushdown
 from sidecar_lite.sniffer import Sniffer
 from sidecar_lite.stopper import Stopper
 
@@ -57,10 +57,7 @@ def run_kernel(t: Target, poller: Poller | None, stop: Stopper, verify_interval:
                 next_poll = now + rules_interval
                 update = poller.poll()
                 if update is not None:
-                    current = build_plan(t, update.program)
-                    next_verify = now  # install it now: the diff replaces just the two filters
-                    log.info("push-down version %r installed (%s)", update.version,
-                             "mirror all" if update.program is None else f"{len(update.program)} insns")
+                    current = _install(kernel, t, update)
             if now >= next_verify:
                 next_verify = now + verify_interval
                 _verify(kernel, current)
@@ -68,6 +65,19 @@ def run_kernel(t: Target, poller: Poller | None, stop: Stopper, verify_interval:
         kernel.teardown(current)
         kernel.close()
         log.info("kernel mode: removed %s and the filters on %s", current.vxlan.name, t.interface)
+
+
+def _install(kernel: Kernel, t: Target, update: Pushdown) -> plan.MirrorPlan:
+    """Replace the two mirror filters with the pushed program (cls_bpf replace: no gap, no restart)."""
+    new = build_plan(t, update.program)
+    try:
+        kernel.apply(new)
+    except Exception as exc:  # the next verify round retries with the new plan
+        log.error("push-down version %r not installed yet: %s", update.version, exc)
+        return new
+    log.info("push-down version %r installed (%s)", update.version,
+             "mirror all" if update.program is None else f"{len(update.program)} insns")
+    return new
 
 
 def _verify(kernel: Kernel, current: plan.MirrorPlan) -> None:

@@ -33,6 +33,7 @@ MAX_UDP_PAYLOAD = 65_507
 """IPv4 UDP payload limit (65535 - 20 - 8): VXLAN header + frame must fit."""
 BUFFER = 8 + 65_536 + 1024
 """Header + the largest GSO frame, with room to detect anything larger (MSG_TRUNC)."""
+IP_MTU_DISCOVER = 10  # Linux values; not exported by the socket module
 IP_PMTUDISC_DONT = 0
 
 
@@ -65,7 +66,7 @@ class Sniffer:
         self._rx.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4 << 20)
         self._tx = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
         # No DF: frames at the interface MTU become two IP fragments rather than an EMSGSIZE loss.
-        self._tx.setsockopt(socket.IPPROTO_IP, socket.IP_MTU_DISCOVER, IP_PMTUDISC_DONT)
+        self._tx.setsockopt(socket.IPPROTO_IP, IP_MTU_DISCOVER, IP_PMTUDISC_DONT)
         self._tx.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4 << 20)
 
     def set_program(self, program: Sequence[bpf.Insn]) -> None:

@@ -98,9 +98,16 @@ class Lab:
 
     def popen(self, ns: Netns, *cmd: str, env: dict[str, str] | None = None,
               **kwargs: Any) -> subprocess.Popen[bytes]:
-        """Start ``cmd`` inside ``ns`` in the background; stopped at close() if still running."""
+        """Start ``cmd`` inside ``ns`` in the background; stopped at close() if still running.
+
+        File objects passed as stdout/stderr are closed in this process right away (the child
+        keeps its copy), so tests need not track them.
+        """
         full_env = {**os.environ, **(env or {})}
         proc = subprocess.Popen(self.exec_prefix(ns) + list(cmd), env=full_env, **kwargs)
+        for key in ("stdout", "stderr"):
+            if hasattr(kwargs.get(key), "close"):
+                kwargs[key].close()
         self.procs.append(proc)
         return proc
 
@@ -114,6 +121,9 @@ class Lab:
             except subprocess.TimeoutExpired:
                 proc.kill()
                 proc.wait(5)
+        for pipe in (proc.stdin, proc.stdout, proc.stderr):
+            if pipe is not None:
+                pipe.close()
         return int(proc.returncode)
 
     def close(self) -> None:

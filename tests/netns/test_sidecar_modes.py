@@ -1,0 +1,109 @@
+"""Both modes against tcpdump ground truth: exactly once, no loop, push-down, RSS, clean exit."""
+
+from __future__ import annotations
+
+import json
+from collections import Counter
+
+import pytest
+from scapy.arch.common import compile_filter
+
+from sidecar_lite import identity
+from tests.netns.test_sidecar_lab import (
+    NODE_IP,
+    POD_IP,
+    PUSHDOWN,
+    GroundTruth,
+    PodLab,
+    compare,
+    describe,
+    split_tcp_payload,
+    is_tunnel,
+    podlab,  # noqa: F401 - fixture
+    vm_rss_kib,
+    write_pcap,
+)
+from tests.netns import nslab
+
+pytestmark = pytest.mark.needs_root
+VNI = identity.vni_for_address(POD_IP)
+
+
+@pytest.mark.parametrize("mode", ["kernel", "sniff"])
+def test_every_pod_packet_arrives_exactly_once(podlab: PodLab, mode: str) -> None:
+    proc, log = podlab.start_sidecar(mode)
+    podlab.wait_quiet()
+    truth = GroundTruth(podlab)
+    podlab.drive_mix()
+    podlab.wait_quiet()
+    frames = truth.stop()
+    records = podlab.records(truth.started, truth.stopped)
+    mirrored = [r.inner for r in records]
+    kinds = {f[12:14] for f in frames}
+    assert {b"\x08\x00", b"\x08\x06", b"\x86\xdd"} <= kinds, "IPv4, ARP and IPv6 in the ground truth"
+    assert len(frames) >= 30
+    write_pcap(podlab.tmp / "mirrored.pcap", mirrored)
+    truth_rest, truth_streams, truth_totals = split_tcp_payload(frames)
+    rest, streams, totals = split_tcp_payload(mirrored)
+    missing, extra = compare(truth_rest, rest)
+    assert (missing, extra) == (0, 0), (
+        f"{len(frames)} pod frames, {len(mirrored)} mirrored, see {podlab.tmp}: "
+        f"missing {describe(list((Counter(truth_rest) - Counter(rest)).elements()))} "
+        f"extra {describe(list((Counter(rest) - Counter(truth_rest)).elements()))}"
+    )
+    assert len(truth_streams) == 2 and sum(truth_totals.values()) == 4 * 8192
+    assert streams == truth_streams and totals == truth_totals, "TCP payload differs (GSO compared as bytes)"
+    assert {r.vni for r in records} == {VNI} and {r.source for r in records} == {POD_IP}
+    assert not any(is_tunnel(f) for f in mirrored), "double encapsulation"
+    rss = vm_rss_kib(proc.pid)
+    assert rss <= 40 * 1024, f"RSS {rss} KiB"
+    assert podlab.stop_sidecar(proc) == 0, log.read_text()
+
+
+@pytest.mark.parametrize("mode", ["kernel", "sniff"])
+def test_pushed_program_keeps_filtered_packets_off_the_tunnel(podlab: PodLab, mode: str) -> None:
+    rules = podlab.tmp / "rules.json"
+    program = compile_filter("not udp port 5353", linktype=1)
+    insns = [[i.code, i.jt, i.jf, i.k] for i in program.bf_insns[: program.bf_len]]
+    rules.write_text(json.dumps({"version": "v1", "bpf": insns}))
+    server_log = podlab.tmp / "pushdown.log"
+    podlab.lab.popen(podlab.node, "python3", "-c", PUSHDOWN, NODE_IP, str(rules), stdout=server_log.open("wb"))
+    proc, log = podlab.start_sidecar(mode, "--rules-url", f"http://{NODE_IP}:9477/v1/pushdown",
+                                     "--rules-interval", "1")
+    nslab.wait_for(lambda: "push-down version 'v1' installed" in log.read_text(), 15, message="v1 installed")
+    assert f"mode={mode}" in server_log.read_text() and f"vni={VNI}" in server_log.read_text()
+    start = len(podlab.records())
+    podlab.client("udp", NODE_IP, 5353, count=5)
+    podlab.client("udp", NODE_IP, 53, count=5)
+    podlab.wait_quiet()
+    ports = [_udp_ports(r.inner) for r in podlab.records()[start:]]
+    assert sum(5353 in p for p in ports) == 0
+    assert sum(53 in p for p in ports) == 10  # 5 queries + 5 answers
+
+    rules.write_text(json.dumps({"version": "v2", "bpf": None}))  # back to mirror everything
+    nslab.wait_for(lambda: "push-down version 'v2' installed" in log.read_text(), 15, message="v2 installed")
+    start = len(podlab.records())
+    podlab.client("udp", NODE_IP, 5353, count=5)
+    podlab.wait_quiet()
+    assert sum(5353 in _udp_ports(r.inner) for r in podlab.records()[start:]) == 10
+    assert podlab.stop_sidecar(proc) == 0, log.read_text()
+
+
+def _udp_ports(frame: bytes) -> tuple[int, int]:
+    if frame[12:14] != b"\x08\x00" or frame[23] != 17:
+        return (-1, -1)
+    ihl = (frame[14] & 0x0F) * 4
+    at = 14 + ihl
+    return int.from_bytes(frame[at : at + 2], "big"), int.from_bytes(frame[at + 2 : at + 4], "big")
+
+
+def test_unreachable_rules_url_fails_open(podlab: PodLab) -> None:
+    proc, log = podlab.start_sidecar("kernel", "--rules-url", f"http://{NODE_IP}:9/v1/pushdown",
+                                     "--rules-interval", "1")
+    nslab.wait_for(lambda: "keeping the current program" in log.read_text(), 10, message="fail-open log")
+    start = len(podlab.records())
+    podlab.client("udp", NODE_IP, 5353, count=2)
+    podlab.wait_quiet()
+    assert len(podlab.records()) - start >= 4
+    assert log.read_text().count("keeping the current program") == 1
+    assert podlab.stop_sidecar(proc) == 0
