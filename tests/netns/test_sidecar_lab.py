@@ -22,8 +22,6 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import pytest
-
 from tests.netns import nslab
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -58,7 +56,8 @@ def udp(port):
     while True:
         data, addr = s.recvfrom(2048); s.sendto(data, addr)
 def tcp(port):
-    l = socket.socket(); l.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1); l.bind((sys.argv[1], port)); l.listen()
+    l = socket.socket(); l.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    l.bind((sys.argv[1], port)); l.listen()
     while True:
         c, _ = l.accept()
         with c:
@@ -145,16 +144,34 @@ class PodLab:
     receiver_file: Path
     sidecars: list[subprocess.Popen[bytes]] = field(default_factory=list)
 
-    def start_sidecar(self, mode: str, *extra: str, log_name: str = "sidecar.log") -> tuple[subprocess.Popen[bytes], Path]:
+    def start_sidecar(
+        self, mode: str, *extra: str, log_name: str = "sidecar.log"
+    ) -> tuple[subprocess.Popen[bytes], Path]:
         log = self.tmp / log_name
         proc = self.lab.popen(
-            self.pod, PY, "-m", "sidecar_lite", "--agent", f"{NODE_IP}:{PORT}", "--vni", "auto",
-            "--interface", "eth0", "--mode", mode, *extra,
-            cwd=ROOT, stdout=subprocess.DEVNULL, stderr=log.open("wb"),
+            self.pod,
+            PY,
+            "-m",
+            "sidecar_lite",
+            "--agent",
+            f"{NODE_IP}:{PORT}",
+            "--vni",
+            "auto",
+            "--interface",
+            "eth0",
+            "--mode",
+            mode,
+            *extra,
+            cwd=ROOT,
+            stdout=subprocess.DEVNULL,
+            stderr=log.open("wb"),
         )
         self.sidecars.append(proc)
-        nslab.wait_for(lambda: "mirroring eth0" in log.read_text() or proc.poll() is not None, 15,
-                       message="sidecar start")
+        nslab.wait_for(
+            lambda: "mirroring eth0" in log.read_text() or proc.poll() is not None,
+            15,
+            message="sidecar start",
+        )
         assert proc.poll() is None, log.read_text()
         return proc, log
 
@@ -219,14 +236,27 @@ def read_pcap(path: Path) -> list[tuple[float, bytes]]:
 class GroundTruth:
     """tcpdump in the pod, excluding only the tunnel (the same definition the sidecar uses)."""
 
-    FILTER = (f"not (ip and udp and dst host {NODE_IP} and "
-              f"(dst port {PORT} or ip[6:2] & 0x1fff != 0))")
+    FILTER = f"not (ip and udp and dst host {NODE_IP} and (dst port {PORT} or ip[6:2] & 0x1fff != 0))"
 
     def __init__(self, pl: PodLab, name: str = "truth.pcap") -> None:
         self.pl, self.path = pl, pl.tmp / name
         err = pl.tmp / (name + ".err")
-        self.proc = pl.lab.popen(pl.pod, "tcpdump", "-i", "eth0", "-s", "0", "-U", "--immediate-mode", "-n", "-w", str(self.path),
-                                 self.FILTER, stdout=subprocess.DEVNULL, stderr=err.open("wb"))
+        self.proc = pl.lab.popen(
+            pl.pod,
+            "tcpdump",
+            "-i",
+            "eth0",
+            "-s",
+            "0",
+            "-U",
+            "--immediate-mode",
+            "-n",
+            "-w",
+            str(self.path),
+            self.FILTER,
+            stdout=subprocess.DEVNULL,
+            stderr=err.open("wb"),
+        )
         nslab.wait_for(lambda: "listening on" in err.read_text(), 10, message="tcpdump listening")
         self.started = time.time()
 
@@ -267,7 +297,12 @@ def split_tcp_payload(frames: list[bytes]) -> tuple[list[bytes], dict[Flow, dict
         if not payload:
             rest.append(f)
             continue
-        flow = (f[26:30], f[30:34], int.from_bytes(f[tcp : tcp + 2], "big"), int.from_bytes(f[tcp + 2 : tcp + 4], "big"))
+        flow = (
+            f[26:30],
+            f[30:34],
+            int.from_bytes(f[tcp : tcp + 2], "big"),
+            int.from_bytes(f[tcp + 2 : tcp + 4], "big"),
+        )
         seq = int.from_bytes(f[tcp + 4 : tcp + 8], "big")
         stream = streams[flow]
         for i, byte in enumerate(payload):
@@ -296,8 +331,12 @@ def write_pcap(path: Path, frames: list[bytes]) -> None:
 
 def is_tunnel(frame: bytes) -> bool:
     """An inner frame that is itself our tunnel (double encapsulation)."""
-    return (len(frame) >= 38 and frame[12:14] == b"\x08\x00" and frame[23] == 17
-            and int.from_bytes(frame[36:38], "big") == PORT)
+    return (
+        len(frame) >= 38
+        and frame[12:14] == b"\x08\x00"
+        and frame[23] == 17
+        and int.from_bytes(frame[36:38], "big") == PORT
+    )
 
 
 def vm_rss_kib(pid: int) -> int:
@@ -310,23 +349,33 @@ def vm_rss_kib(pid: int) -> int:
 def snapshot(pl: PodLab) -> str:
     """The pod namespace's network state that teardown must restore."""
     run = pl.lab.run
-    parts = [run(pl.pod, "ip", "-d", "link").stdout, run(pl.pod, "tc", "qdisc").stdout,
-             run(pl.pod, "ip", "route").stdout, run(pl.pod, "ip", "-6", "route").stdout]
+    parts = [
+        run(pl.pod, "ip", "-d", "link").stdout,
+        run(pl.pod, "tc", "qdisc").stdout,
+        run(pl.pod, "ip", "route").stdout,
+        run(pl.pod, "ip", "-6", "route").stdout,
+    ]
     for hook in ("ingress", "egress"):
         parts.append(run(pl.pod, "tc", "filter", "show", "dev", "eth0", hook).stdout)
     return "\n".join(parts)
 
 
-@pytest.fixture
-def podlab(tmp_path: Path) -> Iterator[PodLab]:
+def make_podlab(tmp_path: Path) -> Iterator[PodLab]:
+    """Generator for a test module's fixture: ``yield from make_podlab(tmp_path)``."""
     with nslab.Lab("pmsc-") as lab:
         pod, node = lab.netns("pod"), lab.netns("node")
         lab.veth(pod, "eth0", node, "vpod")
         for ns, ifname in ((pod, "eth0"), (node, "vpod")):
             # No router solicitations, and MLD report repeats within a millisecond of the address
             # being added, so no spontaneous frame lands inside a test's capture window.
-            lab.run(ns, "sysctl", "-qw", f"net.ipv6.conf.{ifname}.accept_ra=0", f"net.ipv6.conf.{ifname}.accept_dad=0",
-                    f"net.ipv6.conf.{ifname}.mldv2_unsolicited_report_interval=1")
+            lab.run(
+                ns,
+                "sysctl",
+                "-qw",
+                f"net.ipv6.conf.{ifname}.accept_ra=0",
+                f"net.ipv6.conf.{ifname}.accept_dad=0",
+                f"net.ipv6.conf.{ifname}.mldv2_unsolicited_report_interval=1",
+            )
         lab.addr(pod, "eth0", f"{POD_IP}/24")
         lab.addr(pod, "eth0", f"{POD6}/64")
         lab.addr(node, "vpod", f"{NODE_IP}/24")
@@ -334,8 +383,9 @@ def podlab(tmp_path: Path) -> Iterator[PodLab]:
         lab.run(pod, "ip", "route", "add", "default", "via", NODE_IP)
         receiver_file = tmp_path / "received.bin"
         receiver_file.touch()
-        rx = lab.popen(node, PY, "-c", RECEIVER, str(receiver_file), NODE_IP, str(PORT),
-                       stdout=subprocess.PIPE)
+        rx = lab.popen(
+            node, PY, "-c", RECEIVER, str(receiver_file), NODE_IP, str(PORT), stdout=subprocess.PIPE
+        )
         servers = lab.popen(node, PY, "-c", SERVERS, NODE_IP, stdout=subprocess.PIPE)
         for proc in (rx, servers):
             assert proc.stdout is not None and proc.stdout.readline().strip() == b"ready"

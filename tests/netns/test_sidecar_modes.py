@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import json
 from collections import Counter
+from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 from scapy.arch.common import compile_filter
 
 from sidecar_lite import identity
+from tests.netns import nslab
 from tests.netns.test_sidecar_lab import (
     NODE_IP,
     POD_IP,
@@ -17,16 +20,20 @@ from tests.netns.test_sidecar_lab import (
     PodLab,
     compare,
     describe,
-    split_tcp_payload,
     is_tunnel,
-    podlab,  # noqa: F401 - fixture
+    make_podlab,
+    split_tcp_payload,
     vm_rss_kib,
     write_pcap,
 )
-from tests.netns import nslab
 
 pytestmark = pytest.mark.needs_root
 VNI = identity.vni_for_address(POD_IP)
+
+
+@pytest.fixture
+def podlab(tmp_path: Path) -> Iterator[PodLab]:
+    yield from make_podlab(tmp_path)
 
 
 @pytest.mark.parametrize("mode", ["kernel", "sniff"])
@@ -67,9 +74,12 @@ def test_pushed_program_keeps_filtered_packets_off_the_tunnel(podlab: PodLab, mo
     insns = [[i.code, i.jt, i.jf, i.k] for i in program.bf_insns[: program.bf_len]]
     rules.write_text(json.dumps({"version": "v1", "bpf": insns}))
     server_log = podlab.tmp / "pushdown.log"
-    podlab.lab.popen(podlab.node, "python3", "-c", PUSHDOWN, NODE_IP, str(rules), stdout=server_log.open("wb"))
-    proc, log = podlab.start_sidecar(mode, "--rules-url", f"http://{NODE_IP}:9477/v1/pushdown",
-                                     "--rules-interval", "1")
+    podlab.lab.popen(
+        podlab.node, "python3", "-c", PUSHDOWN, NODE_IP, str(rules), stdout=server_log.open("wb")
+    )
+    proc, log = podlab.start_sidecar(
+        mode, "--rules-url", f"http://{NODE_IP}:9477/v1/pushdown", "--rules-interval", "1"
+    )
     nslab.wait_for(lambda: "push-down version 'v1' installed" in log.read_text(), 15, message="v1 installed")
     assert f"mode={mode}" in server_log.read_text() and f"vni={VNI}" in server_log.read_text()
     start = len(podlab.records())
@@ -98,8 +108,9 @@ def _udp_ports(frame: bytes) -> tuple[int, int]:
 
 
 def test_unreachable_rules_url_fails_open(podlab: PodLab) -> None:
-    proc, log = podlab.start_sidecar("kernel", "--rules-url", f"http://{NODE_IP}:9/v1/pushdown",
-                                     "--rules-interval", "1")
+    proc, log = podlab.start_sidecar(
+        "kernel", "--rules-url", f"http://{NODE_IP}:9/v1/pushdown", "--rules-interval", "1"
+    )
     nslab.wait_for(lambda: "keeping the current program" in log.read_text(), 10, message="fail-open log")
     start = len(podlab.records())
     podlab.client("udp", NODE_IP, 5353, count=2)
