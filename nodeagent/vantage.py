@@ -94,9 +94,8 @@ class Vantage:
             client = src if not flags & TCP_ACK else dst
             self._clients.put(key, client, now)
             return client
-        client = self._clients.get(key, now)
-        if client is None:
-            client = _guess_client(src, dst)
+        known = self._clients.get(key, now)
+        client = known if known is not None else _guess_client(src, dst)
         self._clients.put(key, client, now)
         return client
 

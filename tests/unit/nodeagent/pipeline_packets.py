@@ -38,7 +38,8 @@ def tcp(src: str, dst: str, sport: int = 40000, dport: int = 80, flags: str = "A
 
 def udp(src: str, dst: str, sport: int = 40000, dport: int = 53, payload: bytes = b"q", ipid: int = 0,
         ttl: int = 64) -> Packet:
-    return eth() / IP(src=src, dst=dst, ttl=ttl, id=ipid, flags="DF") / UDP(sport=sport, dport=dport) / payload
+    ip = IP(src=src, dst=dst, ttl=ttl, id=ipid, flags="DF")
+    return eth() / ip / UDP(sport=sport, dport=dport) / payload
 
 
 def copy_at(pkt: Packet, *, ttl: int = 63, src: str | None = None, dst: str | None = None,

@@ -56,10 +56,7 @@ def reference(program: bpf.Program, pkt: bytes) -> int:
             elif op in (0x30, 0x90) and src == 0:
                 return 0
             else:
-                a = {0x00: lambda: a + src, 0x10: lambda: a - src, 0x20: lambda: a * src,
-                     0x30: lambda: a // src, 0x40: lambda: a | src, 0x50: lambda: a & src,
-                     0x60: lambda: a << (src & 31), 0x70: lambda: a >> (src & 31),
-                     0x90: lambda: a % src, 0xA0: lambda: a ^ src}[op]() & M32
+                a = _alu(op, a, src)
         elif cls == 5:
             op = code & 0xF0
             if op == 0:
@@ -72,6 +69,14 @@ def reference(program: bpf.Program, pkt: bytes) -> int:
             return k if code & 0x18 == 0 else a
         else:
             a, x = (a, a) if code & 0xF8 == 0 else (x, x)
+
+
+def _alu(op: int, a: int, src: int) -> int:
+    results = {0x00: a + src, 0x10: a - src, 0x20: a * src, 0x40: a | src, 0x50: a & src,
+               0x60: a << (src & 31), 0x70: a >> (src & 31), 0xA0: a ^ src}
+    if op in (0x30, 0x90):
+        return (a // src if op == 0x30 else a % src) & M32
+    return results[op] & M32
 
 
 EXPRESSIONS = [

@@ -31,7 +31,8 @@ from tests.unit.nodeagent.pipeline_packets import (
 )
 
 
-def make(rules: list[dict[str, Any]] | None = None, prefer: str = "client", **extra: Any) -> tuple[Pipeline, Stats]:
+def make(rules: list[dict[str, Any]] | None = None, prefer: str = "client",
+         **extra: Any) -> tuple[Pipeline, Stats]:
     stats = Stats()
     pods = PodIndex([CLIENT, SERVER, REMOTE])
     fs = filters.compile(load({"filters": {"rules": rules or [], **extra}}).filters)

@@ -57,7 +57,8 @@ RULESETS: list[tuple[list[dict[str, Any]], dict[str, Any]]] = [
     ([{"action": "include", "direction": "out", "ports": ["8000-9000", 80]}], {"default": "exclude"}),
     ([{"action": "exclude", "bpf": "tcp[tcpflags] & tcp-push != 0"}], {"presets": ["drop-health-probes"],
                                                                        "node_ip": NODE_IP}),
-    ([{"action": "exclude", "namespace": "shop", "ports": [22]}, {"action": "exclude", "namespace": "x"}], {}),
+    ([{"action": "exclude", "namespace": "shop", "ports": [22]},
+      {"action": "exclude", "namespace": "x"}], {}),
 ]
 
 

@@ -80,7 +80,8 @@ def test_cross_node_exactly_one_node_owns_each_flow(prefer: str) -> None:
     remote_server = Vantage(prefer=prefer)  # on the server's node
     client_there = type(CLIENT)(CLIENT_IP, 5, "shop", "client", local=False)
     server_here = type(REMOTE)(REMOTE_IP, 7, "other", "remote", local=True)
-    packets = [tcp(CLIENT_IP, REMOTE_IP, flags="S"), tcp(REMOTE_IP, CLIENT_IP, sport=80, dport=40000, flags="SA"),
+    packets = [tcp(CLIENT_IP, REMOTE_IP, flags="S"),
+               tcp(REMOTE_IP, CLIENT_IP, sport=80, dport=40000, flags="SA"),
                tcp(CLIENT_IP, REMOTE_IP, payload=b"x"), udp(CLIENT_IP, REMOTE_IP, sport=5000, dport=53)]
     for pkt in packets:
         a = decide(local_client, bytes(pkt), CLIENT, REMOTE)
