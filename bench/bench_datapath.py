@@ -1,0 +1,180 @@
+"""Issue 2 benchmark, the sidecar's side of the data path: what mirroring costs the pod and the node.
+
+Run as root: ``.venv/bin/python bench/bench_datapath.py`` (about 1-2 minutes; prints one table).
+
+Setup (a lab node, namespaces ``pmbench-<random>-``): pod ``client`` is mirrored, pod ``server``
+is not; the agent's namespace runs a plain UDP sink on port 14789 instead of the node agent, so
+the figures are the sidecar's alone (the agent's receive rate is ``bench/bench_agent.py``'s job).
+Node-side veths have MTU 1600 and the sidecar raises its route MTU to 1600 (no tunnel fragments).
+
+For each of: no mirroring, kernel mode, sniff mode, it measures
+- bulk TCP throughput (iperf3, unlimited, 3 s) and 64-byte UDP packets per second received
+  (iperf3 -u -l 64 -b 0, 3 s), and their ratio to no mirroring;
+- at a fixed offered load (TCP 300 Mbit/s for 3 s, then 64-byte UDP at 20,000 packets/s for
+  3 s), the sidecar process's CPU seconds (utime + stime from /proc) and its RSS;
+and, in kernel mode, the sidecar's CPU seconds at two TCP loads (200 Mbit/s and unlimited):
+flat means no Python runs per packet. Timings on a shared 2-core machine are noisy: compare
+columns of one run, not runs.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from nodeagent.lab import podmirror  # noqa: E402
+from nodeagent.lab.netns import LabError  # noqa: E402
+from nodeagent.lab.topology import TUNNEL_PORT, Lab, Pod  # noqa: E402
+from nodeagent.lab.workload import Workload  # noqa: E402
+
+SECONDS = 3.0
+FIXED_TCP = "300M"
+FIXED_UDP_PPS = 20_000
+TICK = os.sysconf("SC_CLK_TCK")
+
+
+def cpu_seconds(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / TICK     # utime, stime
+
+
+def rss_mib(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+def throughput(work: Workload, client: Pod, server: Pod) -> dict[str, float]:
+    tcp = work.iperf(client, server, seconds=SECONDS)
+    udp = work.iperf(client, server, seconds=SECONDS, udp_len=64)
+    return {"tcp_gbps": tcp["bps"] / 1e9, "udp_kpps": (udp["packets"] - udp["lost"]) / SECONDS / 1e3}
+
+
+def fixed_load(work: Workload, client: Pod, server: Pod, pid: int) -> float:
+    """CPU seconds the sidecar spends while the pod sends the fixed offered load."""
+    before = cpu_seconds(pid)
+    work.iperf(client, server, seconds=SECONDS, bitrate=FIXED_TCP)
+    work.iperf(client, server, seconds=SECONDS, udp_len=64, bitrate=str(FIXED_UDP_PPS * 64 * 8))
+    return cpu_seconds(pid) - before
+
+
+def tcp_cpu(work: Workload, client: Pod, server: Pod, pid: int, rate: str | None) -> tuple[float, float]:
+    before = cpu_seconds(pid)
+    bps = work.iperf(client, server, seconds=SECONDS, bitrate=rate)["bps"]
+    return cpu_seconds(pid) - before, bps / 1e9
+
+
+def measure_mode(lab: Lab, work: Workload, client: Pod, server: Pod, mode: str, out: Path) -> dict[str, Any]:
+    sidecar = podmirror.start_sidecar(lab, client, out, mode=mode, extra=["--tunnel-mtu", "1600"])
+    try:
+        wait_tunnel(lab, client, sidecar)
+        row: dict[str, Any] = throughput(work, client, server)
+        row["cpu_fixed"] = fixed_load(work, client, server, sidecar.pid)
+        row["rss"] = rss_mib(sidecar.pid)
+        if mode == "kernel":
+            row["cpu_low"] = tcp_cpu(work, client, server, sidecar.pid, "200M")
+            row["cpu_high"] = tcp_cpu(work, client, server, sidecar.pid, None)
+        return row
+    except (LabError, OSError) as exc:
+        return {"error": f"{exc}"[:200] + f" (log: {out / f'sidecar-{client.name}.log'})"}
+    finally:
+        lab.ns.stop(sidecar, timeout=10)
+
+
+def wait_tunnel(lab: Lab, client: Pod, sidecar: Any, timeout: float = 15.0) -> None:
+    """Mirroring works when the sink's namespace sees tunnel datagrams after a probe from the pod."""
+    agent = client.node.agent
+    assert agent is not None
+    deadline = time.monotonic() + timeout
+    start = lab.counters(agent.ns, "eth0")["rx_packets"]
+    while lab.counters(agent.ns, "eth0")["rx_packets"] - start < 2:
+        if sidecar.poll() is not None:
+            raise LabError(f"sidecar exited with {sidecar.returncode}")
+        if time.monotonic() > deadline:
+            raise LabError("no tunnel traffic from the sidecar")
+        podmirror.probe(lab, client)
+        time.sleep(0.2)
+
+
+def build(out: Path) -> tuple[Lab, Workload, Pod, Pod]:
+    lab = Lab("pmbench", workdir=out)
+    node = lab.add_node()
+    client, server = lab.add_pod(node, "client"), lab.add_pod(node, "server")
+    lab.add_agent(node)
+    work = Workload(lab, out)
+    work.start_sink(node.agent, TUNNEL_PORT)  # type: ignore[arg-type]
+    work.start_servers(server)
+    return lab, work, client, server
+
+
+def fmt(row: dict[str, Any], key: str, spec: str) -> str:
+    return format(row[key], spec) if key in row else "-"
+
+
+MODES = ("none", "kernel", "sniff")
+
+
+def line(label: str, cells: list[str]) -> None:
+    print(f"{label:44}" + "".join(f"{c:>11}" for c in cells))
+
+
+def report(rows: dict[str, dict[str, Any]]) -> None:
+    base = rows["none"]
+    line("", ["no mirror", "kernel", "sniff"])
+    for label, key, spec in (("bulk TCP (Gbit/s)", "tcp_gbps", ".2f"),
+                             ("64-byte UDP (kpps received)", "udp_kpps", ".1f")):
+        line(label, [fmt(rows[m], key, spec) for m in MODES])
+        ratios = [f"{rows[m][key] / base[key]:.2f}" if key in rows[m] else "-" for m in MODES]
+        line("  ratio to no mirror", ratios)
+    load = f"sidecar CPU s ({FIXED_TCP}bit TCP, {FIXED_UDP_PPS // 1000}k pps UDP)"
+    line(load, ["-"] + [fmt(rows[m], "cpu_fixed", ".3f") for m in MODES[1:]])
+    line("sidecar RSS (MiB)", ["-"] + [fmt(rows[m], "rss", ".1f") for m in MODES[1:]])
+    print(f"(no-mirror runs before and after: TCP {base['spread_tcp']}, UDP {base['spread_udp']}; "
+          f"fixed load: {SECONDS:.0f} s each)")
+    k = rows["kernel"]
+    if "cpu_low" in k:
+        (lo_cpu, lo_bps), (hi_cpu, hi_bps) = k["cpu_low"], k["cpu_high"]
+        print(f"kernel-mode sidecar CPU, {SECONDS:.0f} s of TCP: {lo_cpu:.3f} s at {lo_bps:.2f} Gbit/s, "
+              f"{hi_cpu:.3f} s at {hi_bps:.2f} Gbit/s")
+    for mode, row in rows.items():
+        if "error" in row:
+            print(f"{mode}: FAILED: {row['error']}")
+
+
+def baseline(first: dict[str, float], last: dict[str, float]) -> dict[str, Any]:
+    """Mean of the no-mirror runs before and after the modes (the machine is shared: show both)."""
+    row: dict[str, Any] = {k: (first[k] + last[k]) / 2 for k in first}
+    row["spread_tcp"] = f"{first['tcp_gbps']:.2f}/{last['tcp_gbps']:.2f} Gbit/s"
+    row["spread_udp"] = f"{first['udp_kpps']:.1f}/{last['udp_kpps']:.1f} kpps"
+    return row
+
+
+def main() -> int:
+    if os.geteuid() != 0:
+        print("bench_datapath: needs root (network namespaces)", file=sys.stderr)
+        return 2
+    out = Path(tempfile.mkdtemp(prefix="pmbench-"))
+    lab, work, client, server = build(out)
+    try:
+        first = throughput(work, client, server)
+        rows: dict[str, dict[str, Any]] = {}
+        for mode in MODES[1:]:
+            print(f"bench: {mode} mode ...", flush=True)
+            rows[mode] = measure_mode(lab, work, client, server, mode, out)
+        rows["none"] = baseline(first, throughput(work, client, server))
+        report(rows)
+    finally:
+        lab.close()
+    print(f"(logs in {out})")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
