@@ -80,7 +80,7 @@ class PodStream:
         self._backoff = backoff or Backoff()
         self._stopped = threading.Event()
         self._response: Any = None
-        self.relists = self.errors = 0
+        self.relists = self.errors = self.resumes = 0
 
     def stop(self) -> None:
         self._stopped.set()
@@ -95,6 +95,7 @@ class PodStream:
                 if version is None:
                     version = self._list()
                 version = self._watch(version)
+                self.resumes += 1  # the stream ended normally (timeout): resume from ``version``
                 self._backoff.reset()
             except Gone:
                 self.relists += 1
@@ -203,6 +204,7 @@ class KubeWatcher:
 
     def snapshot(self) -> dict[str, int]:
         return {"events": self.events, "relists": sum(s.relists for s in self._streams),
+                "resumes": sum(s.resumes for s in self._streams),
                 "errors": sum(s.errors for s in self._streams)}
 
     async def run(self) -> None:

@@ -2,8 +2,9 @@
 
 etcd (Debian's ``etcd-server``) and the kube-apiserver that ``.ci/apiserver.sh`` builds
 (``$PODMIRROR_APISERVER``, else ``/var/cache/podmirror/kube-apiserver``) listen on random
-127.0.0.1 ports, with data in a temporary directory removed afterwards. Authentication: a static
-token for an admin in ``system:masters`` (which may impersonate, for ``kubectl auth can-i --as``);
+127.0.0.1 ports, with data in a temporary directory removed afterwards. Authentication: static
+tokens, for an admin in ``system:masters`` (which may impersonate, for ``kubectl auth can-i --as``)
+and for podmirror's service accounts (``SERVICE_ACCOUNTS``);
 authorization: RBAC, as in a real cluster. No controller-manager or scheduler runs: tests set
 ``spec.nodeName`` and patch ``status`` themselves, and the ServiceAccount admission plugin is off
 (it would wait for the token controller to create each namespace's ``default`` account).
@@ -26,6 +27,12 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 
 TOKEN = "podmirror-test-admin-token"
+SERVICE_ACCOUNTS = {
+    "system:serviceaccount:podmirror:podmirror-agent": "podmirror-agent-test-token",
+    "system:serviceaccount:podmirror:podmirror-webhook": "podmirror-webhook-test-token",
+}
+"""Static tokens whose users are exactly these service accounts' names and groups: with no
+controller-manager to mint tokens, this is how the tests act *as* the shipped service accounts."""
 DEFAULT_BINARY = "/var/cache/podmirror/kube-apiserver"
 
 
@@ -53,7 +60,7 @@ class ControlPlane:
     def __init__(self, workdir: str) -> None:
         self.workdir = workdir
         self.url = ""
-        self.kubeconfig = os.path.join(workdir, "admin.kubeconfig")
+        self.kubeconfig = ""
         self._procs: list[subprocess.Popen[bytes]] = []
 
     def start(self) -> None:
@@ -69,6 +76,10 @@ class ControlPlane:
         tokens = os.path.join(self.workdir, "tokens.csv")
         with open(tokens, "w") as handle:
             handle.write(f"{TOKEN},admin,admin-uid,system:masters\n")
+            for account, token in SERVICE_ACCOUNTS.items():
+                namespace = account.split(":")[2]
+                groups = f"system:serviceaccounts,system:serviceaccounts:{namespace},system:authenticated"
+                handle.write(f'{token},{account},{account}-uid,"{groups}"\n')
         self._spawn("kube-apiserver", [
             str(apiserver_binary()), "--etcd-servers", etcd_url, "--bind-address", "127.0.0.1",
             "--advertise-address", "127.0.0.1", "--secure-port", str(api_port),
@@ -79,8 +90,8 @@ class ControlPlane:
             "--service-cluster-ip-range", "10.96.0.0/16", "--disable-admission-plugins", "ServiceAccount",
             "--enable-priority-and-fairness=false", "--watch-cache=true", "--v", "0"])
         self.url = f"https://127.0.0.1:{api_port}"
-        self._write_kubeconfig()
         self._wait_ready(deadline=time.monotonic() + 90)
+        self.kubeconfig = self.kubeconfig_for(TOKEN, "admin")
 
     def _spawn(self, name: str, argv: list[str]) -> None:
         log = open(os.path.join(self.workdir, f"{name}.log"), "wb")  # noqa: SIM115 (closed by the child's exit)
@@ -97,21 +108,25 @@ class ControlPlane:
                                            serialization.NoEncryption()))
         return path
 
-    def _write_kubeconfig(self) -> None:
-        with open(self.kubeconfig, "w") as handle:
+    def kubeconfig_for(self, token: str, name: str) -> str:
+        """A kubeconfig that verifies the apiserver (its self-made CA) and sends ``token``."""
+        path = os.path.join(self.workdir, f"{name}.kubeconfig")
+        ca = os.path.join(self.workdir, "certs", "apiserver.crt")  # leaf + the CA that signed it
+        with open(path, "w") as handle:
             handle.write(f"""apiVersion: v1
 kind: Config
 clusters:
 - name: test
-  cluster: {{server: "{self.url}", insecure-skip-tls-verify: true}}
+  cluster: {{server: "{self.url}", certificate-authority: "{ca}"}}
 users:
-- name: admin
-  user: {{token: "{TOKEN}"}}
+- name: {name}
+  user: {{token: "{token}"}}
 contexts:
 - name: test
-  context: {{cluster: test, user: admin}}
+  context: {{cluster: test, user: {name}}}
 current-context: test
 """)
+        return path
 
     def _wait_ready(self, deadline: float) -> None:
         context = ssl.create_default_context()
