@@ -15,8 +15,8 @@ from typing import Any, TextIO
 
 import yaml
 
+from nodeagent.webhook.cli import add_inject_options, inject_config
 from nodeagent.webhook.inject import InjectConfig, inject_template
-from nodeagent.webhook.server import add_inject_options, inject_config
 
 TEMPLATE_PATHS: dict[str, tuple[str, ...]] = {
     "Pod": (),

@@ -48,9 +48,14 @@ class InjectConfig:
     image: str = "podmirror:0.1.0"
     agent: str = "podmirror-agent.podmirror.svc.cluster.local:14789"
     """PODMIRROR_AGENT: the agent Service (``internalTrafficPolicy: Local``) and its tunnel port."""
-    rules_url: str = "http://podmirror-agent.podmirror.svc.cluster.local:9477/v1/pushdown"
-    """PODMIRROR_RULES_URL: the push-down endpoint on the same node-local Service."""
+    rules_url: str = "http://{agent_host}:9477/v1/pushdown"
+    """PODMIRROR_RULES_URL: push-down on the agent's status port; the sidecar substitutes the agent
+    it found (the node-local Service, the node's address, or the labelled agent pod)."""
     discovery: str = "service"
+    """PODMIRROR_DISCOVERY: ``service``, ``node-ip`` (agent on hostNetwork) or ``label``."""
+    agent_label: str = "podmirror-agent"
+    """With ``label`` discovery: the agent pods' ``run`` label value (the seed's SENSOR)."""
+    agent_namespace: str = "podmirror"
     default_mode: str = "auto"
     excluded_namespaces: tuple[str, ...] = ("kube-system", "podmirror")
     requests: Mapping[str, str] = dataclasses.field(
@@ -101,6 +106,9 @@ def sidecar_container(config: InjectConfig, mode: str) -> Obj:
         _field("NODE_NAME", "spec.nodeName"),
         _field("NODE_IP", "status.hostIP"),
     ]
+    if config.discovery == "label":
+        env += [{"name": "SENSOR", "value": config.agent_label},
+                {"name": "PODMIRROR_AGENT_NAMESPACE", "value": config.agent_namespace}]
     return {"name": SIDECAR_NAME, "image": config.image, "command": ["sidecar-lite"], "env": env,
             "resources": {"requests": dict(config.requests), "limits": dict(config.limits)},
             "securityContext": security}
