@@ -22,13 +22,13 @@ from nodeagent import settings as settings_mod
 from nodeagent.collector import main as collector_main
 from nodeagent.lab import runner as lab_runner
 from nodeagent.settings import ConfigError, Settings
-from nodeagent.webhook import server as webhook_server
+from nodeagent.webhook import cli as webhook_cli
 
 
 def _register_all(subparsers: Any) -> None:
     _register_run(subparsers)
     inject_cmd.register(subparsers)
-    webhook_server.register(subparsers)
+    webhook_cli.register(subparsers)
     lab_runner.register(subparsers)
     collector_main.register(subparsers)
 
