@@ -10,8 +10,9 @@ from typing import Any
 import pytest
 
 from nodeagent import kubepods
-from nodeagent.webhook.inject import SIDECAR_NAME, InjectConfig, patch_for
+from nodeagent.webhook.inject import SIDECAR_NAME, InjectConfig, patch_for, sidecar_container
 from nodeagent.webhook.review import BadReview, respond
+from sidecar_lite import settings as sidecar_settings
 from tests.kube.patching import apply_patch, response_patch, validate
 
 DATA = pathlib.Path(__file__).resolve().parents[1] / "data" / "admission"
@@ -105,3 +106,21 @@ def test_escaped_keys_patch_existing_labels_in_place() -> None:
 def test_not_a_review_is_rejected() -> None:
     with pytest.raises(BadReview):
         respond({"kind": "AdmissionReview"}, CONFIG, namespace_enabled=False)
+
+
+@pytest.mark.parametrize("discovery", ["service", "node-ip", "label"])
+def test_injected_environment_is_what_the_sidecar_parses(discovery: str) -> None:
+    container = sidecar_container(InjectConfig(discovery=discovery), "sniff")
+    downward = {"status.podIP": "10.244.1.7", "metadata.name": "web", "metadata.namespace": "shop",
+                "spec.nodeName": "node-a", "status.hostIP": "192.168.0.10"}
+    env = {e["name"]: e.get("value") or downward[e["valueFrom"]["fieldRef"]["fieldPath"]]
+           for e in container["env"]}
+    parsed = sidecar_settings.parse([], env)
+    assert parsed.discovery == discovery and parsed.vni is None  # auto: vni_for_address(POD_IP)
+    assert parsed.agent_port == 14789 and parsed.pod.ip == "10.244.1.7" and parsed.mode == "sniff"
+    expected_host = {"service": "podmirror-agent.podmirror.svc.cluster.local", "node-ip": "192.168.0.10",
+                     "label": None}[discovery]
+    assert parsed.agent_host == expected_host
+    if discovery == "label":
+        assert (parsed.label_key, parsed.label_value, parsed.agent_namespace) == (
+            "run", "podmirror-agent", "podmirror")  # the label the agent DaemonSet's pods carry
