@@ -33,14 +33,18 @@ from typing import Any
 
 from aiohttp import web
 
+from nodeagent import filters
 from nodeagent.adapters.outputs import Fanout, Output
 from nodeagent.adapters.pcap_out import PcapOutput
 from nodeagent.adapters.receiver import DropLog, Receiver
 from nodeagent.adapters.vxlan_out import VxlanOutput
+from nodeagent.cutoff import Cutoff
+from nodeagent.dedup import DedupWindow
 from nodeagent.pipeline import Pipeline
 from nodeagent.pods import PodIndex, PodInfo
 from nodeagent.settings import Settings
 from nodeagent.stats import Stats
+from nodeagent.vantage import Vantage
 from nodeagent.web import metrics, status
 from nodeagent.wire.normalize import Normalizer
 
@@ -57,8 +61,15 @@ def static_pods(settings: Settings) -> list[PodInfo]:
 
 
 def build_pipeline(settings: Settings, pods: PodIndex, stats: Stats) -> Pipeline:
-    """The one place the pipeline is constructed (issue 3 passes dedup/filters settings here)."""
-    return Pipeline(pods=pods, stats=stats)
+    """The one place the pipeline is constructed; BPF rules compile here (ConfigError if bad)."""
+    d, c = settings.dedup, settings.cutoff
+    return Pipeline(
+        pods=pods, stats=stats,
+        vantage=Vantage(prefer=d.vantage, capacity=d.flow_capacity, idle=d.flow_idle) if d.enabled else None,
+        filters=filters.compile(settings.filters),
+        dedup=DedupWindow(window=d.window, capacity=d.capacity) if d.enabled else None,
+        cutoff=Cutoff(budget=c.budget, after=c.after, capacity=c.capacity, idle=c.idle) if c.enabled else None,
+    )
 
 
 def build_outputs(settings: Settings) -> list[Output]:
@@ -72,6 +83,9 @@ def build_outputs(settings: Settings) -> list[Output]:
 
 def _install_extensions(agent: Agent) -> None:
     """Other parts plug in here: one import and one ``install(agent)`` call each."""
+    from nodeagent.web import pushdown_api
+
+    pushdown_api.install(agent)
     from nodeagent.adapters import kube  # the Kubernetes pod table, when settings.kube is enabled
 
     kube.install(agent)
@@ -153,6 +167,7 @@ class Agent:
             socket=self.receiver.socket_state(),
             malformed={"first": self.receiver.malformed.first, "last": self.receiver.malformed.last},
             senders=sum(1 for p in self.pods.all() if p.local),
+            pipeline=self.pipeline.state(),
         )
         for hook in self._status_hooks:
             hook(snap)
@@ -182,8 +197,10 @@ class Agent:
                     loop.remove_signal_handler(sig)
 
     async def _supervise(self) -> int:
-        factories = {f"output:{o.name}": o.run for o in self.fanout.outputs} | self._tasks
-        tasks = {asyncio.create_task(f(), name=name) for name, f in factories.items()}  # type: ignore[arg-type]
+        factories: dict[str, TaskFactory] = {f"output:{o.name}": o.run for o in self.fanout.outputs}
+        factories.update(self._tasks)
+        tasks: set[asyncio.Task[None]] = {
+            asyncio.create_task(_root(f), name=name) for name, f in factories.items()}
         stopper = asyncio.create_task(self._stop.wait(), name="stop")
         code = 0
         try:
@@ -199,8 +216,8 @@ class Agent:
             log.info("stopping")
             return code
         finally:
-            for task in (*tasks, stopper):
-                task.cancel()
+            for pending in (*tasks, stopper):
+                pending.cancel()
             await asyncio.gather(*tasks, stopper, return_exceptions=True)
 
     async def _shutdown(self, runner: web.AppRunner | None) -> None:
@@ -214,6 +231,10 @@ class Agent:
         if runner is not None:
             await runner.cleanup()
         self.status_address = None
+
+
+async def _root(factory: TaskFactory) -> None:
+    await factory()
 
 
 @contextlib.contextmanager

@@ -36,7 +36,8 @@ def _register_all(subparsers: Any) -> None:
 def _register_run(subparsers: Any) -> None:
     p = subparsers.add_parser("run", help="run the node agent (flags override the config file)")
     p.add_argument("--config", metavar="FILE", help="YAML or JSON configuration")
-    p.add_argument("--listen", metavar="IP:PORT", help=f"tunnel UDP address (port {settings_mod.TUNNEL_PORT})")
+    p.add_argument("--listen", metavar="IP:PORT",
+                   help=f"tunnel UDP address (port {settings_mod.TUNNEL_PORT})")
     p.add_argument("--sender", metavar="IP,VNI,NAMESPACE/NAME", action="append",
                    help="a monitored pod on this node (repeat; replaces the file's senders)")
     p.add_argument("--peer", metavar="IP,NAMESPACE/NAME", action="append",
@@ -48,7 +49,8 @@ def _register_run(subparsers: Any) -> None:
     p.add_argument("--collector", metavar="IP[:PORT]", action="append",
                    help=f"batched TLS output to a collector (repeat; port {settings_mod.COLLECTOR_PORT})")
     p.add_argument("--collector-ca", metavar="FILE", help="CA that signs the collectors' certificates")
-    p.add_argument("--dedup-vantage", choices=("client", "server"), help="which vantage of a local flow is kept")
+    p.add_argument("--dedup-vantage", choices=("client", "server"),
+                   help="which vantage of a local flow is kept")
     p.add_argument("--log-level", choices=("DEBUG", "INFO", "WARNING", "ERROR"))
     p.add_argument("--node-name", metavar="NAME", help="take the pod table from Kubernetes for this node")
     p.add_argument("--kubeconfig", metavar="FILE", help="with --node-name (default: in-cluster account)")

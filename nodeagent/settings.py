@@ -97,7 +97,8 @@ def parse_vni(value: object, ip: str, field: str) -> int:
             value = int(text, 0)
         except ValueError:
             raise ConfigError(field, f"must be an integer, 0x.. or auto, got {value!r}") from None
-    _check(isinstance(value, int) and not isinstance(value, bool), field, f"must be an integer, got {value!r}")
+    _check(isinstance(value, int) and not isinstance(value, bool), field,
+           f"must be an integer, got {value!r}")
     vni = typing.cast(int, value)
     _check(0 <= vni < 1 << 24, field, f"must be in 0..16777215, got {vni}")
     return vni
@@ -598,7 +599,8 @@ def _convert_scalar(hint: Any, value: Any, path: str) -> Any:
     if hint is bool:
         _check(isinstance(value, bool), path, f"must be true or false, got {value!r}")
     elif hint is int:
-        _check(isinstance(value, int) and not isinstance(value, bool), path, f"must be an integer, got {value!r}")
+        _check(isinstance(value, int) and not isinstance(value, bool), path,
+               f"must be an integer, got {value!r}")
     elif hint is float:
         _check(isinstance(value, int | float) and not isinstance(value, bool), path,
                f"must be a number, got {value!r}")

@@ -82,8 +82,9 @@ class Fanout:
                 count = self.errors.get(output.name, 0)
                 self.errors[output.name] = count + 1
                 if count == 0:
-                    log.exception("output %s failed to take a packet (further failures only counted)",
-                                  output.name)
+                    log.exception(
+                        "output %s failed to take a packet (further failures only counted)", output.name
+                    )
 
     def state(self) -> dict[str, Any]:
         out = {o.name: o.state() for o in self.outputs}

@@ -78,8 +78,9 @@ class _Writer:
         self._enforce_total()
 
     def _enforce_total(self) -> None:
-        names = sorted(n for n in os.listdir(self._dir)
-                       if n.startswith(self._s.prefix + "-") and n.endswith(".pcap"))
+        names = sorted(
+            n for n in os.listdir(self._dir) if n.startswith(self._s.prefix + "-") and n.endswith(".pcap")
+        )
         closed = [os.path.join(self._dir, n) for n in names if os.path.join(self._dir, n) != self._path]
         sizes = {p: _size(p) for p in closed}
         total = sum(sizes.values())
@@ -148,8 +149,9 @@ class PcapOutput:
             self._file_bytes = pcap.GLOBAL_SIZE
             self._file_opened = time.monotonic()
             self.files += 1
-        pcap.append_record(self._buf, time.time_ns(), fwd.frame, fwd.wire_len, nanos=self._nanos,
-                           snaplen=self._s.snaplen)
+        pcap.append_record(
+            self._buf, time.time_ns(), fwd.frame, fwd.wire_len, nanos=self._nanos, snaplen=self._s.snaplen
+        )
         self._file_bytes += size
         self.packets += 1
         self.bytes += size
@@ -183,8 +185,14 @@ class PcapOutput:
 
     def state(self) -> dict[str, Any]:
         return {
-            "dir": self._s.dir, "file": self._writer.current(), "packets": self.packets,
-            "bytes": self.bytes, "files_opened": self.files, "files_deleted": self._writer.files_deleted,
-            "dropped_backlog": self.dropped_backlog, "write_errors": self._writer.write_errors,
-            "pending_buffers": self._submitted - self._completed, "last_error": self._writer.last_error,
+            "dir": self._s.dir,
+            "file": self._writer.current(),
+            "packets": self.packets,
+            "bytes": self.bytes,
+            "files_opened": self.files,
+            "files_deleted": self._writer.files_deleted,
+            "dropped_backlog": self.dropped_backlog,
+            "write_errors": self._writer.write_errors,
+            "pending_buffers": self._submitted - self._completed,
+            "last_error": self._writer.last_error,
         }

@@ -78,8 +78,13 @@ def describe_malformed(datagram: memoryview | bytes) -> str:
 class Receiver:
     """Owns the tunnel socket. ``start`` binds and registers it; ``stop`` unregisters and closes."""
 
-    def __init__(self, settings: ListenSettings, pipeline: Pipeline, offer: Callable[[Forward], None],
-                 drop_log: DropLog) -> None:
+    def __init__(
+        self,
+        settings: ListenSettings,
+        pipeline: Pipeline,
+        offer: Callable[[Forward], None],
+        drop_log: DropLog,
+    ) -> None:
         self._s = settings
         self._pipeline = pipeline
         self._offer = offer
@@ -107,8 +112,12 @@ class Receiver:
         self._sock, self._loop = sock, loop
         self.address = sock.getsockname()[:2]
         loop.add_reader(sock.fileno(), self._drain)
-        log.info("receiving tunnels on %s:%d (SO_RCVBUF %d)", self.address[0], self.address[1],
-                 sock.getsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF))
+        log.info(
+            "receiving tunnels on %s:%d (SO_RCVBUF %d)",
+            self.address[0],
+            self.address[1],
+            sock.getsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF),
+        )
 
     def stop(self) -> None:
         if self._sock is not None and self._loop is not None:

@@ -42,21 +42,25 @@ def _counter(name: str, doc: str, value: int | float, labels: dict[str, str] | N
 
 def _totals(s: dict[str, Any]) -> Iterator[Metric]:
     yield _counter("podmirror_packets_received_total", "Tunnel datagrams received.", s["received"])
-    yield _counter("podmirror_bytes_received_total", "Bytes of tunnel datagrams received.",
-                   s["received_bytes"])
+    yield _counter(
+        "podmirror_bytes_received_total", "Bytes of tunnel datagrams received.", s["received_bytes"]
+    )
     yield _counter("podmirror_packets_forwarded_total", "Datagrams handed to the outputs.", s["forwarded"])
     yield _counter("podmirror_bytes_forwarded_total", "Bytes handed to the outputs.", s["forwarded_bytes"])
-    drops = CounterMetricFamily("podmirror_packets_dropped_total", "Datagrams dropped, by reason.",
-                                labels=["reason"])
-    drop_bytes = CounterMetricFamily("podmirror_bytes_dropped_total", "Bytes dropped, by reason.",
-                                     labels=["reason"])
+    drops = CounterMetricFamily(
+        "podmirror_packets_dropped_total", "Datagrams dropped, by reason.", labels=["reason"]
+    )
+    drop_bytes = CounterMetricFamily(
+        "podmirror_bytes_dropped_total", "Bytes dropped, by reason.", labels=["reason"]
+    )
     for reason, count in s["drops"].items():
         drops.add_metric([reason], count)
         drop_bytes.add_metric([reason], s.get("drop_bytes", {}).get(reason, 0))
     yield drops
     yield drop_bytes
-    saved = CounterMetricFamily("podmirror_saved_bytes_total", "Bytes not sent, by mechanism.",
-                                labels=["mechanism"])
+    saved = CounterMetricFamily(
+        "podmirror_saved_bytes_total", "Bytes not sent, by mechanism.", labels=["mechanism"]
+    )
     for mechanism, count in s.get("saved_bytes", {}).items():
         saved.add_metric([mechanism], count)
     yield saved
@@ -73,8 +77,9 @@ def _pods(pods: dict[str, dict[str, Any]]) -> Iterator[Metric]:
             ("bytes_forwarded", "Bytes of the pod handed to the outputs."),
         )
     }
-    dropped = CounterMetricFamily("podmirror_pod_packets_dropped_total", "Datagrams of the pod dropped.",
-                                  labels=[*labels, "reason"])
+    dropped = CounterMetricFamily(
+        "podmirror_pod_packets_dropped_total", "Datagrams of the pod dropped.", labels=[*labels, "reason"]
+    )
     for key, c in pods.items():
         namespace, _, name = key.partition("/")
         values = [namespace, name or key]
@@ -98,16 +103,19 @@ def _outputs(outputs: dict[str, dict[str, Any]]) -> Iterator[Metric]:
                 family = families.get(key)
                 if family is None:
                     family = families[key] = GaugeMetricFamily(
-                        f"podmirror_output_{key}", f"Output state field {key!r}.", labels=["output"])
+                        f"podmirror_output_{key}", f"Output state field {key!r}.", labels=["output"]
+                    )
                 family.add_metric([name], value)
     yield from families.values()
 
 
 def _misc(s: dict[str, Any]) -> Iterator[Metric]:
     kernel = s.get("socket", {})
-    yield _counter("podmirror_socket_kernel_drops_total",
-                   "Datagrams the kernel dropped on the tunnel socket (receive buffer full).",
-                   kernel.get("kernel_drops", 0))
+    yield _counter(
+        "podmirror_socket_kernel_drops_total",
+        "Datagrams the kernel dropped on the tunnel socket (receive buffer full).",
+        kernel.get("kernel_drops", 0),
+    )
     uptime = GaugeMetricFamily("podmirror_uptime_seconds", "Seconds since the agent started.")
     uptime.add_metric([], s.get("uptime", 0.0))
     yield uptime

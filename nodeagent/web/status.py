@@ -32,7 +32,9 @@ class StatusSource(Protocol):
     def is_ready(self) -> bool: ...
 
 
-def make_app(source: StatusSource, registry: CollectorRegistry, routes: Sequence[Route] = ()) -> web.Application:
+def make_app(
+    source: StatusSource, registry: CollectorRegistry, routes: Sequence[Route] = ()
+) -> web.Application:
     async def healthz(_request: web.Request) -> web.Response:
         return web.Response(text="ok\n")
 

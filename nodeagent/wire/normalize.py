@@ -76,7 +76,7 @@ def is_partial(frame: memoryview | bytes, meta: PacketMeta) -> bool:
     off = checksum_offset(meta)
     if off < 0 or off + 2 > meta.end:
         return False
-    (stored,) = _U16.unpack_from(frame, off)
+    stored: int = _U16.unpack_from(frame, off)[0]
     if stored == 0 and meta.proto == IPPROTO_UDP:
         return False  # IPv4 "no checksum" (and never partial: the pseudo sum is never 0 folded)
     return stored % 0xFFFF == pseudo_sum(meta, meta.end - meta.l4)
@@ -86,7 +86,7 @@ def l4_checksum(frame: memoryview | bytes | bytearray, meta: PacketMeta, end: in
     """Full L4 checksum of ``frame[meta.l4:end]``, ignoring whatever the checksum field holds."""
     off = checksum_offset(meta)
     (stored,) = _U16.unpack_from(frame, off)
-    total = pseudo_sum(meta, end - meta.l4) + ones_sum(memoryview(frame)[meta.l4:end]) - stored
+    total = pseudo_sum(meta, end - meta.l4) + ones_sum(memoryview(frame)[meta.l4 : end]) - stored
     csum = finish(total)
     if csum == 0 and meta.proto == IPPROTO_UDP:
         return 0xFFFF
@@ -140,12 +140,18 @@ class Normalizer:
         return out
 
     def state(self) -> dict[str, int]:
-        return {"segmented": self.segmented, "segments": self.segments, "checksums_fixed": self.fixed,
-                "oversize": self.oversize, "max_frame": self.max_frame}
+        return {
+            "segmented": self.segmented,
+            "segments": self.segments,
+            "checksums_fixed": self.fixed,
+            "oversize": self.oversize,
+            "max_frame": self.max_frame,
+        }
 
 
-def _segment(header: memoryview, chunk: memoryview, meta: PacketMeta, index: int, start: int,
-             last: bool) -> bytearray:
+def _segment(
+    header: memoryview, chunk: memoryview, meta: PacketMeta, index: int, start: int, last: bool
+) -> bytearray:
     seg = bytearray(header)
     seg += chunk
     l3, l4 = meta.l3, meta.l4

@@ -47,8 +47,15 @@ def record_header(ts_ns: int, caplen: int, orig_len: int, *, nanos: bool = True)
     return _RECORD.pack(sec, frac, caplen, max(orig_len, caplen))
 
 
-def append_record(buf: bytearray, ts_ns: int, frame: bytes | memoryview, orig_len: int, *,
-                  nanos: bool = True, snaplen: int = SNAPLEN) -> int:
+def append_record(
+    buf: bytearray,
+    ts_ns: int,
+    frame: bytes | memoryview,
+    orig_len: int,
+    *,
+    nanos: bool = True,
+    snaplen: int = SNAPLEN,
+) -> int:
     """Append one record to ``buf`` (frame cut to ``snaplen``); returns the bytes appended."""
     caplen = min(len(frame), snaplen)
     buf += record_header(ts_ns, caplen, orig_len, nanos=nanos)

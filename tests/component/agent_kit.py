@@ -27,9 +27,11 @@ KNOWN, UNKNOWN = "127.0.0.1", "127.0.0.2"
 
 def make_settings(tmp_path: Any = None, **groups: Any) -> Settings:
     base: dict[str, Any] = {
-        "listen": "127.0.0.1:0", "status": "127.0.0.1:0",
+        "listen": "127.0.0.1:0",
+        "status": "127.0.0.1:0",
         "senders": [f"{KNOWN},5,default/web"],
-        "dedup": {"enabled": False}, "cutoff": {"enabled": False},
+        "dedup": {"enabled": False},
+        "cutoff": {"enabled": False},
         "log": {"drop_interval": 60},
     }
     return settings_mod.load(settings_mod.merge(base, groups))
@@ -70,10 +72,21 @@ def sender(source: str = KNOWN) -> socket.socket:
     return sock
 
 
-def tcp_frame(payload: bytes = b"hello", src: str = "10.0.0.5", dst: str = "10.0.0.9", sport: int = 40000,
-              dport: int = 80, seq: int = 1, flags: str = "PA") -> bytes:
-    return bytes(Ether(src=MAC1, dst=MAC2) / IP(src=src, dst=dst) / TCP(sport=sport, dport=dport, seq=seq,
-                                                                       flags=flags) / payload)
+def tcp_frame(
+    payload: bytes = b"hello",
+    src: str = "10.0.0.5",
+    dst: str = "10.0.0.9",
+    sport: int = 40000,
+    dport: int = 80,
+    seq: int = 1,
+    flags: str = "PA",
+) -> bytes:
+    return bytes(
+        Ether(src=MAC1, dst=MAC2)
+        / IP(src=src, dst=dst)
+        / TCP(sport=sport, dport=dport, seq=seq, flags=flags)
+        / payload
+    )
 
 
 def udp_frame(payload: bytes = b"q", src: str = "10.0.0.5", dst: str = "10.0.0.9", dport: int = 53) -> bytes:

@@ -21,8 +21,13 @@ ROOT = Path(__file__).resolve().parents[2]
 
 
 def _start(*args: str) -> subprocess.Popen[str]:
-    return subprocess.Popen([sys.executable, "-m", "nodeagent", "run", *args], cwd=ROOT, text=True,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    return subprocess.Popen(
+        [sys.executable, "-m", "nodeagent", "run", *args],
+        cwd=ROOT,
+        text=True,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
 
 
 def _addresses(proc: subprocess.Popen[str], timeout: float = 15.0) -> tuple[int, tuple[str, int]]:
@@ -56,8 +61,18 @@ def _poll(predicate, timeout: float = 10.0) -> None:
 
 
 def test_sigterm_flushes_the_pcap_and_exits_0(tmp_path):
-    proc = _start("--listen", "127.0.0.1:0", "--status", "127.0.0.1:0", "--sender", f"{KNOWN},5,default/web",
-                  "--sender", "10.0.0.6,auto,default/db", "--pcap-dir", str(tmp_path))
+    proc = _start(
+        "--listen",
+        "127.0.0.1:0",
+        "--status",
+        "127.0.0.1:0",
+        "--sender",
+        f"{KNOWN},5,default/web",
+        "--sender",
+        "10.0.0.6,auto,default/db",
+        "--pcap-dir",
+        str(tmp_path),
+    )
     try:
         port, address = _addresses(proc)
         good, stranger = sender(KNOWN), sender(UNKNOWN)
@@ -102,20 +117,32 @@ def test_config_file_with_flag_overrides(tmp_path):
         proc.stderr.close()
 
 
-@pytest.mark.parametrize("config, flags, message", [
-    ("outputs:\n  pcap:\n    dir: /tmp\n    max_bytes: 0\n", [], "outputs.pcap.max_bytes must be > 0"),
-    ("senders:\n  - ip: 10.0.0.5\n    vni: 5\n    namespace: default\n", [], "senders[0].name is required"),
-    ("listen: {port: 70000}\n", [], "listen.port must be in 0..65535"),
-    ("", ["--sender", "10.0.0.5,5"], "senders[0] must be IP,VNI,NAMESPACE/NAME"),
-    ("", ["--sensor", "sensor.local"], "outputs.sensors[0] must be an IP address"),
-    ("", ["--listen", "127.0.0.1:port"], "--listen has a bad port"),
-    ("- a list\n", [], "--config must hold a mapping"),
-])
+@pytest.mark.parametrize(
+    "config, flags, message",
+    [
+        ("outputs:\n  pcap:\n    dir: /tmp\n    max_bytes: 0\n", [], "outputs.pcap.max_bytes must be > 0"),
+        (
+            "senders:\n  - ip: 10.0.0.5\n    vni: 5\n    namespace: default\n",
+            [],
+            "senders[0].name is required",
+        ),
+        ("listen: {port: 70000}\n", [], "listen.port must be in 0..65535"),
+        ("", ["--sender", "10.0.0.5,5"], "senders[0] must be IP,VNI,NAMESPACE/NAME"),
+        ("", ["--sensor", "sensor.local"], "outputs.sensors[0] must be an IP address"),
+        ("", ["--listen", "127.0.0.1:port"], "--listen has a bad port"),
+        ("- a list\n", [], "--config must hold a mapping"),
+    ],
+)
 def test_bad_configuration_exits_2_naming_the_field(tmp_path, config, flags, message):
     path = tmp_path / "agent.yaml"
     path.write_text(config)
-    result = subprocess.run([sys.executable, "-m", "nodeagent", "run", "--config", str(path), *flags], cwd=ROOT,
-                            capture_output=True, text=True, timeout=60)
+    result = subprocess.run(
+        [sys.executable, "-m", "nodeagent", "run", "--config", str(path), *flags],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert result.returncode == 2
     assert message in result.stderr
 
@@ -124,9 +151,22 @@ def test_taken_listen_port_exits_1():
     busy = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
     busy.bind(("127.0.0.1", 0))
     try:
-        result = subprocess.run([sys.executable, "-m", "nodeagent", "run", "--listen",
-                                 f"127.0.0.1:{busy.getsockname()[1]}", "--status", "127.0.0.1:0"],
-                                cwd=ROOT, capture_output=True, text=True, timeout=60)
+        result = subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "nodeagent",
+                "run",
+                "--listen",
+                f"127.0.0.1:{busy.getsockname()[1]}",
+                "--status",
+                "127.0.0.1:0",
+            ],
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
     finally:
         busy.close()
     assert result.returncode == 1

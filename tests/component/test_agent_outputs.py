@@ -16,12 +16,22 @@ from scapy.layers.l2 import Ether
 
 from nodeagent.wire import headers, pcap, vxlan
 from tests.component.agent_kit import (
-    KNOWN, make_settings, running, send_tunnel, sender, tcp_frame, tunnel_port, udp_frame, wait_for,
+    KNOWN,
+    make_settings,
+    running,
+    send_tunnel,
+    sender,
+    tcp_frame,
+    tunnel_port,
+    udp_frame,
+    wait_for,
     with_partial_checksum,
 )
 
-needs_tshark = pytest.mark.skipif(shutil.which("tshark") is None or shutil.which("capinfos") is None,
-                                  reason="needs tshark and capinfos (Debian package tshark)")
+needs_tshark = pytest.mark.skipif(
+    shutil.which("tshark") is None or shutil.which("capinfos") is None,
+    reason="needs tshark and capinfos (Debian package tshark)",
+)
 
 
 def _sensor_socket(host: str = "127.0.0.3") -> socket.socket:
@@ -48,11 +58,28 @@ async def test_pcap_files_are_read_by_capinfos_and_tshark(tmp_path):
     after = time.time()  # the agent flushed and closed its files on stop
     files = _pcaps(tmp_path)
     assert len(files) == 1
-    info = subprocess.run(["capinfos", "-M", "-c", "-E", "-T", "-r", files[0]], capture_output=True, text=True,
-                          check=True).stdout
+    info = subprocess.run(
+        ["capinfos", "-M", "-c", "-E", "-T", "-r", files[0]], capture_output=True, text=True, check=True
+    ).stdout
     assert info.split()[-2:] == ["Ethernet", "25"] or "25" in info.split()
-    fields = subprocess.run(["tshark", "-r", files[0], "-T", "fields", "-e", "frame.time_epoch", "-e", "tcp.srcport",
-                             "-e", "frame.len"], capture_output=True, text=True, check=True).stdout.split("\n")
+    fields = subprocess.run(
+        [
+            "tshark",
+            "-r",
+            files[0],
+            "-T",
+            "fields",
+            "-e",
+            "frame.time_epoch",
+            "-e",
+            "tcp.srcport",
+            "-e",
+            "frame.len",
+        ],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.split("\n")
     rows = [line.split("\t") for line in fields if line]
     assert [int(r[1]) for r in rows] == list(range(40000, 40025))
     assert all(before <= float(r[0]) <= after for r in rows)  # wall-clock time of reception
@@ -60,8 +87,10 @@ async def test_pcap_files_are_read_by_capinfos_and_tshark(tmp_path):
 
 
 async def test_pcap_microseconds_and_sliced_orig_len(tmp_path):
-    settings = make_settings(outputs={"pcap": {"dir": str(tmp_path), "precision": "us"}},
-                             filters={"rules": [{"action": "include", "snaplen": 64}]})
+    settings = make_settings(
+        outputs={"pcap": {"dir": str(tmp_path), "precision": "us"}},
+        filters={"rules": [{"action": "include", "snaplen": 64}]},
+    )
     async with running(settings) as agent:
         good = sender(KNOWN)
         send_tunnel(good, tunnel_port(agent), tcp_frame(b"y" * 500))
@@ -150,7 +179,9 @@ async def test_gso_super_packet_reaches_the_sensor_as_valid_mss_segments():
     sensor = _sensor_socket()
     payload = bytes(range(256)) * 40  # 10,240 bytes
     super_packet = with_partial_checksum(tcp_frame(payload, seq=7000, flags="FPA"))
-    async with running(make_settings(outputs={"sensors": [":".join(map(str, sensor.getsockname()))]})) as agent:
+    async with running(
+        make_settings(outputs={"sensors": [":".join(map(str, sensor.getsockname()))]})
+    ) as agent:
         good = sender(KNOWN)
         send_tunnel(good, tunnel_port(agent), super_packet)
         segments = [bytes(vxlan.decode(await asyncio.to_thread(sensor.recv, 70000)).inner) for _ in range(8)]

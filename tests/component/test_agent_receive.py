@@ -9,8 +9,18 @@ import socket
 from prometheus_client.parser import text_string_to_metric_families
 
 from tests.component.agent_kit import (
-    KNOWN, UNKNOWN, accounted, get_status, http_get, make_settings, running, send_tunnel, sender,
-    tcp_frame, tunnel_port, wait_for,
+    KNOWN,
+    UNKNOWN,
+    accounted,
+    get_status,
+    http_get,
+    make_settings,
+    running,
+    send_tunnel,
+    sender,
+    tcp_frame,
+    tunnel_port,
+    wait_for,
 )
 
 
@@ -19,9 +29,9 @@ async def test_known_sender_is_forwarded_and_everything_else_is_a_counted_drop()
         port = tunnel_port(agent)
         good, stranger = sender(KNOWN), sender(UNKNOWN)
         send_tunnel(good, port, tcp_frame(), vni=5, count=20)
-        send_tunnel(good, port, tcp_frame(), vni=6, count=3)          # right address, wrong VNI
+        send_tunnel(good, port, tcp_frame(), vni=6, count=3)  # right address, wrong VNI
         good.sendto(b"\x08\x00\x00\x00\x00\x00\x05\x00" + b"\x00" * 10, ("127.0.0.1", port))  # truncated
-        send_tunnel(stranger, port, tcp_frame(), vni=5, count=7)      # not a known pod
+        send_tunnel(stranger, port, tcp_frame(), vni=5, count=7)  # not a known pod
         await wait_for(lambda: agent.stats.total.received == 31, what="31 datagrams")
         status = await get_status(agent)
     assert accounted(status)
@@ -74,8 +84,11 @@ async def test_metrics_expose_totals_drops_and_pods():
         good.close()
         stranger.close()
     assert code == 200
-    samples = {(s.name, tuple(sorted(s.labels.items()))): s.value
-               for family in text_string_to_metric_families(text) for s in family.samples}
+    samples = {
+        (s.name, tuple(sorted(s.labels.items()))): s.value
+        for family in text_string_to_metric_families(text)
+        for s in family.samples
+    }
     assert samples[("podmirror_packets_received_total", ())] == 6
     assert samples[("podmirror_packets_forwarded_total", ())] == 4
     assert samples[("podmirror_packets_dropped_total", (("reason", "unknown_sender"),))] == 2
@@ -100,6 +113,7 @@ async def test_ipv6_listener_accepts_an_ipv6_sender():
     async with running(settings) as agent:
         sock = socket.socket(socket.AF_INET6, socket.SOCK_DGRAM)
         from nodeagent.wire import vxlan
+
         sock.sendto(vxlan.encode(9, tcp_frame()), ("::1", tunnel_port(agent)))
         await wait_for(lambda: agent.stats.total.forwarded == 1, what="IPv6 datagram forwarded")
         status = await get_status(agent)

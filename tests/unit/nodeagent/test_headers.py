@@ -7,7 +7,12 @@ import ipaddress
 import pytest
 from scapy.layers.inet import ICMP, IP, TCP, UDP, IPOption_RR
 from scapy.layers.inet6 import (
-    ICMPv6EchoRequest, IPv6, IPv6ExtHdrDestOpt, IPv6ExtHdrFragment, IPv6ExtHdrHopByHop, IPv6ExtHdrRouting,
+    ICMPv6EchoRequest,
+    IPv6,
+    IPv6ExtHdrDestOpt,
+    IPv6ExtHdrFragment,
+    IPv6ExtHdrHopByHop,
+    IPv6ExtHdrRouting,
 )
 from scapy.layers.ipsec import AH
 from scapy.layers.l2 import ARP, Dot1AD, Dot1Q, Ether
@@ -26,7 +31,12 @@ def _decode(pkt) -> headers.PacketMeta:
 
 
 def test_ipv4_tcp():
-    pkt = Ether(src=MAC1, dst=MAC2) / IP(src=A4, dst=B4, ttl=33, id=77) / TCP(sport=1234, dport=80, seq=99, flags="S") / b"abc"
+    pkt = (
+        Ether(src=MAC1, dst=MAC2)
+        / IP(src=A4, dst=B4, ttl=33, id=77)
+        / TCP(sport=1234, dport=80, seq=99, flags="S")
+        / b"abc"
+    )
     meta = _decode(pkt)
     assert (meta.version, meta.proto, meta.ttl, meta.ident) == (4, 6, 33, 77)
     assert meta.src == ipaddress.ip_address(A4).packed and meta.dst == ipaddress.ip_address(B4).packed
@@ -36,7 +46,9 @@ def test_ipv4_tcp():
 
 
 def test_ipv4_options_move_the_transport_header():
-    meta = _decode(Ether(src=MAC1, dst=MAC2) / IP(src=A4, dst=B4, options=[IPOption_RR()]) / UDP(sport=53, dport=5353))
+    meta = _decode(
+        Ether(src=MAC1, dst=MAC2) / IP(src=A4, dst=B4, options=[IPOption_RR()]) / UDP(sport=53, dport=5353)
+    )
     assert meta.l4 > 34 and (meta.sport, meta.dport) == (53, 5353)
 
 
@@ -49,7 +61,13 @@ def test_ethernet_padding_is_outside_the_ip_packet():
 def test_vlan_and_qinq():
     meta = _decode(Ether(src=MAC1, dst=MAC2) / Dot1Q(vlan=100) / IP(src=A4, dst=B4) / UDP(sport=1, dport=2))
     assert meta.vlan == 100 and meta.l3 == 18 and meta.dport == 2
-    meta = _decode(Ether(src=MAC1, dst=MAC2) / Dot1AD(vlan=5) / Dot1Q(vlan=100) / IP(src=A4, dst=B4) / UDP(sport=1, dport=2))
+    meta = _decode(
+        Ether(src=MAC1, dst=MAC2)
+        / Dot1AD(vlan=5)
+        / Dot1Q(vlan=100)
+        / IP(src=A4, dst=B4)
+        / UDP(sport=1, dport=2)
+    )
     assert meta.vlan == 5 and meta.l3 == 22 and meta.ethertype == headers.ETH_P_IP
 
 
@@ -61,27 +79,51 @@ def test_ipv6_udp_and_icmpv6():
     assert meta.proto == 58 and meta.sport == 128
 
 
-@pytest.mark.parametrize("ext", [IPv6ExtHdrHopByHop(), IPv6ExtHdrDestOpt(), IPv6ExtHdrRouting(),
-                                 IPv6ExtHdrHopByHop() / IPv6ExtHdrDestOpt()])
+@pytest.mark.parametrize(
+    "ext",
+    [
+        IPv6ExtHdrHopByHop(),
+        IPv6ExtHdrDestOpt(),
+        IPv6ExtHdrRouting(),
+        IPv6ExtHdrHopByHop() / IPv6ExtHdrDestOpt(),
+    ],
+)
 def test_ipv6_extension_headers_are_skipped(ext):
     meta = _decode(Ether(src=MAC1, dst=MAC2) / IPv6(src=A6, dst=B6) / ext / TCP(sport=5, dport=6))
     assert meta.proto == 6 and (meta.sport, meta.dport) == (5, 6) and meta.l4 == 54 + len(bytes(ext))
 
 
 def test_ipv6_ah_length_is_in_4_byte_units():
-    meta = _decode(Ether(src=MAC1, dst=MAC2) / IPv6(src=A6, dst=B6) / AH(nh=17, payloadlen=4, spi=1, icv=b"\x00" * 12) / UDP(sport=7, dport=8))
+    meta = _decode(
+        Ether(src=MAC1, dst=MAC2)
+        / IPv6(src=A6, dst=B6)
+        / AH(nh=17, payloadlen=4, spi=1, icv=b"\x00" * 12)
+        / UDP(sport=7, dport=8)
+    )
     assert meta.proto == 17 and (meta.sport, meta.dport) == (7, 8)
 
 
 def test_ipv6_fragments_first_has_ports_later_do_not():
-    first = _decode(Ether(src=MAC1, dst=MAC2) / IPv6(src=A6, dst=B6) / IPv6ExtHdrFragment(id=55, m=1, offset=0) / UDP(sport=1, dport=2))
+    first = _decode(
+        Ether(src=MAC1, dst=MAC2)
+        / IPv6(src=A6, dst=B6)
+        / IPv6ExtHdrFragment(id=55, m=1, offset=0)
+        / UDP(sport=1, dport=2)
+    )
     assert first.fragment and first.ident == 55 and first.dport == 2
-    later = _decode(Ether(src=MAC1, dst=MAC2) / IPv6(src=A6, dst=B6) / IPv6ExtHdrFragment(id=55, offset=10, nh=17) / (b"x" * 16))
+    later = _decode(
+        Ether(src=MAC1, dst=MAC2)
+        / IPv6(src=A6, dst=B6)
+        / IPv6ExtHdrFragment(id=55, offset=10, nh=17)
+        / (b"x" * 16)
+    )
     assert later.fragment and later.l4 == -1 and later.dport == 0 and later.proto == 17
 
 
 def test_ipv4_fragments_first_has_ports_later_do_not():
-    first = _decode(Ether(src=MAC1, dst=MAC2) / IP(src=A4, dst=B4, flags="MF", id=9) / UDP(sport=1, dport=2) / (b"x" * 8))
+    first = _decode(
+        Ether(src=MAC1, dst=MAC2) / IP(src=A4, dst=B4, flags="MF", id=9) / UDP(sport=1, dport=2) / (b"x" * 8)
+    )
     assert first.fragment and first.l4 == 34 and first.dport == 2
     later = _decode(Ether(src=MAC1, dst=MAC2) / IP(src=A4, dst=B4, frag=3, proto=17) / (b"x" * 16))
     assert later.fragment and later.l4 == -1 and later.sport == 0 and later.ident == 1
@@ -113,17 +155,26 @@ def _cut(pkt, n: int) -> bytes:
     return bytes(pkt)[:n]
 
 
-@pytest.mark.parametrize("frame, reason", [
-    (b"\x00" * 13, "ethernet"),
-    (_cut(Ether(src=MAC1, dst=MAC2) / Dot1Q() / IP(), 16), "802.1q"),
-    (_cut(Ether(src=MAC1, dst=MAC2) / IP(src=A4, dst=B4), 30), "ipv4: truncated"),
-    (_cut(Ether(src=MAC1, dst=MAC2) / IPv6(src=A6, dst=B6), 50), "ipv6: truncated header"),
-    (_cut(Ether(src=MAC1, dst=MAC2) / IP(src=A4, dst=B4) / TCP(), 50), "tcp"),
-    (_cut(Ether(src=MAC1, dst=MAC2) / IP(src=A4, dst=B4) / UDP(), 38), "udp"),
-    (_cut(Ether(src=MAC1, dst=MAC2) / IP(src=A4, dst=B4) / ICMP(), 36), "icmp"),
-    (_cut(Ether(src=MAC1, dst=MAC2) / IPv6(src=A6, dst=B6) / IPv6ExtHdrHopByHop() / UDP(), 58), "ipv6: truncated extension"),
-    (_cut(Ether(src=MAC1, dst=MAC2) / IPv6(src=A6, dst=B6) / IPv6ExtHdrFragment() / UDP(), 58), "ipv6: truncated fragment"),
-])
+@pytest.mark.parametrize(
+    "frame, reason",
+    [
+        (b"\x00" * 13, "ethernet"),
+        (_cut(Ether(src=MAC1, dst=MAC2) / Dot1Q() / IP(), 16), "802.1q"),
+        (_cut(Ether(src=MAC1, dst=MAC2) / IP(src=A4, dst=B4), 30), "ipv4: truncated"),
+        (_cut(Ether(src=MAC1, dst=MAC2) / IPv6(src=A6, dst=B6), 50), "ipv6: truncated header"),
+        (_cut(Ether(src=MAC1, dst=MAC2) / IP(src=A4, dst=B4) / TCP(), 50), "tcp"),
+        (_cut(Ether(src=MAC1, dst=MAC2) / IP(src=A4, dst=B4) / UDP(), 38), "udp"),
+        (_cut(Ether(src=MAC1, dst=MAC2) / IP(src=A4, dst=B4) / ICMP(), 36), "icmp"),
+        (
+            _cut(Ether(src=MAC1, dst=MAC2) / IPv6(src=A6, dst=B6) / IPv6ExtHdrHopByHop() / UDP(), 58),
+            "ipv6: truncated extension",
+        ),
+        (
+            _cut(Ether(src=MAC1, dst=MAC2) / IPv6(src=A6, dst=B6) / IPv6ExtHdrFragment() / UDP(), 58),
+            "ipv6: truncated fragment",
+        ),
+    ],
+)
 def test_truncated_headers_are_malformed(frame, reason):
     with pytest.raises(Malformed, match=reason):
         headers.decode(frame)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import struct
 
 import pytest
-from scapy.layers.inet import IP, TCP, UDP, ICMP
+from scapy.layers.inet import ICMP, IP, TCP, UDP
 from scapy.layers.inet6 import IPv6, IPv6ExtHdrDestOpt
 from scapy.layers.l2 import Dot1Q, Ether
 
@@ -46,7 +46,12 @@ def _with_partial(pkt) -> bytes:
 def _l4_valid(frame: bytes) -> bool:
     """A checksum verifies when the ones' complement sum over pseudo-header + segment is 0xFFFF."""
     meta = headers.decode(frame)
-    total = _word_sum(meta.src + meta.dst) + meta.proto + (meta.end - meta.l4) + _word_sum(frame[meta.l4:meta.end])
+    total = (
+        _word_sum(meta.src + meta.dst)
+        + meta.proto
+        + (meta.end - meta.l4)
+        + _word_sum(frame[meta.l4 : meta.end])
+    )
     return _fold(total) == 0xFFFF
 
 
@@ -57,9 +62,18 @@ def _apply(frame: bytes, max_frame: int = 1514) -> tuple[Normalizer, list[bytes]
 
 
 def _tcp4(payload: bytes, flags: str = "PA", **ip) -> Ether:
-    return Ether(src=MAC1, dst=MAC2) / IP(src="10.0.0.5", dst="10.0.0.9", id=100, flags="DF", **ip) / TCP(
-        sport=40000, dport=80, seq=1000, flags=flags, options=[("NOP", None), ("NOP", None),
-                                                              ("Timestamp", (1, 2))]) / payload
+    return (
+        Ether(src=MAC1, dst=MAC2)
+        / IP(src="10.0.0.5", dst="10.0.0.9", id=100, flags="DF", **ip)
+        / TCP(
+            sport=40000,
+            dport=80,
+            seq=1000,
+            flags=flags,
+            options=[("NOP", None), ("NOP", None), ("Timestamp", (1, 2))],
+        )
+        / payload
+    )
 
 
 def test_ones_sum_matches_word_by_word_sum_for_odd_and_even_lengths():
@@ -91,14 +105,24 @@ def test_partial_tcp_checksum_is_completed():
 
 
 def test_partial_udp_checksum_over_ipv6_is_completed():
-    pkt = Ether(src=MAC1, dst=MAC2) / IPv6(src="fd00::5", dst="fd00::9") / UDP(sport=5353, dport=53) / b"\x00\x01query"
+    pkt = (
+        Ether(src=MAC1, dst=MAC2)
+        / IPv6(src="fd00::5", dst="fd00::9")
+        / UDP(sport=5353, dport=53)
+        / b"\x00\x01query"
+    )
     norm, out = _apply(_with_partial(pkt))
     assert out is not None and _l4_valid(out[0])
     assert norm.fixed == 1
 
 
 def test_udp_without_checksum_is_left_alone():
-    pkt = Ether(src=MAC1, dst=MAC2) / IP(src="10.0.0.5", dst="10.0.0.9") / UDP(sport=1, dport=2, chksum=0) / b"x"
+    pkt = (
+        Ether(src=MAC1, dst=MAC2)
+        / IP(src="10.0.0.5", dst="10.0.0.9")
+        / UDP(sport=1, dport=2, chksum=0)
+        / b"x"
+    )
     _, out = _apply(bytes(pkt))
     assert out is None
 
@@ -111,7 +135,9 @@ def test_sliced_frame_is_left_alone():
 
 
 def test_fragment_is_left_alone():
-    whole = _with_partial(Ether(src=MAC1, dst=MAC2) / IP(src="10.0.0.5", dst="10.0.0.9") / UDP(sport=1, dport=2) / (b"x" * 40))
+    whole = _with_partial(
+        Ether(src=MAC1, dst=MAC2) / IP(src="10.0.0.5", dst="10.0.0.9") / UDP(sport=1, dport=2) / (b"x" * 40)
+    )
     first_fragment = Ether(whole)
     first_fragment[IP].flags = "MF"
     del first_fragment[IP].chksum
@@ -159,8 +185,14 @@ def test_cwr_stays_only_on_the_first_segment():
 
 
 def test_ipv6_super_packet_with_extension_header_and_vlan_is_segmented():
-    pkt = (Ether(src=MAC1, dst=MAC2) / Dot1Q(vlan=7) / IPv6(src="fd00::5", dst="fd00::9") / IPv6ExtHdrDestOpt()
-           / TCP(sport=1, dport=2, seq=5, flags="PA") / (b"z" * 4000))
+    pkt = (
+        Ether(src=MAC1, dst=MAC2)
+        / Dot1Q(vlan=7)
+        / IPv6(src="fd00::5", dst="fd00::9")
+        / IPv6ExtHdrDestOpt()
+        / TCP(sport=1, dport=2, seq=5, flags="PA")
+        / (b"z" * 4000)
+    )
     _, out = _apply(_with_partial(pkt))
     assert out is not None and len(out) == 3
     total = b""
@@ -173,14 +205,21 @@ def test_ipv6_super_packet_with_extension_header_and_vlan_is_segmented():
 
 
 def test_sequence_number_wraps():
-    pkt = Ether(src=MAC1, dst=MAC2) / IP(src="10.0.0.5", dst="10.0.0.9") / TCP(seq=0xFFFFFF00, flags="A") / (b"q" * 3000)
+    pkt = (
+        Ether(src=MAC1, dst=MAC2)
+        / IP(src="10.0.0.5", dst="10.0.0.9")
+        / TCP(seq=0xFFFFFF00, flags="A")
+        / (b"q" * 3000)
+    )
     _, out = _apply(_with_partial(pkt))
     assert out is not None
     assert Ether(out[1])[TCP].seq == (0xFFFFFF00 + 1460) & 0xFFFFFFFF
 
 
 def test_oversize_udp_is_counted_not_split():
-    pkt = Ether(src=MAC1, dst=MAC2) / IP(src="10.0.0.5", dst="10.0.0.9") / UDP(sport=1, dport=2) / (b"u" * 3000)
+    pkt = (
+        Ether(src=MAC1, dst=MAC2) / IP(src="10.0.0.5", dst="10.0.0.9") / UDP(sport=1, dport=2) / (b"u" * 3000)
+    )
     norm, out = _apply(bytes(pkt))
     assert out is None
     assert norm.oversize == 1

@@ -50,16 +50,24 @@ def test_orig_len_is_never_below_caplen():
 
 
 def test_big_endian_file_is_read():
-    data = struct.pack(">IHHiIII", pcap.MAGIC_US, 2, 4, 0, 0, 65535, 1) + struct.pack(">IIII", 1, 2, 3, 3) + b"abc"
+    data = (
+        struct.pack(">IHHiIII", pcap.MAGIC_US, 2, 4, 0, 0, 65535, 1)
+        + struct.pack(">IIII", 1, 2, 3, 3)
+        + b"abc"
+    )
     nanos, records = pcap.read(data)
     assert not nanos and records == [pcap.Record(1, 2, 3, b"abc")]
 
 
-@pytest.mark.parametrize("data", [
-    b"", b"\x00" * 24,
-    pcap.global_header() + b"\x00" * 10,
-    pcap.global_header() + struct.pack("=IIII", 0, 0, 100, 100) + b"short",
-])
+@pytest.mark.parametrize(
+    "data",
+    [
+        b"",
+        b"\x00" * 24,
+        pcap.global_header() + b"\x00" * 10,
+        pcap.global_header() + struct.pack("=IIII", 0, 0, 100, 100) + b"short",
+    ],
+)
 def test_damaged_files_are_malformed(data):
     with pytest.raises(Malformed):
         pcap.read(data)

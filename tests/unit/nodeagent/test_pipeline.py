@@ -82,13 +82,16 @@ def test_wrong_vni_from_a_known_address_is_dropped(pipeline, stats):
     _invariant(stats)
 
 
-@pytest.mark.parametrize("datagram", [
-    b"",
-    b"\x08\x00\x00\x00\x00\x00\x05\x00",
-    b"\x00\x00\x00\x00\x00\x00\x05\x00" + _frame(),  # I flag missing
-    vxlan.encode(5, _frame()[:30]),  # truncated IPv4 header
-    vxlan.encode(5, bytes(Ether(src=MAC1, dst=MAC2) / IP(src="10.0.0.5", dst="10.0.0.9") / UDP()))[:44],
-])
+@pytest.mark.parametrize(
+    "datagram",
+    [
+        b"",
+        b"\x08\x00\x00\x00\x00\x00\x05\x00",
+        b"\x00\x00\x00\x00\x00\x00\x05\x00" + _frame(),  # I flag missing
+        vxlan.encode(5, _frame()[:30]),  # truncated IPv4 header
+        vxlan.encode(5, bytes(Ether(src=MAC1, dst=MAC2) / IP(src="10.0.0.5", dst="10.0.0.9") / UDP()))[:44],
+    ],
+)
 def test_malformed_datagrams_are_counted(pipeline, stats, datagram):
     assert pipeline.process(datagram, "10.0.0.5", now=0.0) is Drop.MALFORMED
     assert stats.snapshot()["drops"]["malformed"] == 1
@@ -97,7 +100,12 @@ def test_malformed_datagrams_are_counted(pipeline, stats, datagram):
 
 def test_invariant_holds_over_a_mixed_sequence(pipeline, stats):
     good = vxlan.encode(5, _frame())
-    inputs = [(good, "10.0.0.5"), (b"x", "10.0.0.5"), (good, "10.9.9.9"), (vxlan.encode(1, _frame()), "10.0.0.5")]
+    inputs = [
+        (good, "10.0.0.5"),
+        (b"x", "10.0.0.5"),
+        (good, "10.9.9.9"),
+        (vxlan.encode(1, _frame()), "10.0.0.5"),
+    ]
     for i in range(40):
         datagram, sender = inputs[i % len(inputs)]
         pipeline.process(datagram, sender, now=float(i))

@@ -19,13 +19,15 @@ def test_defaults_use_the_project_ports():
 
 
 def test_shorthand_strings_parse_like_the_flags():
-    s = settings.load({
-        "listen": "127.0.0.1:5000",
-        "status": "[::1]:8080",
-        "senders": ["10.1.2.3,auto,default/web", "10.0.0.6,0x10,ns/db"],
-        "peers": ["10.9.0.1,other/api"],
-        "outputs": {"sensors": ["192.0.2.1", "[2001:db8::1]:4790"]},
-    })
+    s = settings.load(
+        {
+            "listen": "127.0.0.1:5000",
+            "status": "[::1]:8080",
+            "senders": ["10.1.2.3,auto,default/web", "10.0.0.6,0x10,ns/db"],
+            "peers": ["10.9.0.1,other/api"],
+            "outputs": {"sensors": ["192.0.2.1", "[2001:db8::1]:4790"]},
+        }
+    )
     assert (s.listen.host, s.listen.port) == ("127.0.0.1", 5000)
     assert (s.status.host, s.status.port) == ("::1", 8080)
     assert s.senders[0].vni == 0x010203  # auto: low 24 bits of the IPv4 address
@@ -35,16 +37,22 @@ def test_shorthand_strings_parse_like_the_flags():
 
 
 def test_mapping_forms_and_sensor_vni():
-    s = settings.load({"senders": [{"ip": "fd00::0005", "vni": 7, "namespace": "a", "name": "b"}],
-                       "outputs": {"sensors": [{"host": "192.0.2.1", "vni": "0xff"}]}})
+    s = settings.load(
+        {
+            "senders": [{"ip": "fd00::0005", "vni": 7, "namespace": "a", "name": "b"}],
+            "outputs": {"sensors": [{"host": "192.0.2.1", "vni": "0xff"}]},
+        }
+    )
     assert s.senders[0].ip == "fd00::5"  # canonical, as the socket reports it
     assert s.outputs.sensors[0].vni == 255
 
 
 def test_file_then_flags(tmp_path):
     path = tmp_path / "agent.yaml"
-    path.write_text("listen: {host: 127.0.0.1, port: 5000, rcvbuf: 1048576}\n"
-                    "outputs:\n  pcap: {dir: /tmp/x, max_bytes: 1000, max_total_bytes: 5000}\n")
+    path.write_text(
+        "listen: {host: 127.0.0.1, port: 5000, rcvbuf: 1048576}\n"
+        "outputs:\n  pcap: {dir: /tmp/x, max_bytes: 1000, max_total_bytes: 5000}\n"
+    )
     s = settings.load_file(str(path), {"listen": {"port": 6000}, "outputs": {"pcap": {"dir": "/tmp/y"}}})
     assert (s.listen.host, s.listen.port, s.listen.rcvbuf) == ("127.0.0.1", 6000, 1048576)
     assert s.outputs.pcap.dir == "/tmp/y" and s.outputs.pcap.max_bytes == 1000
@@ -62,30 +70,33 @@ def test_empty_file_gives_defaults(tmp_path):
     assert settings.load_file(str(path)) == Settings()
 
 
-@pytest.mark.parametrize("data, message", [
-    ({"outputs": {"pcap": {"max_bytes": 0}}}, "outputs.pcap.max_bytes must be > 0"),
-    ({"outputs": {"pcap": {"precision": "ms"}}}, "outputs.pcap.precision must be ns or us"),
-    ({"outputs": {"pcap": {"max_bytes": "big"}}}, "outputs.pcap.max_bytes must be an integer"),
-    ({"outputs": {"sensors": [{"host": "sensor.example"}]}}, "outputs.sensors[0].host must be an IP"),
-    ({"outputs": {"sensors": [{"host": "192.0.2.1", "port": 0}]}}, "outputs.sensors[0].port must be in"),
-    ({"senders": ["10.0.0.5,5"]}, "senders[0] must be IP,VNI,NAMESPACE/NAME"),
-    ({"senders": ["10.0.0.5,5,noslash"]}, "senders[0] must be NAMESPACE/NAME"),
-    ({"senders": ["10.0.0.5,99999999,a/b"]}, "senders[0].vni must be in 0..16777215"),
-    ({"senders": ["10.0.0.5,five,a/b"]}, "senders[0].vni must be an integer, 0x.. or auto"),
-    ({"senders": ["fd00::1,auto,a/b"]}, "senders[0].vni auto needs an IPv4"),
-    ({"senders": [{"ip": "10.0.0.5", "namespace": "a", "name": "b"}]}, "senders[0].vni is required"),
-    ({"senders": ["10.0.0.5,1,a/b"], "peers": ["10.0.0.5,c/d"]}, "peers[0].ip 10.0.0.5 is listed twice"),
-    ({"listen": {"host": "localhost"}}, "listen.host must be an IP address"),
-    ({"listen": "127.0.0.1:99999"}, "listen port must be in 0..65535"),
-    ({"listen": {"rcvbuf": 10}}, "listen.rcvbuf must be >= 65536"),
-    ({"listen": [1]}, "listen must be a mapping"),
-    ({"status": {"colour": "red"}}, "status.colour is not a known field"),
-    ({"nonsense": 1}, "nonsense is not a known field"),
-    ({"normalize": {"max_frame": 10}}, "normalize.max_frame must be in"),
-    ({"normalize": {"segment": "yes"}}, "normalize.segment must be true or false"),
-    ({"dedup": {"vantage": "middle"}}, "dedup.vantage must be client or server"),
-    ({"log": {"level": "LOUD"}}, "log.level must be a log level"),
-])
+@pytest.mark.parametrize(
+    "data, message",
+    [
+        ({"outputs": {"pcap": {"max_bytes": 0}}}, "outputs.pcap.max_bytes must be > 0"),
+        ({"outputs": {"pcap": {"precision": "ms"}}}, "outputs.pcap.precision must be ns or us"),
+        ({"outputs": {"pcap": {"max_bytes": "big"}}}, "outputs.pcap.max_bytes must be an integer"),
+        ({"outputs": {"sensors": [{"host": "sensor.example"}]}}, "outputs.sensors[0].host must be an IP"),
+        ({"outputs": {"sensors": [{"host": "192.0.2.1", "port": 0}]}}, "outputs.sensors[0].port must be in"),
+        ({"senders": ["10.0.0.5,5"]}, "senders[0] must be IP,VNI,NAMESPACE/NAME"),
+        ({"senders": ["10.0.0.5,5,noslash"]}, "senders[0] must be NAMESPACE/NAME"),
+        ({"senders": ["10.0.0.5,99999999,a/b"]}, "senders[0].vni must be in 0..16777215"),
+        ({"senders": ["10.0.0.5,five,a/b"]}, "senders[0].vni must be an integer, 0x.. or auto"),
+        ({"senders": ["fd00::1,auto,a/b"]}, "senders[0].vni auto needs an IPv4"),
+        ({"senders": [{"ip": "10.0.0.5", "namespace": "a", "name": "b"}]}, "senders[0].vni is required"),
+        ({"senders": ["10.0.0.5,1,a/b"], "peers": ["10.0.0.5,c/d"]}, "peers[0].ip 10.0.0.5 is listed twice"),
+        ({"listen": {"host": "localhost"}}, "listen.host must be an IP address"),
+        ({"listen": "127.0.0.1:99999"}, "listen port must be in 0..65535"),
+        ({"listen": {"rcvbuf": 10}}, "listen.rcvbuf must be >= 65536"),
+        ({"listen": [1]}, "listen must be a mapping"),
+        ({"status": {"colour": "red"}}, "status.colour is not a known field"),
+        ({"nonsense": 1}, "nonsense is not a known field"),
+        ({"normalize": {"max_frame": 10}}, "normalize.max_frame must be in"),
+        ({"normalize": {"segment": "yes"}}, "normalize.segment must be true or false"),
+        ({"dedup": {"vantage": "middle"}}, "dedup.vantage must be client or server"),
+        ({"log": {"level": "LOUD"}}, "log.level must be a log level"),
+    ],
+)
 def test_bad_values_name_their_field(data, message):
     with pytest.raises(ConfigError) as info:
         settings.load(data)
@@ -105,9 +116,15 @@ def test_unreadable_and_invalid_files(tmp_path):
         settings.load_file(str(scalar))
 
 
-@pytest.mark.parametrize("text, expected", [
-    ("127.0.0.1:80", ("127.0.0.1", 80)), ("[::1]:80", ("::1", 80)), ("::1", ("::1", 9)), ("10.0.0.1", ("10.0.0.1", 9)),
-])
+@pytest.mark.parametrize(
+    "text, expected",
+    [
+        ("127.0.0.1:80", ("127.0.0.1", 80)),
+        ("[::1]:80", ("::1", 80)),
+        ("::1", ("::1", 9)),
+        ("10.0.0.1", ("10.0.0.1", 9)),
+    ],
+)
 def test_parse_hostport(text, expected):
     assert settings.parse_hostport(text, 9, "x") == expected
 

@@ -1,0 +1,317 @@
+"""Node agent receive + decode rate on one core, against baselines measured in the same run.
+
+Offered load: 68-byte VXLAN datagrams (8-byte header + a 60-byte Ethernet/IPv4/UDP frame) sent on
+loopback by a generator process pinned to one CPU, as fast as ``sendmmsg`` (ctypes, 512 per call)
+can. Each receiver runs in its own process pinned to the other CPU:
+
+- ``bare recv_into``: a blocking ``recv_into`` loop that only counts (the Python floor);
+- ``agent core``: the agent's ``Receiver`` (add_reader + drain) with ``Pipeline`` sender check,
+  VXLAN and header decode, no optional stages, no outputs;
+- ``agent default``: the same with the default pipeline (vantage, filters, dedup, cutoff) and the
+  normalizer's fan-out with no outputs: what ``nodeagent run`` does per packet before its outputs;
+- ``kernel vxlan`` (root only): a kernel VXLAN device in a throwaway namespace decapsulating the
+  same offered load, counted by its rx_packets (the physical limit; its CPU is softirq on the
+  generator's CPU, so only its rate is compared).
+
+Printed: offered rate, received packets per second, delivered share, receiver CPU microseconds per
+packet (getrusage between the first and the last packet), and each rate as a ratio of the bare
+loop's. Run as root for the kernel row: ``.venv/bin/python bench/bench_agent.py [--count N]``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import ctypes
+import ctypes.util
+import json
+import multiprocessing as mp
+import os
+import resource
+import select
+import socket
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Callable
+from typing import Any
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from nodeagent.wire import vxlan  # noqa: E402
+
+IDLE = 0.5
+"""Seconds without a packet after which a receiver stops and reports."""
+RECV_CPU, GEN_CPU = 0, 1
+LIBC = ctypes.CDLL(ctypes.util.find_library("c"), use_errno=True)
+
+
+def frame60() -> bytes:
+    """Ethernet + IPv4 + UDP + 18 bytes of payload = 60 bytes, checksums left 0 (not verified)."""
+    eth = bytes.fromhex("0200000000020200000000010800")
+    ip = bytes.fromhex("4500002e00004000401100000a0000050a000009")
+    udp = bytes.fromhex("9c40003500 1a0000".replace(" ", ""))
+    return eth + ip + udp + b"p" * 18
+
+
+DATAGRAM = vxlan.encode(5, frame60())
+assert len(DATAGRAM) == 68
+
+
+class IOVec(ctypes.Structure):
+    _fields_ = [("base", ctypes.c_void_p), ("len", ctypes.c_size_t)]
+
+
+class MsgHdr(ctypes.Structure):
+    _fields_ = [
+        ("name", ctypes.c_void_p),
+        ("namelen", ctypes.c_uint32),
+        ("iov", ctypes.POINTER(IOVec)),
+        ("iovlen", ctypes.c_size_t),
+        ("control", ctypes.c_void_p),
+        ("controllen", ctypes.c_size_t),
+        ("flags", ctypes.c_int),
+    ]
+
+
+class MMsgHdr(ctypes.Structure):
+    _fields_ = [("hdr", MsgHdr), ("len", ctypes.c_uint)]
+
+
+def _pin(cpu: int) -> None:
+    if os.cpu_count() and os.cpu_count() > cpu:  # type: ignore[operator]
+        os.sched_setaffinity(0, {cpu})
+
+
+def _enter_netns(name: str | None) -> None:
+    if name is None:
+        return
+    fd = os.open(f"/var/run/netns/{name}", os.O_RDONLY)
+    if LIBC.setns(fd, 0x40000000) != 0:  # CLONE_NEWNET
+        raise OSError(ctypes.get_errno(), "setns failed")
+    os.close(fd)
+
+
+def generate(port: int, count: int, netns: str | None, result: Any) -> None:
+    """Send ``count`` copies of DATAGRAM to 127.0.0.1:port with sendmmsg; report the seconds taken."""
+    _enter_netns(netns)
+    _pin(GEN_CPU)
+    sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4 << 20)
+    sock.connect(("127.0.0.1", port))
+    buf = ctypes.create_string_buffer(DATAGRAM, len(DATAGRAM))
+    iov = IOVec(ctypes.cast(buf, ctypes.c_void_p), len(DATAGRAM))
+    batch = 512
+    msgs = (MMsgHdr * batch)()
+    for m in msgs:
+        m.hdr.iov = ctypes.pointer(iov)
+        m.hdr.iovlen = 1
+    sent, start = 0, time.perf_counter()
+    while sent < count:
+        n = LIBC.sendmmsg(sock.fileno(), msgs, min(batch, count - sent), 0)
+        if n < 0:
+            if ctypes.get_errno() in (11, 105):  # EAGAIN, ENOBUFS: the loopback queue is full
+                continue
+            raise OSError(ctypes.get_errno(), "sendmmsg")
+        sent += n
+    result.send((sent, time.perf_counter() - start))
+    sock.close()
+
+
+def _cpu() -> float:
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
+
+
+def _udp_socket() -> socket.socket:
+    sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 32 << 20)
+    sock.bind(("127.0.0.1", 0))
+    return sock
+
+
+def bare_receiver(conn: Any) -> None:
+    """Non-blocking ``recv_into`` drained in a tight loop, ``select`` only when the queue is empty."""
+    _pin(RECV_CPU)
+    sock = _udp_socket()
+    conn.send(sock.getsockname()[1])
+    buf = bytearray(65536)
+    select.select([sock], [], [], 30)
+    sock.setblocking(False)
+    count, first, cpu0, last = 0, time.perf_counter(), _cpu(), time.perf_counter()
+    recv_into = sock.recv_into
+    while True:
+        try:
+            recv_into(buf)
+            count += 1
+        except BlockingIOError:
+            last = time.perf_counter()
+            if not select.select([sock], [], [], IDLE)[0]:
+                break
+    cpu = _cpu() - cpu0
+    conn.send({"received": count, "seconds": last - first, "cpu": cpu})
+
+
+def agent_receiver(conn: Any, default_pipeline: bool) -> None:
+    _pin(RECV_CPU)
+    asyncio.run(_agent_receive(conn, default_pipeline))
+
+
+async def _agent_receive(conn: Any, default_pipeline: bool) -> None:
+    from nodeagent import app, settings
+    from nodeagent.adapters.outputs import Fanout
+    from nodeagent.adapters.receiver import DropLog, Receiver
+    from nodeagent.pipeline import Pipeline
+    from nodeagent.pods import PodIndex
+    from nodeagent.stats import Stats
+    from nodeagent.wire.normalize import Normalizer
+
+    cfg = settings.load({"listen": "127.0.0.1:0", "senders": ["127.0.0.1,5,bench/pod"]})
+    stats, pods = Stats(), PodIndex(app.static_pods(cfg))
+    if default_pipeline:
+        pipeline = app.build_pipeline(cfg, pods, stats)
+        offer: Callable[..., None] = Fanout([], Normalizer()).offer
+    else:
+        pipeline = Pipeline(pods=pods, stats=stats)
+        offer = lambda fwd: None  # noqa: E731
+    receiver = Receiver(cfg.listen, pipeline, offer, DropLog(60.0))
+    loop = asyncio.get_running_loop()
+    receiver.start(loop)
+    assert receiver.address is not None
+    conn.send(receiver.address[1])
+    while stats.total.received == 0:
+        await asyncio.sleep(0.001)
+    first, cpu0, seen, seen_at = time.perf_counter(), _cpu(), 0, time.perf_counter()
+    while True:
+        await asyncio.sleep(0.05)
+        now = time.perf_counter()
+        if stats.total.received != seen:
+            seen, seen_at = stats.total.received, now
+        elif now - seen_at >= IDLE:
+            break
+    cpu = _cpu() - cpu0
+    receiver.stop()
+    conn.send(
+        {
+            "received": stats.total.received,
+            "seconds": seen_at - first,
+            "cpu": cpu,
+            "forwarded": stats.total.forwarded,
+        }
+    )
+
+
+def run_receiver(target: Callable[..., None], count: int, *args: Any) -> dict[str, Any]:
+    ctx = mp.get_context("fork")
+    parent, child = ctx.Pipe()
+    receiver = ctx.Process(target=target, args=(child, *args))
+    receiver.start()
+    port = parent.recv()
+    gen_parent, gen_child = ctx.Pipe()
+    gen = ctx.Process(target=generate, args=(port, count, None, gen_child))
+    gen.start()
+    sent, gen_seconds = gen_parent.recv()
+    gen.join()
+    result = parent.recv()
+    receiver.join()
+    result.update(sent=sent, offered_pps=sent / gen_seconds)
+    return result
+
+
+def kernel_vxlan(count: int) -> dict[str, Any] | None:
+    """A kernel VXLAN device in a throwaway namespace decapsulating the same load (root only)."""
+    if os.geteuid() != 0:
+        return None
+    name = f"pmag-bench-{uuid.uuid4().hex[:8]}"
+    port = 14789
+    subprocess.run(["ip", "netns", "add", name], check=True)
+    try:
+        for cmd in (
+            ["link", "set", "lo", "up"],
+            [
+                "link",
+                "add",
+                "vx0",
+                "type",
+                "vxlan",
+                "id",
+                "5",
+                "dstport",
+                str(port),
+                "local",
+                "127.0.0.1",
+                "nolearning",
+            ],
+            ["link", "set", "vx0", "up"],
+        ):
+            subprocess.run(["ip", "-n", name, *cmd], check=True)
+        ctx = mp.get_context("fork")
+        gen_parent, gen_child = ctx.Pipe()
+        gen = ctx.Process(target=generate, args=(port, count, name, gen_child))
+        before = _rx_packets(name)
+        gen.start()
+        sent, seconds = gen_parent.recv()
+        gen.join()
+        deadline = time.monotonic() + 2
+        received = _rx_packets(name) - before
+        while time.monotonic() < deadline and received < sent:
+            time.sleep(0.05)
+            received = _rx_packets(name) - before
+        return {
+            "received": received,
+            "seconds": seconds,
+            "cpu": None,
+            "sent": sent,
+            "offered_pps": sent / seconds,
+        }
+    finally:
+        subprocess.run(["ip", "netns", "del", name], check=False)
+
+
+def _rx_packets(netns: str) -> int:
+    out = subprocess.run(
+        ["ip", "-n", netns, "-j", "-s", "link", "show", "vx0"], check=True, capture_output=True, text=True
+    ).stdout
+    return int(json.loads(out)[0]["stats64"]["rx"]["packets"])
+
+
+def report(rows: list[tuple[str, dict[str, Any] | None]]) -> None:
+    base = next(r for name, r in rows if name.startswith("bare"))
+    base_pps = base["received"] / base["seconds"]
+    print(
+        f"{'receiver':<18}{'offered pps':>13}{'received pps':>14}{'delivered':>11}"
+        f"{'CPU us/pkt':>12}{'vs bare':>9}"
+    )
+    for name, r in rows:
+        if r is None:
+            print(f"{name:<18}{'(needs root: skipped)':>40}")
+            continue
+        pps = r["received"] / r["seconds"] if r["seconds"] > 0 else 0.0
+        cpu = f"{r['cpu'] / r['received'] * 1e6:.2f}" if r.get("cpu") is not None else "softirq"
+        print(
+            f"{name:<18}{r['offered_pps']:>13,.0f}{pps:>14,.0f}{r['received'] / r['sent']:>10.1%}"
+            f"{cpu:>12}{pps / base_pps:>9.2f}"
+        )
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--count", type=int, default=2_000_000, help="datagrams per run (default 2,000,000)")
+    parser.add_argument("--no-kernel", action="store_true", help="skip the kernel VXLAN row")
+    args = parser.parse_args()
+    print(
+        f"{args.count:,} datagrams of {len(DATAGRAM)} bytes per run; receiver on CPU {RECV_CPU}, "
+        f"generator on CPU {GEN_CPU}; {os.cpu_count()} CPUs"
+    )
+    rows: list[tuple[str, dict[str, Any] | None]] = [
+        ("bare recv_into", run_receiver(bare_receiver, args.count)),
+        ("agent core", run_receiver(agent_receiver, args.count, False)),
+        ("agent default", run_receiver(agent_receiver, args.count, True)),
+        ("kernel vxlan", None if args.no_kernel else kernel_vxlan(args.count)),
+    ]
+    report(rows)
+
+
+if __name__ == "__main__":
+    main()
