@@ -4,8 +4,17 @@ Connection (inside TLS, TCP): every message is ``type:u8 length:u32 body`` (netw
 
     agent -> collector  HELLO   magic "PMB1", version u8, stream id (16 bytes), agent name (utf-8)
     collector -> agent  WELCOME acked u64: the highest sequence this collector holds for the stream
-    agent -> collector  BATCH   seq u64, count u32, raw_len u32, zstd(records)
+    agent -> collector  BATCH   seq u64, count u32, raw_len u32, zstd block(records)
     collector -> agent  ACK     seq u64, cumulative: every batch <= seq is delivered
+
+Compression is one zstd stream per *connection*: each BATCH carries the batch's records compressed
+and flushed as a block (``StreamCompressor``), so a batch can refer to the bytes of earlier batches
+on the same connection. Repeated headers and payloads across 20 ms batches compress away: on the
+lab's mixed workload this took the batched output from 0.69 to about 0.45 of the VXLAN output's
+bytes (bench_remote), where per-batch frames could not. The collector decompresses every BATCH in
+order, duplicates included, to stay in step (``StreamDecompressor``). The agent keeps batches
+*uncompressed* until acknowledged and compresses them when it (re)sends them, so a new connection
+starts a new stream and a retransmission needs nothing from the broken one.
 
 A *stream* is one agent process: a random 16-byte id and batch sequences 1, 2, 3... that only
 grow. The agent keeps every batch until it is acknowledged (``Outbox``, bounded in bytes: the
@@ -188,28 +197,50 @@ def decode_records(raw: bytes) -> list[Record]:
     return out
 
 
-class Codec:
-    """zstd for batches. One compressor and decompressor reused (their contexts are costly)."""
+class StreamCompressor:
+    """The agent's side of one connection's zstd stream: ``compress(raw)`` -> one BATCH payload."""
 
     def __init__(self, level: int = 3) -> None:
-        self._c = zstandard.ZstdCompressor(level=level)
-        self._d = zstandard.ZstdDecompressor()
+        self._c = zstandard.ZstdCompressor(level=level).compressobj()
 
-    def pack(self, records: list[Record]) -> tuple[bytes, int]:
-        """-> (compressed payload, raw length)."""
-        raw = encode_records(records)
-        return self._c.compress(raw), len(raw)
+    def compress(self, raw: bytes) -> bytes:
+        return self._c.compress(raw) + self._c.flush(zstandard.COMPRESSOBJ_FLUSH_BLOCK)
 
-    def unpack(self, msg: BatchMsg) -> list[Record]:
+
+class StreamDecompressor:
+    """The collector's side: BATCH payloads in connection order -> records.
+
+    Bounded: the payload is fed in ``_CHUNK``-byte pieces and decompression stops as soon as the
+    output exceeds the announced ``raw_len`` (at most ``MAX_RAW``), so a zstd bomb costs at most
+    ``raw_len`` plus what one chunk can expand to (zstd's worst case is ~ 128 KiB per 3 bytes:
+    ~ 43 MiB per KiB), never unbounded memory.
+    """
+
+    _CHUNK = 1024
+
+    def __init__(self) -> None:
+        self._d = zstandard.ZstdDecompressor(max_window_size=1 << 27).decompressobj()
+
+    def decompress(self, msg: BatchMsg) -> bytes:
         if msg.raw_len > MAX_RAW:
             raise Malformed("batch: too large")
+        parts, total = [], 0
+        payload = memoryview(msg.payload)
         try:
-            raw = self._d.decompress(msg.payload, max_output_size=msg.raw_len)
+            for i in range(0, len(payload), self._CHUNK):
+                part = self._d.decompress(payload[i:i + self._CHUNK])
+                total += len(part)
+                if total > msg.raw_len:
+                    raise Malformed("batch: decompresses beyond its announced length")
+                parts.append(part)
         except zstandard.ZstdError as exc:
             raise Malformed(f"batch: zstd: {exc}") from None
-        if len(raw) != msg.raw_len:
+        if total != msg.raw_len:
             raise Malformed("batch: length mismatch after decompression")
-        records = decode_records(raw)
+        return b"".join(parts)
+
+    def unpack(self, msg: BatchMsg) -> list[Record]:
+        records = decode_records(self.decompress(msg))
         if len(records) != msg.count:
             raise Malformed("batch: record count mismatch")
         return records
@@ -217,17 +248,18 @@ class Codec:
 
 class Pending(NamedTuple):
     seq: int
-    message: bytes
+    raw: bytes
+    """The batch's records, uncompressed (``encode_records``)."""
     count: int
 
 
 class Outbox:
-    """The agent's side: batches kept until acknowledged, bounded by ``max_bytes``.
+    """The agent's side: batches kept until acknowledged, bounded by ``max_bytes`` (raw bytes).
 
     ``push`` appends a batch and evicts the oldest ones beyond the bound (returns how many packets
-    were evicted). ``next_message`` yields what to send next on the current connection;
-    ``restart`` (new connection) rewinds to the first unacknowledged batch; ``on_welcome`` and
-    ``on_ack`` release acknowledged batches and return their packet counts.
+    were evicted). ``next_batch`` yields what to send next on the current connection; ``restart``
+    (new connection) rewinds to the first unacknowledged batch; ``on_welcome`` and ``on_ack``
+    release acknowledged batches and return their packet counts.
     """
 
     def __init__(self, max_bytes: int) -> None:
@@ -247,11 +279,10 @@ class Outbox:
     def unsent(self) -> int:
         return len(self._q) - self._next
 
-    def push(self, payload: bytes, count: int, raw_len: int) -> int:
+    def push(self, raw: bytes, count: int) -> int:
         seq, self.next_seq = self.next_seq, self.next_seq + 1
-        message = encode_batch(seq, count, raw_len, payload)
-        self._q.append(Pending(seq, message, count))
-        self.nbytes += len(message)
+        self._q.append(Pending(seq, raw, count))
+        self.nbytes += len(raw)
         self.packets += count
         evicted = 0
         while self.nbytes > self.max_bytes and len(self._q) > 1:
@@ -260,17 +291,17 @@ class Outbox:
 
     def _popleft(self) -> Pending:
         item = self._q.popleft()
-        self.nbytes -= len(item.message)
+        self.nbytes -= len(item.raw)
         self.packets -= item.count
         if self._next:
             self._next -= 1
         return item
 
-    def next_message(self) -> bytes | None:
+    def next_batch(self) -> Pending | None:
         if self._next >= len(self._q):
             return None
         self._next += 1
-        return self._q[self._next - 1].message
+        return self._q[self._next - 1]
 
     def restart(self) -> None:
         self._next = 0

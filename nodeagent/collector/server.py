@@ -63,7 +63,6 @@ class Collector:
         self.ctx = ctx
         self.stats = CollectorStats()
         self.streams = framing.Streams()
-        self._codec = framing.Codec()
         self._server: asyncio.Server | None = None
         self._writers: set[asyncio.StreamWriter] = set()
 
@@ -104,13 +103,14 @@ class Collector:
             with contextlib.suppress(*_FAULTS):
                 await asyncio.wait_for(writer.wait_closed(), 1.0)
 
-    def deliver(self, stream: bytes, agent: str, msg: framing.BatchMsg) -> int:
+    def deliver(self, stream: bytes, agent: str, msg: framing.BatchMsg,
+                zstd: framing.StreamDecompressor) -> int:
         """Deliver one batch if new; returns the cumulative sequence to acknowledge."""
         stats = self.stats
         stats.wire_bytes += len(msg.payload)
+        records = zstd.unpack(msg)        # always: the connection's stream must stay in step
         fresh, gap = self.streams.accept(stream, msg.seq)
         if fresh:
-            records = self._codec.unpack(msg)
             for sink in self.sinks:
                 sink.deliver(records, agent)
             stats.batches += 1
@@ -148,6 +148,7 @@ class _Session:
     def __init__(self, owner: Collector, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         self._owner, self._reader, self._writer = owner, reader, writer
         self._wire = framing.Reader()
+        self._zstd = framing.StreamDecompressor()
 
     async def serve(self) -> None:
         stream: bytes | None = None
@@ -163,7 +164,8 @@ class _Session:
                     stream, agent = msg.stream, msg.name
                     self._writer.write(framing.encode_welcome(self._owner.streams.hello(stream)))
                 elif isinstance(msg, framing.BatchMsg):
-                    self._writer.write(framing.encode_ack(self._owner.deliver(stream, agent, msg)))
+                    acked = self._owner.deliver(stream, agent, msg, self._zstd)
+                    self._writer.write(framing.encode_ack(acked))
                 else:
                     raise Malformed(f"unexpected {type(msg).__name__}")
             await self._writer.drain()

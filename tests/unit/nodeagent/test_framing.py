@@ -42,60 +42,73 @@ def test_bad_messages_are_malformed(data: bytes, reason: str) -> None:
         framing.Reader().feed(data)
 
 
-def test_records_round_trip_through_zstd() -> None:
-    codec = framing.Codec()
-    recs = records(50)
-    payload, raw_len = codec.pack(recs)
-    assert len(payload) < raw_len
-    assert framing.Codec().unpack(framing.BatchMsg(1, 50, raw_len, payload)) == recs
+def batch_msg(seq: int, recs: list[Record], zstd: framing.StreamCompressor) -> framing.BatchMsg:
+    raw = framing.encode_records(recs)
+    return framing.BatchMsg(seq, len(recs), len(raw), zstd.compress(raw))
+
+
+def test_records_round_trip_through_one_zstd_stream_per_connection() -> None:
+    tx, rx = framing.StreamCompressor(), framing.StreamDecompressor()
+    first, second = records(50), records(50)
+    m1, m2 = batch_msg(1, first, tx), batch_msg(2, second, tx)
+    assert len(m2.payload) < len(m1.payload) / 3      # the second batch refers to the first
+    assert rx.unpack(m1) == first and rx.unpack(m2) == second
+
+
+def test_a_new_connection_starts_a_new_stream() -> None:
+    m2 = batch_msg(2, records(5), framing.StreamCompressor())
+    assert framing.StreamDecompressor().unpack(m2) == records(5)
 
 
 def test_corrupt_or_lying_batches_are_malformed() -> None:
-    codec = framing.Codec()
-    payload, raw_len = codec.pack(records(3))
+    good = batch_msg(1, records(3), framing.StreamCompressor())
     with pytest.raises(Malformed, match="count"):
-        codec.unpack(framing.BatchMsg(1, 4, raw_len, payload))
+        framing.StreamDecompressor().unpack(good._replace(count=4))
     with pytest.raises(Malformed):
-        codec.unpack(framing.BatchMsg(1, 3, raw_len, os.urandom(len(payload))))
+        framing.StreamDecompressor().unpack(good._replace(payload=os.urandom(len(good.payload))))
     with pytest.raises(Malformed):
-        codec.unpack(framing.BatchMsg(1, 3, raw_len - 1, payload))
-    raw = framing.encode_records(records(3))
+        framing.StreamDecompressor().unpack(good._replace(raw_len=good.raw_len - 1))
     with pytest.raises(Malformed):
-        framing.decode_records(raw[:-5])
+        framing.decode_records(framing.encode_records(records(3))[:-5])
+
+
+def test_a_zstd_bomb_stops_at_the_announced_length() -> None:
+    bomb = framing.StreamCompressor().compress(bytes(50_000_000))
+    assert len(bomb) < 10_000
+    with pytest.raises(Malformed, match="beyond"):
+        framing.StreamDecompressor().unpack(framing.BatchMsg(1, 1, 1000, bomb))
 
 
 def test_outbox_retransmits_exactly_the_unacknowledged_batches_after_a_break() -> None:
     box = framing.Outbox(max_bytes=10**6)
-    for _ in range(4):
-        box.push(b"p", 10, 1)
-    sent = [box.next_message() for _ in range(4)]
-    assert box.next_message() is None
+    for i in range(4):
+        box.push(bytes([i]), 10)
+    sent = [box.next_batch() for _ in range(4)]
+    assert box.next_batch() is None
     assert box.on_ack(1) == 10                       # batch 1 delivered
     # connection breaks; the collector had also delivered batch 2 but its ACK was lost
     assert box.on_welcome(2) == 10
-    again = [box.next_message(), box.next_message()]
-    assert again == sent[2:] and box.next_message() is None
+    again = [box.next_batch(), box.next_batch()]
+    assert again == sent[2:] and box.next_batch() is None
     assert box.on_ack(4) == 20 and len(box) == 0 and box.packets == 0
 
 
 def test_outbox_drops_oldest_batches_beyond_its_bound_and_counts_their_packets() -> None:
-    one = len(framing.encode_batch(1, 1, 1, b"x" * 100))
-    box = framing.Outbox(max_bytes=3 * one)
-    evicted = sum(box.push(b"x" * 100, 7, 1) for _ in range(5))
-    assert evicted == 14 and len(box) == 3 and box.nbytes <= 3 * one
-    first = box.next_message()
-    assert first is not None and framing.Reader().feed(first)[0].seq == 3   # type: ignore[union-attr]
+    box = framing.Outbox(max_bytes=300)
+    evicted = sum(box.push(b"x" * 100, 7) for _ in range(5))
+    assert evicted == 14 and len(box) == 3 and box.nbytes == 300
+    first = box.next_batch()
+    assert first is not None and first.seq == 3
 
 
 def test_eviction_keeps_the_send_position_on_the_same_batch() -> None:
-    one = len(framing.encode_batch(1, 1, 1, b"x"))
-    box = framing.Outbox(max_bytes=2 * one)
-    box.push(b"x", 1, 1)
-    box.next_message()                               # batch 1 in flight
-    box.push(b"x", 1, 1)
-    box.push(b"x", 1, 1)                             # evicts batch 1
-    msg = box.next_message()
-    assert msg is not None and framing.Reader().feed(msg)[0].seq == 2   # type: ignore[union-attr]
+    box = framing.Outbox(max_bytes=2)
+    box.push(b"x", 1)
+    box.next_batch()                                 # batch 1 in flight
+    box.push(b"x", 1)
+    box.push(b"x", 1)                                # evicts batch 1
+    item = box.next_batch()
+    assert item is not None and item.seq == 2
 
 
 def test_an_ack_for_a_batch_never_sent_is_malformed() -> None:
@@ -106,8 +119,8 @@ def test_an_ack_for_a_batch_never_sent_is_malformed() -> None:
 
 def test_drain_returns_every_packet_still_held() -> None:
     box = framing.Outbox(max_bytes=10**6)
-    box.push(b"a", 3, 1)
-    box.push(b"b", 4, 1)
+    box.push(b"a", 3)
+    box.push(b"b", 4)
     assert box.drain() == 7 and len(box) == 0
 
 

@@ -1,0 +1,168 @@
+"""Remote leg: bytes and packets on the wire per byte monitored, VXLAN vs batched, plus latency.
+
+One lab run (root; namespaces ``pmrsb*``): a node with 3 mirrored pods (kernel-mode sidecars), the
+agent with *both* outputs on (VXLAN to a sensor host, batched TLS to a collector host), so both
+carry exactly the same kept packets. The wire figures are the kernel counters of each remote
+host's eth0 (the VXLAN sensor receives only the VXLAN output; the collector's eth0 carries the
+batched output both ways, TCP ACKs and TLS included). "Direct per-sidecar" (the seed's design,
+every mirrored packet straight to the sensor) is computed from the agent's received datagrams
+(+42 bytes of UDP/IP/Ethernet each). Latency: the collector's capture-to-delivery delays
+(the agent's reception time to the collector writing the pcapng) at the default flush delay.
+
+Phases: ``mixed`` (the lab workload's HTTP, DNS, TLS, ping rounds) and ``bulk`` (iperf3 TCP,
+random payload: incompressible). Run: ``sudo .venv/bin/python bench/bench_remote.py``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import trustme
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))   # run from a checkout
+
+from nodeagent.collector.labkit import LabCollector, start_collector
+from nodeagent.lab import podmirror
+from nodeagent.lab.podmirror import Agent
+from nodeagent.lab.topology import Host, Lab
+from nodeagent.lab.workload import Workload
+
+
+def certs(out: Path, host: Host) -> tuple[str, str, str]:
+    ca = trustme.CA()
+    cert = ca.issue_cert(host.ip)
+    paths = tuple(str(out / n) for n in ("ca.pem", "collector.pem", "collector.key"))
+    ca.cert_pem.write_to_path(paths[0])
+    cert.cert_chain_pems[0].write_to_path(paths[1])
+    cert.private_key_pem.write_to_path(paths[2])
+    return paths  # type: ignore[return-value]
+
+
+def snapshot(lab: Lab, agent: Agent, sensor: Host, coll: Host) -> dict[str, Any]:
+    st = agent.status()
+    s, c = lab.counters(sensor.ns, "eth0"), lab.counters(coll.ns, "eth0")
+    vx, tr = st["outputs"]["vxlan"], st["outputs"]["transport"]
+    return {
+        "received": st["received"], "received_bytes": st["received_bytes"],
+        "vxlan_packets": vx["packets"], "vxlan_bytes": sum(x["bytes"] for x in vx["sensors"]),
+        "sensor_bytes": s["rx_bytes"], "sensor_packets": s["rx_packets"],
+        "coll_bytes": c["rx_bytes"] + c["tx_bytes"], "coll_packets": c["rx_packets"] + c["tx_packets"],
+        "offered": tr["offered"], "delivered": tr["delivered"], "dropped": sum(tr["dropped"].values()),
+    }
+
+
+def settle(agent: Agent, timeout: float = 20.0) -> None:
+    """Wait until the transport has nothing queued or open (every batch acknowledged)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        tr = agent.status()["outputs"]["transport"]
+        if tr["queued_packets"] == 0 and tr["open_packets"] == 0:
+            return
+        time.sleep(0.1)
+
+
+def report(name: str, a: dict[str, Any], b: dict[str, Any]) -> None:
+    d = {k: b[k] - a[k] for k in a}
+    frames = d["vxlan_bytes"] - 8 * d["vxlan_packets"]      # kept frame bytes (what is monitored)
+    direct = d["received_bytes"] + 42 * d["received"]
+    print(f"\n== {name}: {d['vxlan_packets']} kept packets, {frames} frame bytes monitored ==")
+    print(f"{'design':34} {'wire bytes':>12} {'packets':>9} {'bytes/byte':>11} {'vs VXLAN':>9}")
+    rows = [("direct per-sidecar (computed)", direct, d["received"]),
+            ("agent VXLAN output (sensor eth0)", d["sensor_bytes"], d["sensor_packets"]),
+            ("agent batched TLS (collector eth0)", d["coll_bytes"], d["coll_packets"])]
+    for label, nbytes, npk in rows:
+        print(f"{label:34} {nbytes:>12} {npk:>9} {nbytes / max(frames, 1):>11.3f} "
+              f"{nbytes / max(d['sensor_bytes'], 1):>9.3f}")
+    print(f"transport: offered {d['offered']} delivered {d['delivered']} dropped {d['dropped']}")
+
+
+def trace(agent: Agent, collector: LabCollector) -> None:
+    st = agent.status()
+    (link,) = st["outputs"]["transport"]["collectors"].values()
+    cs = collector.status()
+    print(f"  t={time.monotonic():.1f} agent received {st['received']} socket {st.get('socket')} | "
+          f"transport offered {link['offered']} open {link['open_packets']} queued {link['queued_batches']} "
+          f"unsent {link['unsent_batches']} | collector packets {cs['packets']} "
+          f"p50 {cs['delay_seconds']['p50']}")
+
+
+def delay(label: str, d: dict[str, float]) -> None:
+    print(f"capture-to-collector delay, {label}: p50 {d['p50'] * 1e3:.1f} ms, "
+          f"p99 {d['p99'] * 1e3:.1f} ms, max {d['max'] * 1e3:.1f} ms")
+
+
+def run(args: argparse.Namespace) -> int:
+    out = Path(args.output or tempfile.mkdtemp(prefix="pmrs-bench-"))
+    out.mkdir(parents=True, exist_ok=True)
+    lab = Lab("pmrsb", node_mtu=args.node_mtu, workdir=out)
+    try:
+        node = lab.add_node()
+        web, client, egress = (lab.add_pod(node, n) for n in ("web", "client", "egress"))
+        lab.add_agent(node)
+        sensor, coll, ext = lab.add_host("sensor"), lab.add_host("collect"), lab.add_host("ext")
+        work = Workload(lab, out)
+        work.start_sink(sensor)
+        ca, cert, key = certs(out, coll)
+        collector: LabCollector = start_collector(lab, coll, out, cert=cert, key=key,
+                                                  pcap_dir=out / "collector")
+        agent = podmirror.start_agent(lab, node, out, sensors=[sensor],
+                                      extra=["--collector", coll.ip, "--collector-ca", ca])
+        sidecars = {p.key: podmirror.start_sidecar(lab, p, out, extra=["--tunnel-mtu", str(args.node_mtu)])
+                    for p in node.pods}
+        for p in node.pods:
+            podmirror.wait_mirroring(lab, agent, p, sidecars[p.key])
+        work.start_servers(web)
+        work.start_servers(ext, iperf=False)
+        settle(agent)
+        a = snapshot(lab, agent, sensor, coll)
+        t0 = time.monotonic()
+        while time.monotonic() - t0 < args.duration:
+            work.client(client, web)
+            work.client(egress, ext)
+        settle(agent)
+        b = snapshot(lab, agent, sensor, coll)
+        report(f"mixed ({args.duration:.0f} s of HTTP, DNS, TLS, ping rounds)", a, b)
+        delays = collector.status()["delay_seconds"]
+        bulk = threading.Thread(target=work.iperf, args=(client, web),
+                                kwargs={"seconds": args.iperf_seconds, "bitrate": args.iperf_rate})
+        bulk.start()
+        while bulk.is_alive():
+            if args.trace:
+                trace(agent, collector)
+            time.sleep(0.5)
+        bulk.join()
+        settle(agent)
+        c = snapshot(lab, agent, sensor, coll)
+        report(f"bulk (iperf3 TCP {args.iperf_rate}bit/s, {args.iperf_seconds:.0f} s, random payload)", b, c)
+        report("both phases", a, c)
+        print()
+        delay("mixed phase (default max_delay 20 ms)", delays)
+        delay("last 100k packets, bulk included", collector.status()["delay_seconds"])
+        for proc in sidecars.values():
+            lab.ns.stop(proc, timeout=10.0)
+        agent.stop()
+        collector.stop()
+        return 0
+    finally:
+        lab.close()
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--duration", type=float, default=10.0)
+    p.add_argument("--iperf-seconds", type=float, default=3.0)
+    p.add_argument("--iperf-rate", default="100M")
+    p.add_argument("--node-mtu", type=int, default=1600)
+    p.add_argument("--output")
+    p.add_argument("--trace", action="store_true", help="print queue states during the bulk phase")
+    return run(p.parse_args())
+
+
+if __name__ == "__main__":
+    sys.exit(main())
