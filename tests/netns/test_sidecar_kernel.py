@@ -149,16 +149,17 @@ def test_bulk_tcp_is_mirrored_without_loss(podlab: PodLab) -> None:
     )
     start = len(podlab.records())
     # Rate-limited so the test's Python receiver keeps up: the loss counted here is the tunnel's.
-    podlab.lab.run(
+    result = podlab.lab.run(
         podlab.pod, "iperf3", "-c", NODE_IP, "-p", "5201", "-n", str(size), "-b", "300M", "-J", timeout=60
     )
+    retransmits = json.loads(result.stdout)["end"]["sum_sent"].get("retransmits", 0)
     podlab.wait_quiet()
     server.wait(10)
     _, streams, totals = split_tcp_payload([r.inner for r in podlab.records()[start:]])
     data_flow = max(totals, key=lambda flow: totals[flow])
     assert data_flow[2] != 5201 and data_flow[3] == 5201
-    seqs = sorted(streams[data_flow])
-    covered = len(seqs)
-    assert covered >= size, f"mirrored {covered} of {size} bytes"
-    assert totals[data_flow] == covered, "a byte was mirrored twice (or retransmitted)"
+    covered = len(streams[data_flow])
+    assert covered >= size, f"mirrored {covered} of {size} bytes ({retransmits} retransmits)"
+    # Bytes mirrored more than once must be the pod's own retransmissions (each at most a GSO packet).
+    assert totals[data_flow] - covered <= retransmits * 65536, f"duplicates with {retransmits} retransmits"
     assert podlab.stop_sidecar(proc) == 0
