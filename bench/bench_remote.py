@@ -9,8 +9,10 @@ every mirrored packet straight to the sensor) is computed from the agent's recei
 (+42 bytes of UDP/IP/Ethernet each). Latency: the collector's capture-to-delivery delays
 (the agent's reception time to the collector writing the pcapng) at the default flush delay.
 
-Phases: ``mixed`` (the lab workload's HTTP, DNS, TLS, ping rounds) and ``bulk`` (iperf3 TCP,
-random payload: incompressible). Run: ``sudo .venv/bin/python bench/bench_remote.py``.
+Phases: ``mixed`` (the lab workload's HTTP, DNS, TLS, ping rounds), ``iperf3 bulk`` (iperf3 sends
+one random buffer over and over: the zstd stream removes the repeats, so this phase flatters
+batching), and ``random bulk`` (TCP with fresh ``os.urandom`` bytes: the incompressible worst
+case). Run: ``sudo .venv/bin/python bench/bench_remote.py`` (about a minute).
 """
 
 from __future__ import annotations
@@ -82,6 +84,31 @@ def report(name: str, a: dict[str, Any], b: dict[str, Any]) -> None:
     print(f"transport: offered {d['offered']} delivered {d['delivered']} dropped {d['dropped']}")
 
 
+DISCARD_PORT = 5399
+_DISCARD = (f"import socket\ns=socket.create_server(('0.0.0.0', {DISCARD_PORT}))\n"
+            "while True:\n c,_=s.accept()\n while c.recv(1<<20): pass\n c.close()\n")
+_RANDOM = (f"import os,socket,sys,time\nc=socket.create_connection((sys.argv[1], {DISCARD_PORT}))\n"
+           "rate,end=float(sys.argv[2])/8,time.monotonic()+float(sys.argv[3])\n"
+           "while time.monotonic()<end:\n c.sendall(os.urandom(int(rate/20)))\n time.sleep(0.05)\n"
+           "c.close()\n")
+
+
+def random_bulk(lab: Lab, client: Any, server: Any, bits_per_second: float, seconds: float) -> None:
+    """TCP bulk with fresh random bytes (iperf3 repeats one random buffer, which zstd undoes)."""
+    lab.ns.spawn(server.ns, [sys.executable, "-c", _DISCARD])
+    deadline = time.monotonic() + 10
+    while True:
+        try:
+            lab.ns.connect(server.ns, server.ip, DISCARD_PORT).close()
+            break
+        except OSError:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.1)
+    lab.ns.exec(client.ns, [sys.executable, "-c", _RANDOM, server.ip, str(bits_per_second), str(seconds)],
+                timeout=seconds + 30)
+
+
 def trace(agent: Agent, collector: LabCollector) -> None:
     st = agent.status()
     (link,) = st["outputs"]["transport"]["collectors"].values()
@@ -139,8 +166,14 @@ def run(args: argparse.Namespace) -> int:
         bulk.join()
         settle(agent)
         c = snapshot(lab, agent, sensor, coll)
-        report(f"bulk (iperf3 TCP {args.iperf_rate}bit/s, {args.iperf_seconds:.0f} s, random payload)", b, c)
-        report("both phases", a, c)
+        report(f"iperf3 bulk (TCP {args.iperf_rate}bit/s, {args.iperf_seconds:.0f} s; iperf3 repeats one "
+               "random buffer, so zstd across batches removes it)", b, c)
+        random_bulk(lab, client, web, args.random_rate, args.iperf_seconds)
+        settle(agent)
+        d = snapshot(lab, agent, sensor, coll)
+        report(f"random bulk (TCP, fresh os.urandom payload, {args.random_rate / 1e6:.0f} Mbit/s, "
+               f"{args.iperf_seconds:.0f} s: incompressible)", c, d)
+        report("all phases", a, d)
         print()
         delay("mixed phase (default max_delay 20 ms)", delays)
         delay("last 100k packets, bulk included", collector.status()["delay_seconds"])
@@ -158,6 +191,7 @@ def main() -> int:
     p.add_argument("--duration", type=float, default=10.0)
     p.add_argument("--iperf-seconds", type=float, default=3.0)
     p.add_argument("--iperf-rate", default="100M")
+    p.add_argument("--random-rate", type=float, default=50e6, help="bits/s of the random bulk phase")
     p.add_argument("--node-mtu", type=int, default=1600)
     p.add_argument("--output")
     p.add_argument("--trace", action="store_true", help="print queue states during the bulk phase")
