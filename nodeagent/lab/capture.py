@@ -87,7 +87,9 @@ def start_tcpdump(lab: Lab, ns: str, dev: str, path: Path, bpf: str = "",
                   timeout: float = 10.0) -> subprocess.Popen[bytes]:
     """tcpdump writing ``path`` (full frames, packet-buffered); returns once it is listening."""
     log = path.with_suffix(".log")
-    cmd = ["tcpdump", "-i", dev, "-s", "0", "-U", "-n", "-B", "32768", "-w", str(path)]
+    # --immediate-mode: without it libpcap's TPACKET_V3 ring hands packets over only when a block
+    # fills or its 1 s timeout expires, so a capture that looks idle may still hold packets.
+    cmd = ["tcpdump", "-i", dev, "-s", "0", "-U", "--immediate-mode", "-n", "-B", "32768", "-w", str(path)]
     cmd += [bpf] if bpf else []
     proc = lab.ns.spawn(ns, cmd, log=log)
     deadline = time.monotonic() + timeout
