@@ -27,8 +27,9 @@ DNAT'd copies; the packets the client's sidecar delivers before the server's fir
 are forwarded from the client's side, and across nodes a DNAT'd client copy cannot be recognised
 at all. Both limits are why "client" is the default.
 
-Not decided here: packets without a flow (ICMP, ARP, non-first fragments, other protocols) and
-flows with an unmonitored peer; those go to per-packet dedup. SNAT (masquerade) hides the client
+ICMP echo is treated as a flow whose client is the requester. Other packets without a flow (ICMP
+errors, non-first fragments, other protocols) between two nodes' monitored pods belong to the node
+of the lower address; on one node they, and flows with an unmonitored peer, go to per-packet dedup. SNAT (masquerade) hides the client
 from the server's vantage: both copies pass this stage and per-packet dedup removes one.
 Pure: the caller passes the peer ``PodInfo`` (or None) and ``now``.
 """
@@ -38,9 +39,21 @@ from __future__ import annotations
 from nodeagent.flowtable import FlowTable
 from nodeagent.pods import PodInfo
 from nodeagent.verdict import Drop
-from nodeagent.wire.headers import IPPROTO_TCP, IPPROTO_UDP, TCP_ACK, TCP_SYN, PacketMeta
+from nodeagent.wire.headers import (
+    IPPROTO_ICMP,
+    IPPROTO_ICMPV6,
+    IPPROTO_TCP,
+    IPPROTO_UDP,
+    TCP_ACK,
+    TCP_SYN,
+    PacketMeta,
+)
 
 CLIENT, SERVER = "client", "server"
+_REQUEST, _REPLY = 1, 2
+_ECHO = {(IPPROTO_ICMP, 8): _REQUEST, (IPPROTO_ICMP, 0): _REPLY,
+         (IPPROTO_ICMPV6, 128): _REQUEST, (IPPROTO_ICMPV6, 129): _REPLY}
+"""(protocol, ICMP type) of echo requests and replies: a "flow" whose client is the requester."""
 
 
 class Vantage:
@@ -63,7 +76,7 @@ class Vantage:
         """None to keep this copy, else ``Drop.OTHER_VANTAGE`` or ``Drop.NOT_OWNER``."""
         proto = meta.proto
         if meta.l4 < 0 or (proto != IPPROTO_TCP and proto != IPPROTO_UDP):
-            return None
+            return self._without_flow(meta, pod, peer)
         if meta.src == pod.addr:
             own_port, peer_addr, peer_port = meta.sport, meta.dst, meta.dport
         elif meta.dst == pod.addr:
@@ -85,6 +98,22 @@ class Vantage:
                 self._covered.put((peer_addr, peer_port, proto), True, now)
             return None
         return Drop.OTHER_VANTAGE
+
+    def _without_flow(self, meta: PacketMeta, pod: PodInfo, peer: PodInfo | None) -> Drop | None:
+        """ICMP echo: the requester is the client. Anything else across nodes: the lower address's
+        node owns it. Same node (both copies here): left to per-packet dedup."""
+        if peer is None or peer.addr == pod.addr:
+            return None
+        kind = _ECHO.get((meta.proto, meta.sport)) if meta.l4 >= 0 else None
+        if kind is not None:
+            pod_is_client = (meta.src == pod.addr) == (kind == _REQUEST)
+            keep = pod_is_client if self._prefer_client else not pod_is_client
+            if keep:
+                return None
+            return Drop.OTHER_VANTAGE if peer.local else Drop.NOT_OWNER
+        if peer.local or pod.addr < peer.addr:
+            return None
+        return Drop.NOT_OWNER
 
     def _client(self, meta: PacketMeta, now: float) -> tuple[bytes, int]:
         src, dst = (meta.src, meta.sport), (meta.dst, meta.dport)

@@ -69,7 +69,7 @@ def test_snat_hides_the_client_so_per_packet_dedup_removes_the_copy_until_the_wi
 
 def test_retransmission_from_the_same_vantage_is_forwarded() -> None:
     pipeline, _ = make()
-    ping = eth() / IP(src=CLIENT_IP, dst=SERVER_IP, id=9) / ICMP(id=1, seq=1) / b"abc"
+    ping = eth() / IP(src=CLIENT_IP, dst=SERVER_IP, id=9) / ICMP(type=13, id=1, seq=1) / b"abc"  # no flow
     assert isinstance(pipeline.process(datagram(ping, CLIENT), CLIENT_IP, now=0.0), Forward)
     assert isinstance(pipeline.process(datagram(ping, CLIENT), CLIENT_IP, now=0.0001), Forward)
     assert pipeline.process(datagram(copy_at(ping), SERVER), SERVER_IP, now=0.0002) is Drop.DUPLICATE
@@ -77,7 +77,7 @@ def test_retransmission_from_the_same_vantage_is_forwarded() -> None:
 
 def test_a_copy_filtered_at_one_vantage_does_not_hide_the_other() -> None:
     pipeline, stats = make([{"action": "exclude", "namespace": "shop", "pod": "client", "protocol": "icmp"}])
-    ping = eth() / IP(src=CLIENT_IP, dst=SERVER_IP, id=9) / ICMP(id=1, seq=1) / b"abc"
+    ping = eth() / IP(src=CLIENT_IP, dst=SERVER_IP, id=9) / ICMP(type=13, id=1, seq=1) / b"abc"  # no flow
     assert pipeline.process(datagram(ping, CLIENT), CLIENT_IP, now=0.0) is Drop.FILTERED
     assert isinstance(pipeline.process(datagram(copy_at(ping), SERVER), SERVER_IP, now=0.001), Forward)
     assert stats.saved_bytes["filter"] > 0 and balanced(stats)

@@ -104,3 +104,25 @@ def test_role_table_is_bounded() -> None:
     for port in range(1000, 1004):
         decide(v, bytes(tcp(CLIENT_IP, SERVER_IP, sport=port, flags="S")), CLIENT, SERVER)
     assert v.evictions == 2
+
+
+@pytest.mark.parametrize("prefer", ["client", "server"])
+def test_echo_is_a_flow_whose_client_is_the_requester(prefer: str) -> None:
+    from tests.unit.nodeagent.pipeline_packets import ICMP, IP, eth
+    v = Vantage(prefer=prefer)
+    request = bytes(eth() / IP(src=CLIENT_IP, dst=SERVER_IP) / ICMP(type=8))
+    reply = bytes(eth() / IP(src=SERVER_IP, dst=CLIENT_IP) / ICMP(type=0))
+    for frame in (request, reply):
+        at_client, at_server = decide(v, frame, CLIENT, SERVER), decide(v, frame, SERVER, CLIENT)
+        assert (at_client is None) == (prefer == "client") and (at_server is None) == (prefer == "server")
+        assert Drop.OTHER_VANTAGE in (at_client, at_server)
+
+
+def test_other_packets_across_nodes_belong_to_the_lower_address() -> None:
+    from tests.unit.nodeagent.pipeline_packets import ICMP, IP, eth
+    error = bytes(eth() / IP(src=CLIENT_IP, dst=REMOTE_IP) / ICMP(type=3, code=3) / (b"\0" * 28))
+    here, there = Vantage(), Vantage()
+    client_there = type(CLIENT)(CLIENT_IP, 5, "shop", "client", local=False)
+    remote_here = type(REMOTE)(REMOTE_IP, 7, "other", "remote", local=True)
+    assert decide(here, error, CLIENT, REMOTE) is None  # 10.0.0.5 < 10.1.0.7
+    assert decide(there, error, remote_here, client_there) is Drop.NOT_OWNER
