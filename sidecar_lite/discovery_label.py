@@ -21,9 +21,9 @@ def find_agent(settings: Settings) -> str:
     from kubernetes import client, config  # heavy: imported only in label mode
 
     try:
-        config.load_incluster_config()
+        config.load_incluster_config()  # type: ignore[no-untyped-call]
     except config.ConfigException:
-        config.load_kube_config()
+        config.load_kube_config()  # type: ignore[no-untyped-call]
     if not settings.pod.node_name:
         raise DiscoveryError("label discovery needs NODE_NAME (downward API spec.nodeName)")
     namespace = settings.agent_namespace or "default"

@@ -15,9 +15,9 @@ import logging
 import socket
 from typing import Any
 
-from pyroute2.iproute.linux import IPRoute
-from pyroute2.netlink.exceptions import NetlinkError
-from pyroute2.netlink.rtnl.tcmsg import plugins as tc_plugins
+from pyroute2.iproute.linux import IPRoute  # type: ignore[import-untyped]
+from pyroute2.netlink.exceptions import NetlinkError  # type: ignore[import-untyped]
+from pyroute2.netlink.rtnl.tcmsg import plugins as tc_plugins  # type: ignore[import-untyped]
 from pyroute2.netlink.rtnl.tcmsg import sched_bpf
 
 from sidecar_lite import plan as planmod
@@ -32,7 +32,7 @@ IN6_ADDR_GEN_MODE_NONE = 1
 RTAX_MTU_LOCK = 1 << 2  # lock bit for RTAX_MTU (2): the kernel will not lower it by PMTU discovery
 
 
-class _ClsBpfOptions(sched_bpf.options):
+class _ClsBpfOptions(sched_bpf.options):  # type: ignore[misc]
     nla_map = (
         ("TCA_BPF_UNSPEC", "none"),
         ("TCA_BPF_ACT", "bpf_act"),

@@ -62,9 +62,12 @@ def run_kernel(t: Target, poller: Poller | None, stop: Stopper, verify_interval:
                 next_verify = now + verify_interval
                 _verify(kernel, current)
     finally:
-        kernel.teardown(current)
+        try:
+            kernel.teardown(current)
+            log.info("kernel mode: removed %s and the filters on %s", current.vxlan.name, t.interface)
+        except Exception as exc:  # never mask the error that ended the run
+            log.error("kernel mode: teardown incomplete: %s", exc)
         kernel.close()
-        log.info("kernel mode: removed %s and the filters on %s", current.vxlan.name, t.interface)
 
 
 def _install(kernel: Kernel, t: Target, update: Pushdown) -> plan.MirrorPlan:

@@ -145,11 +145,12 @@ class PodLab:
     sidecars: list[subprocess.Popen[bytes]] = field(default_factory=list)
 
     def start_sidecar(
-        self, mode: str, *extra: str, log_name: str = "sidecar.log"
+        self, mode: str, *extra: str, log_name: str = "sidecar.log", wrapper: tuple[str, ...] = ()
     ) -> tuple[subprocess.Popen[bytes], Path]:
         log = self.tmp / log_name
         proc = self.lab.popen(
             self.pod,
+            *wrapper,
             PY,
             "-m",
             "sidecar_lite",

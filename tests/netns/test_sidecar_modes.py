@@ -118,3 +118,20 @@ def test_unreachable_rules_url_fails_open(podlab: PodLab) -> None:
     assert len(podlab.records()) - start >= 4
     assert log.read_text().count("keeping the current program") == 1
     assert podlab.stop_sidecar(proc) == 0
+
+
+# setpriv drops CAP_NET_ADMIN from the bounding set, as a pod without NET_ADMIN would run.
+NO_NET_ADMIN = ("setpriv", "--bounding-set", "-net_admin", "--inh-caps", "-net_admin", "--")
+
+
+@pytest.mark.parametrize(
+    "wrapper, mode", [((), "kernel"), (NO_NET_ADMIN, "sniff")], ids=["net_admin", "net_raw"]
+)
+def test_auto_mode_follows_the_capabilities(podlab: PodLab, wrapper: tuple[str, ...], mode: str) -> None:
+    proc, log = podlab.start_sidecar("auto", wrapper=wrapper)
+    assert f"mode {mode} (requested auto)" in log.read_text()
+    start = len(podlab.records())
+    podlab.client("udp", NODE_IP, 53, count=3)
+    podlab.wait_quiet()
+    assert sum(53 in _udp_ports(r.inner) for r in podlab.records()[start:]) == 6
+    assert podlab.stop_sidecar(proc) == 0, log.read_text()
