@@ -13,6 +13,7 @@ import contextlib
 import os
 import socket
 import struct
+import threading
 import time
 from collections.abc import Sequence
 from typing import Any, Protocol
@@ -160,6 +161,9 @@ class InterfaceSink:
         self.last_error = ""
 
     def _create(self) -> None:
+        _in_thread(self._create_link)
+
+    def _create_link(self) -> None:
         from pyroute2 import IPRoute  # only the interface sink needs pyroute2
 
         with IPRoute() as ipr:
@@ -168,6 +172,10 @@ class InterfaceSink:
             ipr.link("add", ifname=self.name, kind="veth", peer=self.peer)
             self._created = True
             for ifname in (self.name, self.peer):
+                # No IPv6 link-local, router solicitations or MLD of our own on the sensor's wire.
+                with contextlib.suppress(OSError), open(f"/proc/sys/net/ipv6/conf/{ifname}/disable_ipv6",
+                                                        "w") as f:
+                    f.write("1")
                 idx = ipr.link_lookup(ifname=ifname)[0]
                 ipr.link("set", index=idx, state="up", mtu=65535)
 
@@ -184,11 +192,33 @@ class InterfaceSink:
     def close(self) -> None:
         self._sock.close()
         if self._created:
-            from pyroute2 import IPRoute
+            _in_thread(self._delete_link)
+            self._created = False
 
-            with IPRoute() as ipr, contextlib.suppress(Exception):
-                ipr.link("del", ifname=self.name)
+    def _delete_link(self) -> None:
+        from pyroute2 import IPRoute
+
+        with IPRoute() as ipr, contextlib.suppress(Exception):
+            ipr.link("del", ifname=self.name)
 
     def state(self) -> dict[str, Any]:
         return {"kind": "interface", "interface": self.name, "peer": self.peer, "packets": self.packets,
                 "errors": self.errors, "last_error": self.last_error}
+
+
+def _in_thread(fn: Any) -> None:
+    """Run a short pyroute2 call in a fresh thread: pyroute2 0.9's synchronous ``IPRoute`` drives
+    its own asyncio loop and refuses to start inside a running one (the collector's)."""
+    errors: list[BaseException] = []
+
+    def call() -> None:
+        try:
+            fn()
+        except BaseException as exc:   # re-raised in the caller's thread
+            errors.append(exc)
+
+    thread = threading.Thread(target=call, name="pyroute2")
+    thread.start()
+    thread.join()
+    if errors:
+        raise errors[0]
