@@ -61,9 +61,11 @@ def workload() -> list[tuple[bytes, str]]:
     for i in range(4):  # HTTP via the VIP: request and response, seen by both sidecars
         req = b"GET /item/%d HTTP/1.1\r\nHost: shop\r\n\r\n" % i
         out.append((frame(IP(src=c, dst=VIP, id=i), TCP(sport=40000 + i, dport=80, flags="PA"), req), c))
-        out.append((frame(IP(src=c, dst=s, id=i, ttl=63), TCP(sport=40000 + i, dport=8080, flags="PA"), req), s))
+        at_server = TCP(sport=40000 + i, dport=8080, flags="PA")
+        out.append((frame(IP(src=c, dst=s, id=i, ttl=63), at_server, req), s))
         body = b"HTTP/1.1 200 OK\r\n\r\n" + b"b" * 600
-        out.append((frame(IP(src=s, dst=c, id=100 + i), TCP(sport=8080, dport=40000 + i, flags="PA"), body), s))
+        reply = TCP(sport=8080, dport=40000 + i, flags="PA")
+        out.append((frame(IP(src=s, dst=c, id=100 + i), reply, body), s))
         out.append((frame(IP(src=VIP, dst=c, id=100 + i, ttl=63), TCP(sport=80, dport=40000 + i, flags="PA"),
                           body), c))
     tls = b"\x16\x03\x01" + b"h" * 300

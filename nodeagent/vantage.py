@@ -29,8 +29,9 @@ at all. Both limits are why "client" is the default.
 
 ICMP echo is treated as a flow whose client is the requester. Other packets without a flow (ICMP
 errors, non-first fragments, other protocols) between two nodes' monitored pods belong to the node
-of the lower address; on one node they, and flows with an unmonitored peer, go to per-packet dedup. SNAT (masquerade) hides the client
-from the server's vantage: both copies pass this stage and per-packet dedup removes one.
+of the lower address; on one node they, and flows with an unmonitored peer, go to per-packet dedup.
+SNAT (masquerade) hides the client from the server's vantage: both copies pass this stage and
+per-packet dedup removes one.
 Pure: the caller passes the peer ``PodInfo`` (or None) and ``now``.
 """
 

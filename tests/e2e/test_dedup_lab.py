@@ -66,7 +66,8 @@ def udp_to_closed_port(lab: Lab, client: Pod, server: Pod, count: int) -> None:
 
 def truth_dumps(lab: Lab, tmp: Path, pods: list[Pod], agent_ips: list[str]) -> dict[str, Any]:
     tunnel = " and ".join(f"not (ip dst host {ip} and ip proto 17)" for ip in agent_ips)
-    return {p.name: capture.start_tcpdump(lab, p.ns, "eth0", tmp / f"truth-{p.name}.pcap", tunnel) for p in pods}
+    return {p.name: capture.start_tcpdump(lab, p.ns, "eth0", tmp / f"truth-{p.name}.pcap", tunnel)
+            for p in pods}
 
 
 def stop_truth(lab: Lab, tmp: Path, dumps: dict[str, Any]) -> dict[str, capture.Traffic]:
@@ -132,8 +133,9 @@ def test_same_node_pair_with_clusterip_is_forwarded_once_from_the_client_vantage
     assert vip_flows, "no traffic through the ClusterIP in the ground truth"
     # No connection split: web's view of client flows (web's pod address and port) never appears
     # unless it is also the client's view (direct flows have the same addresses at both ends).
-    split = {k for k in list(got.tcp_bytes) + list(got.packets)
-             if involves(k, client.ip) and involves(k, web.ip)} - set(expected.tcp_bytes) - set(expected.packets)
+    seen = list(got.tcp_bytes) + list(got.packets)
+    between = {k for k in seen if involves(k, client.ip) and involves(k, web.ip)}
+    split = between - set(expected.tcp_bytes) - set(expected.packets)
     assert split == set()
     drops = status["drops"]
     assert truth["client"].count("icmp") > 0, "no ICMP error in the ground truth"
