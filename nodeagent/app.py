@@ -68,7 +68,8 @@ def build_pipeline(settings: Settings, pods: PodIndex, stats: Stats) -> Pipeline
         vantage=Vantage(prefer=d.vantage, capacity=d.flow_capacity, idle=d.flow_idle) if d.enabled else None,
         filters=filters.compile(settings.filters),
         dedup=DedupWindow(window=d.window, capacity=d.capacity) if d.enabled else None,
-        cutoff=Cutoff(budget=c.budget, after=c.after, capacity=c.capacity, idle=c.idle) if c.enabled else None,
+        cutoff=(Cutoff(budget=c.budget, after=c.after, capacity=c.capacity, idle=c.idle)
+                if c.enabled else None),
     )
 
 
