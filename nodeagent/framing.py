@@ -79,7 +79,7 @@ class Welcome(NamedTuple):
 
 class BatchMsg(NamedTuple):
     seq: int
-    count: int
+    packets: int
     raw_len: int
     payload: bytes
     """zstd-compressed records."""
@@ -241,7 +241,7 @@ class StreamDecompressor:
 
     def unpack(self, msg: BatchMsg) -> list[Record]:
         records = decode_records(self.decompress(msg))
-        if len(records) != msg.count:
+        if len(records) != msg.packets:
             raise Malformed("batch: record count mismatch")
         return records
 
@@ -250,7 +250,7 @@ class Pending(NamedTuple):
     seq: int
     raw: bytes
     """The batch's records, uncompressed (``encode_records``)."""
-    count: int
+    packets: int
 
 
 class Outbox:
@@ -286,13 +286,13 @@ class Outbox:
         self.packets += count
         evicted = 0
         while self.nbytes > self.max_bytes and len(self._q) > 1:
-            evicted += self._popleft().count
+            evicted += self._popleft().packets
         return evicted
 
     def _popleft(self) -> Pending:
         item = self._q.popleft()
         self.nbytes -= len(item.raw)
-        self.packets -= item.count
+        self.packets -= item.packets
         if self._next:
             self._next -= 1
         return item
@@ -312,7 +312,7 @@ class Outbox:
         self.acked = max(self.acked, seq)
         delivered = 0
         while self._q and self._q[0].seq <= seq:
-            delivered += self._popleft().count
+            delivered += self._popleft().packets
         return delivered
 
     def on_welcome(self, acked: int) -> int:

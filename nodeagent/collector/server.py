@@ -53,7 +53,9 @@ class CollectorStats:
         values = sorted(self.delays)
         if not values:
             return {"p50": None, "p99": None, "max": None}
-        pick = lambda q: values[min(len(values) - 1, int(q * len(values)))]  # noqa: E731
+        def pick(q: float) -> float:
+            return values[min(len(values) - 1, int(q * len(values)))]
+
         return {"p50": pick(0.50), "p99": pick(0.99), "max": values[-1]}
 
 

@@ -164,9 +164,7 @@ class InterfaceSink:
         _in_thread(self._create_link)
 
     def _create_link(self) -> None:
-        from pyroute2 import IPRoute  # only the interface sink needs pyroute2
-
-        with IPRoute() as ipr:
+        with _iproute() as ipr:
             if ipr.link_lookup(ifname=self.name):
                 return
             ipr.link("add", ifname=self.name, kind="veth", peer=self.peer)
@@ -196,14 +194,18 @@ class InterfaceSink:
             self._created = False
 
     def _delete_link(self) -> None:
-        from pyroute2 import IPRoute
-
-        with IPRoute() as ipr, contextlib.suppress(Exception):
+        with _iproute() as ipr, contextlib.suppress(Exception):
             ipr.link("del", ifname=self.name)
 
     def state(self) -> dict[str, Any]:
         return {"kind": "interface", "interface": self.name, "peer": self.peer, "packets": self.packets,
                 "errors": self.errors, "last_error": self.last_error}
+
+
+def _iproute() -> Any:
+    from pyroute2 import IPRoute  # type: ignore[import-untyped]  # only the interface sink needs it
+
+    return IPRoute()
 
 
 def _in_thread(fn: Any) -> None:

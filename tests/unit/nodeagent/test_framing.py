@@ -63,7 +63,7 @@ def test_a_new_connection_starts_a_new_stream() -> None:
 def test_corrupt_or_lying_batches_are_malformed() -> None:
     good = batch_msg(1, records(3), framing.StreamCompressor())
     with pytest.raises(Malformed, match="count"):
-        framing.StreamDecompressor().unpack(good._replace(count=4))
+        framing.StreamDecompressor().unpack(good._replace(packets=4))
     with pytest.raises(Malformed):
         framing.StreamDecompressor().unpack(good._replace(payload=os.urandom(len(good.payload))))
     with pytest.raises(Malformed):
