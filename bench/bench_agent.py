@@ -4,11 +4,14 @@ Offered load: 68-byte VXLAN datagrams (8-byte header + a 60-byte Ethernet/IPv4/U
 loopback by a generator process pinned to one CPU, as fast as ``sendmmsg`` (ctypes, 512 per call)
 can. Each receiver runs in its own process pinned to the other CPU:
 
-- ``bare recv_into``: a blocking ``recv_into`` loop that only counts (the Python floor);
-- ``agent core``: the agent's ``Receiver`` (add_reader + drain) with ``Pipeline`` sender check,
-  VXLAN and header decode, no optional stages, no outputs;
+- ``bare recv_into``: a non-blocking ``recv_into`` loop that only counts, ``select`` when the
+  socket is empty (the Python floor);
+- ``agent core``: the agent's ``Receiver`` (add_reader + drain, recvmmsg) with ``Pipeline``
+  sender check, VXLAN and header decode, no optional stages, no outputs; ``agent core 1/call``
+  is the same with one ``recvfrom_into`` per datagram;
 - ``agent default``: the same with the default pipeline (vantage, filters, dedup, cutoff) and the
-  normalizer's fan-out with no outputs: what ``nodeagent run`` does per packet before its outputs;
+  normalizer's fan-out to one output that does nothing: what ``nodeagent run`` does per packet
+  before its outputs;
 - ``kernel vxlan`` (root only): a kernel VXLAN device in a throwaway namespace decapsulating the
   same offered load, counted by its rx_packets (the physical limit; its CPU is softirq on the
   generator's CPU, so only its rate is compared).
@@ -153,12 +156,12 @@ def bare_receiver(conn: Any) -> None:
     conn.send({"received": count, "seconds": last - first, "cpu": cpu})
 
 
-def agent_receiver(conn: Any, default_pipeline: bool) -> None:
+def agent_receiver(conn: Any, default_pipeline: bool, recvmmsg: bool = True) -> None:
     _pin(RECV_CPU)
-    asyncio.run(_agent_receive(conn, default_pipeline))
+    asyncio.run(_agent_receive(conn, default_pipeline, recvmmsg))
 
 
-async def _agent_receive(conn: Any, default_pipeline: bool) -> None:
+async def _agent_receive(conn: Any, default_pipeline: bool, recvmmsg: bool) -> None:
     from nodeagent import app, settings
     from nodeagent.adapters.outputs import Fanout
     from nodeagent.adapters.receiver import DropLog, Receiver
@@ -167,11 +170,12 @@ async def _agent_receive(conn: Any, default_pipeline: bool) -> None:
     from nodeagent.stats import Stats
     from nodeagent.wire.normalize import Normalizer
 
-    cfg = settings.load({"listen": "127.0.0.1:0", "senders": ["127.0.0.1,5,bench/pod"]})
+    cfg = settings.load({"listen": {"host": "127.0.0.1", "port": 0, "recvmmsg": recvmmsg},
+                         "senders": ["127.0.0.1,5,bench/pod"]})
     stats, pods = Stats(), PodIndex(app.static_pods(cfg))
     if default_pipeline:
         pipeline = app.build_pipeline(cfg, pods, stats)
-        offer: Callable[..., None] = Fanout([], Normalizer()).offer
+        offer: Callable[..., None] = Fanout([NullOutput()], Normalizer()).offer
     else:
         pipeline = Pipeline(pods=pods, stats=stats)
         offer = lambda fwd: None  # noqa: E731
@@ -200,6 +204,15 @@ async def _agent_receive(conn: Any, default_pipeline: bool) -> None:
             "forwarded": stats.total.forwarded,
         }
     )
+
+
+class NullOutput:
+    """An output that takes every packet and does nothing: the fan-out and normalizer still run."""
+
+    name = "null"
+
+    def offer(self, fwd: Any) -> None:
+        return None
 
 
 def run_receiver(target: Callable[..., None], count: int, *args: Any) -> dict[str, Any]:
@@ -306,6 +319,7 @@ def main() -> None:
     )
     rows: list[tuple[str, dict[str, Any] | None]] = [
         ("bare recv_into", run_receiver(bare_receiver, args.count)),
+        ("agent core 1/call", run_receiver(agent_receiver, args.count, False, False)),
         ("agent core", run_receiver(agent_receiver, args.count, False)),
         ("agent default", run_receiver(agent_receiver, args.count, True)),
         ("kernel vxlan", None if args.no_kernel else kernel_vxlan(args.count)),

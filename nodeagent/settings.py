@@ -121,6 +121,8 @@ class ListenSettings:
     unless the agent has CAP_NET_ADMIN, which SO_RCVBUFFORCE needs)."""
     batch: int = 256
     """Most datagrams drained per loop wake-up: amortises the wake-up, bounds loop latency."""
+    recvmmsg: bool = True
+    """Receive up to 32 datagrams per system call (Linux recvmmsg through ctypes)."""
 
     @classmethod
     def from_text(cls, text: str) -> ListenSettings:
@@ -356,7 +358,8 @@ class DedupSettings:
     """Seconds after which an idle flow's client end is forgotten."""
 
     def __post_init__(self) -> None:
-        _check(self.vantage in ("client", "server"), "vantage", f"must be client or server, got {self.vantage!r}")
+        _check(self.vantage in ("client", "server"), "vantage",
+               f"must be client or server, got {self.vantage!r}")
         _check(0 < self.window <= 5, "window", "must be in (0, 5] seconds")
         _check(self.capacity >= 1, "capacity", "must be >= 1")
         _check(self.flow_capacity >= 1, "flow_capacity", "must be >= 1")
@@ -392,8 +395,10 @@ class RuleSettings:
     """include only: cut matching frames to this many bytes (the record keeps its length)."""
 
     def __post_init__(self) -> None:
-        _check(self.action in ("include", "exclude"), "action", f"must be include or exclude, got {self.action!r}")
-        _check(self.direction in (None, "in", "out"), "direction", f"must be in or out, got {self.direction!r}")
+        _check(self.action in ("include", "exclude"), "action",
+               f"must be include or exclude, got {self.action!r}")
+        _check(self.direction in (None, "in", "out"), "direction",
+               f"must be in or out, got {self.direction!r}")
         for field in ("labels", "peer_labels"):
             value = getattr(self, field)
             _check(value is None or (isinstance(value, dict) and all(
@@ -428,7 +433,8 @@ class FilterSettings:
             _check(preset == "drop-health-probes", f"presets[{i}]", f"unknown preset {preset!r}")
         if "drop-health-probes" in self.presets:
             _check(self.node_ip is not None, "node_ip", "is required by the drop-health-probes preset")
-        _check(self.node_ip is None or _is_ip(self.node_ip), "node_ip", f"must be an IP, got {self.node_ip!r}")
+        _check(self.node_ip is None or _is_ip(self.node_ip), "node_ip",
+               f"must be an IP, got {self.node_ip!r}")
 
 
 @dataclasses.dataclass(frozen=True)

@@ -63,6 +63,8 @@ class Fanout:
         self.outputs.append(output)
 
     def offer(self, fwd: Forward) -> None:
+        if not self.outputs:
+            return  # nothing consumes the frame: no reason to normalize it
         normalizer = self.normalizer
         if normalizer is None:
             self._offer_all(fwd)

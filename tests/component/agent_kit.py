@@ -27,8 +27,8 @@ KNOWN, UNKNOWN = "127.0.0.1", "127.0.0.2"
 
 def make_settings(tmp_path: Any = None, **groups: Any) -> Settings:
     base: dict[str, Any] = {
-        "listen": "127.0.0.1:0",
-        "status": "127.0.0.1:0",
+        "listen": {"host": "127.0.0.1", "port": 0},
+        "status": {"host": "127.0.0.1", "port": 0},
         "senders": [f"{KNOWN},5,default/web"],
         "dedup": {"enabled": False},
         "cutoff": {"enabled": False},

@@ -6,6 +6,7 @@ import asyncio
 import json
 import socket
 
+import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from tests.component.agent_kit import (
@@ -24,8 +25,9 @@ from tests.component.agent_kit import (
 )
 
 
-async def test_known_sender_is_forwarded_and_everything_else_is_a_counted_drop():
-    async with running(make_settings()) as agent:
+@pytest.mark.parametrize("recvmmsg", [True, False], ids=["recvmmsg", "recvfrom_into"])
+async def test_known_sender_is_forwarded_and_everything_else_is_a_counted_drop(recvmmsg):
+    async with running(make_settings(listen={"recvmmsg": recvmmsg})) as agent:
         port = tunnel_port(agent)
         good, stranger = sender(KNOWN), sender(UNKNOWN)
         send_tunnel(good, port, tcp_frame(), vni=5, count=20)
@@ -130,3 +132,29 @@ async def test_64k_datagram_arrives_whole():
         await wait_for(lambda: agent.stats.total.forwarded == 1, what="a 64 KB datagram")
         assert agent.stats.total.forwarded_bytes == len(big) + 8
         good.close()
+
+
+@pytest.mark.parametrize("recvmmsg", [True, False], ids=["recvmmsg", "recvfrom_into"])
+async def test_dual_stack_listener_matches_ipv4_senders(recvmmsg):
+    async with running(make_settings(listen={"host": "::", "port": 0, "recvmmsg": recvmmsg})) as agent:
+        good = sender(KNOWN)
+        send_tunnel(good, tunnel_port(agent), tcp_frame(), count=3)
+        await wait_for(lambda: agent.stats.total.received == 3, what="3 datagrams")
+        good.close()
+    assert agent.stats.total.forwarded == 3
+
+
+async def test_a_full_batch_of_datagrams_of_every_size_is_received_intact():
+    """More datagrams than one recvmmsg call takes, of varying sizes: each arrives whole, in order."""
+    sizes = [60 + (i * 997) % 9000 for i in range(100)]
+    seen: list[bytes] = []
+    async with running(make_settings()) as agent:
+        offer = agent.fanout.offer
+        agent.receiver._offer = lambda fwd: (seen.append(bytes(fwd.frame)), offer(fwd))  # type: ignore[assignment]
+        good = sender(KNOWN)
+        frames = [tcp_frame(bytes([i]) * (size - 54), sport=1000 + i) for i, size in enumerate(sizes)]
+        for frame in frames:
+            send_tunnel(good, tunnel_port(agent), frame)
+        await wait_for(lambda: agent.stats.total.received == 100, what="100 datagrams")
+        good.close()
+    assert seen == frames

@@ -236,3 +236,21 @@ def test_icmp_is_never_touched():
     pkt = Ether(src=MAC1, dst=MAC2) / IP(src="10.0.0.5", dst="10.0.0.9") / ICMP() / b"ping"
     _, out = _apply(bytes(pkt))
     assert out is None
+
+
+@pytest.mark.parametrize(
+    "pkt",
+    [
+        Ether(src=MAC1, dst=MAC2) / IP(src="10.0.0.5", dst="10.0.0.9") / TCP(sport=1, dport=2) / b"abc",
+        Ether(src=MAC1, dst=MAC2) / IPv6(src="fd00::5", dst="fd00::9") / UDP(sport=1, dport=2) / b"abcd",
+        Ether(src=MAC1, dst=MAC2) / IP(src="10.0.0.5", dst="10.0.0.9") / ICMP(),
+    ],
+)
+def test_fast_partial_check_agrees_with_the_reference(pkt):
+    full = bytes(pkt)
+    meta = headers.decode(full)
+    assert normalize._is_partial_fast(memoryview(full), meta) == normalize.is_partial(full, meta)
+    if normalize.checksum_offset(meta) >= 0:
+        partial = _with_partial(pkt)
+        assert normalize._is_partial_fast(memoryview(partial), meta) is True
+        assert normalize.is_partial(partial, meta) is True
