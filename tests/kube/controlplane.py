@@ -22,6 +22,7 @@ import tempfile
 import time
 import urllib.request
 from collections.abc import Iterator
+from typing import Any
 
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
@@ -155,6 +156,22 @@ current-context: test
                 proc.kill()
                 proc.wait()
         self._procs.clear()
+
+
+def create_running_pod(core: Any, namespace: str, name: str, *, node: str, ip: str,
+                       labels: dict[str, str] | None = None,
+                       annotations: dict[str, str] | None = None) -> None:
+    """Create a pod bound to ``node`` and give it ``ip``, as kubelet would (no kubelet runs here).
+
+    ``core`` is a ``kubernetes.client.CoreV1Api``. The status subresource is patched through the
+    client because ``kubectl patch --subresource=status`` needs kubectl >= 1.24.
+    """
+    core.create_namespaced_pod(namespace, {
+        "apiVersion": "v1", "kind": "Pod",
+        "metadata": {"name": name, "labels": labels or {}, "annotations": annotations or {}},
+        "spec": {"nodeName": node, "containers": [{"name": "app", "image": "app"}]}})
+    core.patch_namespaced_pod_status(name, namespace, {"status": {
+        "phase": "Running", "podIP": ip, "podIPs": [{"ip": ip}]}})
 
 
 @contextlib.contextmanager

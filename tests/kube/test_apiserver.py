@@ -17,10 +17,12 @@ import json
 import os
 import pathlib
 import shutil
+import signal
 import socket
 import subprocess
 import sys
 import time
+import urllib.request
 from collections.abc import Iterator
 from typing import Any
 
@@ -265,3 +267,42 @@ def test_apiserver_calls_the_webhook_over_tls_and_stores_injected_pods(
                            "annotations": offline["metadata"]["annotations"]}
     again = core.create_namespaced_pod("apps", offline)
     assert [c.name for c in again.spec.containers] == ["app", SIDECAR_NAME]
+
+
+def _get_json(url: str) -> dict[str, Any]:
+    with urllib.request.urlopen(url, timeout=5) as answer:
+        return json.loads(answer.read())
+
+
+def test_nodeagent_run_takes_its_pod_table_from_the_apiserver(installed: controlplane.ControlPlane) -> None:
+    """The lab's mode: ``nodeagent run --kubeconfig FILE --node-name NAME``, as the agent account."""
+    with admin(installed) as client:
+        core = kubernetes.client.CoreV1Api(client)
+        core.create_namespace({"metadata": {"name": "lab"}})
+        mon = {"podmirror.io/monitored": "true"}
+        controlplane.create_running_pod(core, "lab", "web", node="lab-node", ip="10.0.0.5", labels=mon)
+        controlplane.create_running_pod(core, "lab", "db", node="other", ip="10.0.1.5", labels=mon)
+        port = _free_port()
+        conf = installed.kubeconfig_for(controlplane.SERVICE_ACCOUNTS[AGENT], "lab-agent")
+        log = open(os.path.join(installed.workdir, "agent.log"), "wb")  # noqa: SIM115
+        proc = subprocess.Popen([sys.executable, "-m", "nodeagent", "run", "--listen", "127.0.0.1:0",
+                                 "--status", f"127.0.0.1:{port}", "--node-name", "lab-node",
+                                 "--kubeconfig", conf], stdout=log, stderr=subprocess.STDOUT,
+                                stdin=subprocess.DEVNULL)
+        try:
+            deadline, status = time.monotonic() + 30, {}
+            while not status.get("kube", {}).get("synced"):
+                assert proc.poll() is None and time.monotonic() < deadline, "agent did not sync"
+                try:
+                    status = _get_json(f"http://127.0.0.1:{port}/status")
+                except OSError:
+                    time.sleep(0.1)
+            assert status["senders"] == 1 and "lab/web" in status["pods"]
+            monitored = core.list_pod_for_all_namespaces(label_selector="podmirror.io/monitored=true").items
+            peers = [p for p in monitored if p.status.pod_ip and p.spec.node_name != "lab-node"]
+            assert status["kube"]["peers"] == len(peers) >= 1 and "lab/db" not in status["pods"]
+        finally:
+            proc.send_signal(signal.SIGTERM)
+            code = proc.wait(timeout=20)
+            log.close()
+        assert code == 0  # SIGTERM: flush and exit 0
