@@ -114,13 +114,18 @@ def start_agent(lab: Lab, node: Node, logdir: Path, *, sensors: Sequence[Host | 
 
 
 def start_sidecar(lab: Lab, pod: Pod, logdir: Path, *, mode: str = "kernel", vni: str = "auto",
-                  extra: Sequence[str] = ()) -> subprocess.Popen[bytes]:
-    """``sidecar-lite`` in the pod's namespace, with the downward-API environment a pod would have."""
+                  rules: bool = False, extra: Sequence[str] = ()) -> subprocess.Popen[bytes]:
+    """``sidecar-lite`` in the pod's namespace, with the downward-API environment a pod would have.
+
+    ``rules``: poll the agent's push-down endpoint (issue 3; the agent then shows the pod's mode).
+    Off by default in tests: the poll is pod traffic too, at times the test does not choose."""
     agent = pod.node.agent
     if agent is None:
         raise LabError("start the node's agent before its sidecars")
     cmd = [*SIDECAR, "--agent", f"{agent.ip}:{TUNNEL_PORT}", "--vni", vni,
            "--interface", "eth0", "--mode", mode, *extra]
+    if rules:
+        cmd += ["--rules-url", f"http://{agent.ip}:{STATUS_PORT}/v1/pushdown"]
     env = {"POD_IP": pod.ip, "POD_NAME": pod.name, "POD_NAMESPACE": pod.namespace,
            "NODE_NAME": f"node{pod.node.index}", "NODE_IP": pod.node.uplink_ip, **ENV}
     log = logdir / f"sidecar-{pod.name}.log"

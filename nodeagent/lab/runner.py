@@ -122,7 +122,8 @@ def start(r: Run, args: argparse.Namespace) -> None:
     say(f"agent ready at {r.agent.ip} (tunnels :14789, status :9477); sensor {r.sensor.ip}:4789")
     extra = ["--tunnel-mtu", str(args.node_mtu)] if args.node_mtu >= MIN_UNFRAGMENTED_MTU else []
     for pod in r.node.pods:
-        r.sidecars[pod.key] = podmirror.start_sidecar(r.lab, pod, r.out, mode=args.sidecar_mode, extra=extra)
+        r.sidecars[pod.key] = podmirror.start_sidecar(r.lab, pod, r.out, mode=args.sidecar_mode, rules=True,
+                                                          extra=extra)
     for pod in r.node.pods:
         podmirror.wait_mirroring(r.lab, r.agent, pod, r.sidecars[pod.key])
     say(f"{len(r.sidecars)} sidecars mirroring ({args.sidecar_mode} mode)")
@@ -181,7 +182,11 @@ def summarize(r: Run, args: argparse.Namespace) -> None:
     mtu = (f"raised to {args.node_mtu}: a VXLAN copy of a full-size frame (1550 bytes) is not fragmented"
            if args.node_mtu >= MIN_UNFRAGMENTED_MTU else
            f"{args.node_mtu}: VXLAN copies of full-size frames are IP-fragmented between pod and agent")
-    print(f"node-side veth MTU {mtu}")
+    assert r.node.agent is not None
+    reasm = r.lab.ip_stats(r.node.agent.ns)["ReasmOKs"]
+    print(f"node-side veth MTU {mtu}; tunnel datagrams reassembled from fragments at the agent: {reasm}")
+    saved = {k: v for k, v in st.get("saved_bytes", {}).items() if v}
+    print(f"bytes the agent kept off its outputs, by mechanism: {saved or 'none'}")
     pcaps = sorted((r.out / "pcap").glob("*"))
     print(f"agent pcap files ({len(pcaps)}): {r.out / 'pcap'}  e.g. tshark -r {pcaps[0] if pcaps else '...'}")
     print(f"sensor capture: {r.out / 'sensor.pcap'}; logs: {r.out}/*.log")

@@ -154,6 +154,12 @@ class Lab:
                                 "grep . rx_bytes tx_bytes rx_packets tx_packets"]).stdout
         return {k: int(v) for k, v in (line.split(":") for line in out.split())}
 
+    def ip_stats(self, ns: str) -> dict[str, int]:
+        """The namespace's IPv4 MIB (``/proc/net/snmp`` ``Ip:``), e.g. ``ReasmOKs``, ``FragCreates``."""
+        lines = [line.split() for line in self.ns.exec(ns, ["cat", "/proc/net/snmp"]).stdout.splitlines()
+                 if line.startswith("Ip:")]
+        return {k: int(v) for k, v in zip(lines[0][1:], lines[1][1:], strict=True)}
+
     def mac(self, ns: str, dev: str) -> str:
         return self.ns.exec(ns, ["cat", f"/sys/class/net/{dev}/address"]).stdout.strip()
 
