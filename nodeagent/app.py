@@ -143,6 +143,7 @@ class Agent:
 
     def report_mode(self, pod_key: str, mode: str) -> None:
         self.modes[pod_key] = mode
+        self.stats.pod(pod_key)  # listed in /status with its mode even before its first packet
 
     def stop(self) -> None:
         """Ask ``run`` to shut down (what SIGTERM does)."""
