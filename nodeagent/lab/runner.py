@@ -206,6 +206,9 @@ def keep(r: Run) -> None:
     say("--keep: the lab stays up until Ctrl-C. Enter a namespace with:")
     for name in r.lab.ns.names:
         print(f"    ip netns exec {name} bash")
+    if r.agent is not None and r.node.agent is not None:
+        print(f"  the agent's status: ip netns exec {r.node.agent.ns} curl -s http://{r.agent.ip}:9477/status")
+        print(f"  watch a pod: ip netns exec {r.client.ns} tcpdump -ni eth0")
     try:
         signal.pause()
     except KeyboardInterrupt:
