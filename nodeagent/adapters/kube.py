@@ -142,7 +142,7 @@ class PodStream:
         if self._stopped.is_set():  # stop() ran before the response was visible to it
             response.shutdown()
         try:
-            for line in iter_resp_lines(response):
+            for line in iter_resp_lines(response):  # type: ignore[no-untyped-call]
                 if self._stopped.is_set():
                     break
                 event = json.loads(line)
@@ -163,9 +163,11 @@ class PodStream:
 def api_client(kubeconfig: str | None) -> kubernetes.client.ApiClient:
     """A client for ``kubeconfig``, or the in-cluster service account; never the global default."""
     if kubeconfig:
-        return kubernetes.config.new_client_from_config(config_file=kubeconfig)
+        client: kubernetes.client.ApiClient = kubernetes.config.new_client_from_config(  # type: ignore[no-untyped-call]
+            config_file=kubeconfig)
+        return client
     configuration = kubernetes.client.Configuration()
-    kubernetes.config.load_incluster_config(client_configuration=configuration)
+    kubernetes.config.load_incluster_config(client_configuration=configuration)  # type: ignore[no-untyped-call]
     return kubernetes.client.ApiClient(configuration)
 
 
@@ -238,7 +240,7 @@ def install(agent: Any) -> None:
         try:
             await watcher.run()
         finally:
-            client.close()
+            client.close()  # type: ignore[no-untyped-call]
 
     def report(snapshot: dict[str, Any]) -> None:
         now = asyncio.get_running_loop().time()

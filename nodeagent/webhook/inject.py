@@ -75,7 +75,7 @@ def wants_injection(pod: Mapping[str, Any], namespace: str, *, namespace_enabled
         return False
     choice = annotations.get(MONITOR_ANNOTATION)
     if choice in ("true", "false"):
-        return choice == "true"
+        return bool(choice == "true")
     return namespace_enabled
 
 
