@@ -211,3 +211,47 @@ async def test_partial_udp_checksum_is_completed_for_the_pcap(tmp_path):
     _, records = pcap.read(Path(_pcaps(tmp_path)[0]).read_bytes())
     assert records[0].data == udp_frame(b"dns?")  # what the NIC would have put on the wire
     assert headers.decode(records[0].data).dport == 53
+
+
+async def test_a_stalled_disk_drops_and_counts_instead_of_growing_or_blocking(tmp_path):
+    """The writer thread is held; the loop keeps taking packets, bounded by max_pending buffers."""
+    import threading
+
+    from nodeagent.adapters.pcap_out import PcapOutput
+    from nodeagent.pods import PodInfo
+    from nodeagent.settings import PcapSettings
+    from nodeagent.verdict import Direction, Forward
+
+    out = PcapOutput(PcapSettings(dir=str(tmp_path), buffer_bytes=1000))
+    out.max_pending = 4
+    release = threading.Event()
+    write = out._writer.write
+
+    def slow_write(data, rotate):
+        release.wait(10)
+        write(data, rotate)
+
+    out._writer.write = slow_write  # type: ignore[method-assign]
+    await out.open()
+    frame = memoryview(udp_frame(b"s" * 200))
+    fwd = Forward(
+        frame,
+        headers.decode(frame),
+        5,
+        PodInfo(ip="10.0.0.5", vni=5, namespace="a", name="b"),
+        Direction.EGRESS,
+        len(frame),
+        0.0,
+    )
+    started = time.monotonic()
+    for _ in range(200):
+        out.offer(fwd)
+    assert time.monotonic() - started < 1.0  # never waited for the disk
+    state = out.state()
+    assert state["dropped_backlog"] > 0
+    assert state["packets"] + state["dropped_backlog"] == 200
+    assert state["pending_buffers"] <= 4
+    release.set()
+    await out.close()
+    _, records = pcap.read(Path(_pcaps(tmp_path)[0]).read_bytes())
+    assert len(records) == state["packets"]
