@@ -31,6 +31,7 @@ from kubernetes.client.exceptions import ApiException
 from kubernetes.watch.watch import iter_resp_lines
 
 from nodeagent.kubepods import LOCAL, MONITORED_LABEL, PEERS, PodTable
+from nodeagent.settings import ConfigError
 from nodeagent.stats import Counters
 
 log = logging.getLogger(__name__)
@@ -231,7 +232,10 @@ def install(agent: Any) -> None:
     if not settings.enabled:
         return
     table = PodTable(agent.pods, node=settings.node_name)
-    client = api_client(settings.kubeconfig)
+    try:
+        client = api_client(settings.kubeconfig)
+    except (kubernetes.config.ConfigException, OSError) as exc:  # no kubeconfig, not in a cluster
+        raise ConfigError("kube.kubeconfig", f"gives no usable API access: {exc}") from None
     watcher = KubeWatcher(table, kubernetes.client.CoreV1Api(client),
                           watch_specs(settings.node_name, settings.label_selector),
                           timeout=settings.watch_timeout)
