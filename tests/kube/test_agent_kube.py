@@ -77,3 +77,9 @@ async def test_agent_takes_senders_from_the_api_and_reports_silent_pods(fake_api
     finally:
         agent.stop()
         assert await asyncio.wait_for(runner, 15) == 0
+
+
+def test_unusable_kubeconfig_is_a_configuration_error(tmp_path) -> None:
+    agent = app.Agent(settings.load({"kube": {"node_name": "n", "kubeconfig": str(tmp_path / "none")}}))
+    with pytest.raises(settings.ConfigError, match="kube.kubeconfig"):
+        app._install_extensions(agent)
