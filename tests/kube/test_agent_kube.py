@@ -83,3 +83,14 @@ def test_unusable_kubeconfig_is_a_configuration_error(tmp_path) -> None:
     agent = app.Agent(settings.load({"kube": {"node_name": "n", "kubeconfig": str(tmp_path / "none")}}))
     with pytest.raises(settings.ConfigError, match="kube.kubeconfig"):
         app._install_extensions(agent)
+
+
+def test_kube_settings_from_flags_and_validation() -> None:
+    from nodeagent import cli
+
+    args = cli.build_parser().parse_args(["run", "--node-name", "node-a", "--kubeconfig", "/k"])
+    loaded = settings.load(cli.run_overrides(args))
+    assert loaded.kube.enabled and (loaded.kube.node_name, loaded.kube.kubeconfig) == ("node-a", "/k")
+    assert not settings.load({}).kube.enabled  # no --node-name: the static sender table only
+    with pytest.raises(settings.ConfigError, match="kube.silent_after"):
+        settings.load({"kube": {"silent_after": 0}})
