@@ -51,6 +51,7 @@ def run_kernel(t: Target, poller: Poller | None, stop: Stopper, verify_interval:
         log.info("kernel mode: mirroring %s to %s:%d vni %d via %s (%d setup steps)", t.interface,
                  t.agent_ip, t.agent_port, t.vni, current.vxlan.name, len(steps))
         next_verify = next_poll = time.monotonic()
+        failing: list[str] = []
         while not stop.wait(min(next_verify, next_poll if poller else next_verify) - time.monotonic()):
             now = time.monotonic()
             if poller and now >= next_poll:
@@ -60,7 +61,7 @@ def run_kernel(t: Target, poller: Poller | None, stop: Stopper, verify_interval:
                     current = _install(kernel, t, update)
             if now >= next_verify:
                 next_verify = now + verify_interval
-                _verify(kernel, current)
+                _verify(kernel, current, failing)
     finally:
         try:
             kernel.teardown(current)
@@ -83,12 +84,18 @@ def _install(kernel: Kernel, t: Target, update: Pushdown) -> plan.MirrorPlan:
     return new
 
 
-def _verify(kernel: Kernel, current: plan.MirrorPlan) -> None:
+def _verify(kernel: Kernel, current: plan.MirrorPlan, failing: list[str]) -> None:
+    """One repair round. ``failing`` holds the last error text, so a lasting failure logs once."""
     try:
         steps = kernel.apply(current)
     except Exception as exc:  # outermost boundary of one repair round: log, retry next round
-        log.error("kernel state check failed: %s", exc)
+        if failing != [str(exc)]:
+            log.error("kernel state check failed (retrying quietly): %s", exc)
+            failing[:] = [str(exc)]
         return
+    if failing:
+        log.info("kernel state check succeeds again")
+        failing.clear()
     if steps:
         log.warning("repaired kernel state: %s", ", ".join(f"{s.action} {s.target}" for s in steps))
 

@@ -12,7 +12,8 @@ Invariants:
 - the kernel socket filter (``bpf.mirror_program``) excludes the tunnel, fragments included, and is
   attached before the socket is bound, so not one tunnel packet is ever queued to us;
 - a frame that cannot travel in one UDP datagram (a GSO super-packet longer than 65,499 bytes) is
-  sent truncated and counted as ``oversize``; send errors are counted, never silent.
+  sent truncated and counted as ``oversize``; send errors are counted, and so are the frames the
+  kernel dropped because this process fell behind (``PACKET_STATISTICS``): nothing is lost silently.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import socket
+import struct
 import time
 from collections.abc import Callable, Sequence
 
@@ -33,6 +35,9 @@ MAX_UDP_PAYLOAD = 65_507
 """IPv4 UDP payload limit (65535 - 20 - 8): VXLAN header + frame must fit."""
 BUFFER = 8 + 65_536 + 1024
 """Header + the largest GSO frame, with room to detect anything larger (MSG_TRUNC)."""
+SOL_PACKET = 263
+PACKET_STATISTICS = 6
+TPACKET_STATS = struct.Struct("=II")  # tp_packets, tp_drops; the kernel resets both on every read
 IP_MTU_DISCOVER = 10  # Linux values; not exported by the socket module
 IP_PMTUDISC_DONT = 0
 
@@ -45,6 +50,8 @@ class Counters:
     sent_bytes: int = 0
     send_errors: int = 0
     oversize: int = 0
+    kernel_drops: int = 0
+    """Frames the kernel dropped because our socket queue was full (PACKET_STATISTICS)."""
 
     def line(self) -> str:
         return " ".join(f"{k}={v}" for k, v in dataclasses.asdict(self).items())
@@ -73,7 +80,13 @@ class Sniffer:
         """Replace the socket filter (push-down) without reopening the socket."""
         bpf.attach_socket_filter(self._rx, program)
 
+    def update_kernel_drops(self) -> None:
+        """Fold the kernel's drop count for our socket into the counters (cheap; call periodically)."""
+        raw = self._rx.getsockopt(SOL_PACKET, PACKET_STATISTICS, TPACKET_STATS.size)
+        self.counters.kernel_drops += TPACKET_STATS.unpack(raw)[1]
+
     def close(self) -> None:
+        self.update_kernel_drops()
         self._rx.close()
         self._tx.close()
 
@@ -87,6 +100,7 @@ class Sniffer:
         while not should_stop():
             now = time.monotonic()
             if now >= next_tick:
+                self.update_kernel_drops()
                 tick(now)
                 next_tick = now + 0.5
             try:

@@ -1,0 +1,203 @@
+"""Sidecar cost: pod throughput with and without mirroring, and the sidecar's own CPU and RSS.
+
+One run (root; namespaces ``pmsc-bench-*``, removed at the end): a pod namespace and a node
+namespace joined by a veth (MTU 1500 both sides), iperf3 server and the "agent" in the node. The
+agent is a bound UDP socket that never reads (a sink: no ICMP errors, no Python on the receiving
+side competing for the 2 cores), so the figures are the sidecar's and the kernel's alone.
+
+Printed, side by side:
+
+1. pod iperf3 bulk TCP (Gbit/s) and 64-byte UDP (received packets/s): no mirroring, kernel mode
+   (default: tunnel packets IP-fragmented by the kernel), kernel mode with ``--tunnel-mtu 1600``
+   and the node side of the veth at MTU 1600 (no fragments), sniff mode; as ratios to no mirroring;
+2. the sidecar process's CPU seconds and RSS at fixed offered loads (UDP 64 B at 5k and 40k pps
+   for a few seconds), kernel vs sniff: kernel-mode CPU must not grow with the load;
+3. IP fragments the node had to reassemble per mirrored datagram (the MTU cost).
+
+Run: ``sudo .venv/bin/python bench/bench_sidecar.py`` (about 90 s; ``--seconds`` per iperf3 run).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))  # run from a checkout
+
+from tests.netns import nslab  # noqa: E402
+
+POD_IP, NODE_IP, PORT = "10.78.0.2", "10.78.0.1", 14789
+SERVER_IP = "10.78.0.3"
+"""iperf3 listens on another node address than the agent's: with --tunnel-mtu the pod's own traffic to
+the agent's address uses the raised route MTU, which no real workload talks to."""
+SINK = (
+    "import socket, sys, signal; s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM); "
+    "s.bind((sys.argv[1], int(sys.argv[2]))); print('ready', flush=True); signal.pause()"
+)
+
+
+def build(lab: nslab.Lab) -> tuple[nslab.Netns, nslab.Netns]:
+    pod, node = lab.netns("bench-pod"), lab.netns("bench-node")
+    lab.veth(pod, "eth0", node, "vpod")
+    lab.addr(pod, "eth0", f"{POD_IP}/24")
+    lab.addr(node, "vpod", f"{NODE_IP}/24")
+    lab.addr(node, "vpod", f"{SERVER_IP}/24")
+    sink = lab.popen(node, sys.executable, "-c", SINK, NODE_IP, str(PORT), stdout=subprocess.PIPE)
+    assert sink.stdout is not None and sink.stdout.readline().strip() == b"ready"
+    lab.popen(
+        node,
+        "iperf3",
+        "-s",
+        "-B",
+        SERVER_IP,
+        "-p",
+        "5201",
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    nslab.wait_for(lambda: ":5201" in lab.run(node, "ss", "-ltn").stdout, 5, message="iperf3 server")
+    return pod, node
+
+
+def iperf(lab: nslab.Lab, pod: nslab.Netns, seconds: float, *args: str) -> dict[str, object]:
+    out = lab.run(
+        pod, "iperf3", "-c", SERVER_IP, "-p", "5201", "-t", str(seconds), "-J", *args, timeout=seconds + 30
+    ).stdout
+    return json.loads(out)  # type: ignore[no-any-return]
+
+
+def tcp_gbps(lab: nslab.Lab, pod: nslab.Netns, seconds: float) -> float:
+    doc = iperf(lab, pod, seconds)
+    return float(doc["end"]["sum_received"]["bits_per_second"]) / 1e9  # type: ignore[index]
+
+
+def udp_pps(lab: nslab.Lab, pod: nslab.Netns, seconds: float, rate: str = "0") -> float:
+    doc = iperf(lab, pod, seconds, "-u", "-l", "64", "-b", rate)
+    s = doc["end"]["sum"]  # type: ignore[index]
+    return (s["packets"] - s["lost_packets"]) / s["seconds"]  # type: ignore[no-any-return]
+
+
+def reassembly_requests(lab: nslab.Lab, node: nslab.Netns) -> int:
+    lines = lab.run(node, "cat", "/proc/net/snmp").stdout.splitlines()
+    names, values = [line.split() for line in lines if line.startswith("Ip:")][:2]
+    return int(values[names.index("ReasmReqds")])
+
+
+def udp_in(lab: nslab.Lab, node: nslab.Netns) -> int:
+    lines = lab.run(node, "cat", "/proc/net/snmp").stdout.splitlines()
+    names, values = [line.split() for line in lines if line.startswith("Udp:")][:2]
+    return int(values[names.index("InDatagrams")]) + int(values[names.index("RcvbufErrors")])
+
+
+class Sidecar:
+    def __init__(self, lab: nslab.Lab, pod: nslab.Netns, mode: str, *extra: str) -> None:
+        self.lab, self.log = lab, Path(f"/tmp/pmsc-bench-{mode}.log")
+        self.proc = lab.popen(
+            pod,
+            sys.executable,
+            "-m",
+            "sidecar_lite",
+            "--agent",
+            f"{NODE_IP}:{PORT}",
+            "--mode",
+            mode,
+            *extra,
+            cwd=ROOT,
+            stderr=self.log.open("wb"),
+        )
+        nslab.wait_for(
+            lambda: "mirroring eth0" in self.log.read_text() or self.proc.poll() is not None,
+            15,
+            message="sidecar",
+        )
+        if self.proc.poll() is not None:
+            raise RuntimeError(self.log.read_text())
+
+    def cpu_seconds(self) -> float:
+        fields = Path(f"/proc/{self.proc.pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+    def rss_mib(self) -> float:
+        for line in Path(f"/proc/{self.proc.pid}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024
+        return float("nan")
+
+    def stop(self) -> str:
+        code = self.lab.stop(self.proc, signal.SIGTERM, timeout=15)
+        assert code == 0, self.log.read_text()
+        return self.log.read_text().strip().splitlines()[-1]
+
+
+def throughput(lab: nslab.Lab, pod: nslab.Netns, node: nslab.Netns, seconds: float) -> None:
+    print(f"\n1) pod throughput, {seconds:.0f} s per run (ratios to no mirroring)")
+    print(f"{'setup':34} {'TCP Gbit/s':>10} {'ratio':>6} {'UDP64 kpps':>10} {'ratio':>6} {'frags/dgram':>11}")
+    base_tcp, base_udp = tcp_gbps(lab, pod, seconds), udp_pps(lab, pod, seconds)
+    print(f"{'no mirroring':34} {base_tcp:10.2f} {1:6.2f} {base_udp / 1e3:10.1f} {1:6.2f} {'-':>11}")
+    setups = [
+        ("kernel, MTU 1500 (fragments)", "kernel", (), None),
+        ("kernel, --tunnel-mtu 1600, node 1600", "kernel", ("--tunnel-mtu", "1600"), 1600),
+        ("sniff", "sniff", (), None),
+    ]
+    for label, mode, extra, node_mtu in setups:
+        if node_mtu:
+            lab.run(node, "ip", "link", "set", "vpod", "mtu", str(node_mtu))
+        sidecar = Sidecar(lab, pod, mode, *extra)
+        reasm, dgrams = reassembly_requests(lab, node), udp_in(lab, node)
+        tcp = tcp_gbps(lab, pod, seconds)
+        frags = (reassembly_requests(lab, node) - reasm) / max(1, udp_in(lab, node) - dgrams)
+        udp = udp_pps(lab, pod, seconds)
+        last = sidecar.stop()
+        if node_mtu:
+            lab.run(node, "ip", "link", "set", "vpod", "mtu", "1500")
+        print(
+            f"{label:34} {tcp:10.2f} {tcp / base_tcp:6.2f} {udp / 1e3:10.1f} {udp / base_udp:6.2f}"
+            f" {frags:11.2f}"
+        )
+        if mode == "sniff":
+            print(f"{'':34} sniff counters: {last.split('stopped: ')[-1]}")
+
+
+def cpu(lab: nslab.Lab, pod: nslab.Netns, seconds: float) -> None:
+    print(f"\n2) sidecar process at fixed offered load (UDP 64 B, {seconds:.0f} s each)")
+    print(f"{'mode':8} {'offered pps':>11} {'CPU s':>7} {'CPU %':>6} {'RSS MiB':>8}")
+    for mode in ("kernel", "sniff"):
+        sidecar = Sidecar(lab, pod, mode)
+        for pps in (5_000, 40_000):
+            before = sidecar.cpu_seconds()
+            udp_pps(lab, pod, seconds, rate=str(pps * 64 * 8))
+            used = sidecar.cpu_seconds() - before
+            print(f"{mode:8} {pps:11,} {used:7.2f} {100 * used / seconds:6.1f} {sidecar.rss_mib():8.1f}")
+        sidecar.stop()
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--seconds", type=float, default=4.0, help="seconds per iperf3 run (default 4)")
+    args = parser.parse_args()
+    if os.geteuid() != 0:
+        print("needs root (network namespaces)", file=sys.stderr)
+        return 2
+    started = time.monotonic()
+    with nslab.Lab("pmsc-") as lab:
+        pod, node = build(lab)
+        throughput(lab, pod, node, args.seconds)
+        cpu(lab, pod, args.seconds)
+    print(
+        f"\n(bench took {time.monotonic() - started:.0f} s;"
+        f" kernel {os.uname().release}, {os.cpu_count()} CPUs)"
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
