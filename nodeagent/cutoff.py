@@ -4,8 +4,9 @@ Model. A sensor learns little from the body of an encrypted flow, but much from 
 (SNI, certificates, JA3/JA4, SSH banners) and from its headers (duration and byte counts come from
 TCP sequence numbers, which Zeek reads). Per flow and per direction, ``Cutoff.apply`` forwards the
 first ``budget`` payload bytes whole; past the budget an encrypted flow's packets are cut to their
-headers (``after="headers"``: Ethernet + IP + TCP/UDP kept, payload removed, the record keeps its
-original length as pcap does) or dropped (``after="drop"``: ``CUT_OFF``; packets with SYN, FIN or
+headers (``after="headers"``: Ethernet + IP + TCP/UDP kept, payload removed, lengths and
+checksums fixed so the result is a valid packet; the record keeps its original length, see
+``headers_only``) or dropped (``after="drop"``: ``CUT_OFF``; packets with SYN, FIN or
 RST are still forwarded, cut to headers, so the sensor sees the connection open and close).
 
 Detection, on the first payload of each direction of a flow (later payloads are never inspected:
@@ -23,7 +24,10 @@ handshake): it is then forwarded whole, never lost. Pure: ``now`` comes from the
 
 from __future__ import annotations
 
+import struct
+
 from nodeagent.flowtable import FlowTable
+from nodeagent.wire import normalize
 from nodeagent.wire.headers import IPPROTO_TCP, IPPROTO_UDP, TCP_FIN, TCP_RST, TCP_SYN, PacketMeta
 
 HEADERS, DROP = "headers", "drop"
@@ -33,6 +37,7 @@ CUT = -1
 QUIC_VERSIONS = frozenset({0x00000001, 0x6B3343CF} | {0xFF000000 + d for d in range(29, 35)})
 """QUIC v1, v2 and drafts 29-34 (what deployed stacks still send)."""
 _CONTROL = TCP_SYN | TCP_FIN | TCP_RST
+_U16 = struct.Struct("!H")
 
 
 class _Flow:
@@ -84,6 +89,29 @@ class Cutoff:
         if self._drop and not (proto == IPPROTO_TCP and meta.tcp_flags & _CONTROL):
             return CUT
         return meta.payload if size else FORWARD
+
+
+def headers_only(frame: memoryview | bytes, meta: PacketMeta) -> bytearray:
+    """The frame cut to its headers as a valid packet: IP and UDP lengths and every checksum fixed.
+
+    Why not pcap-style truncation: over VXLAN a sensor gets no capture length, so an IP length that
+    promises a payload the frame lacks reads as a malformed packet (Zeek: ``truncated_IP``) and a
+    checksum over the missing payload as a corrupt one (Zeek drops those). The record keeps the
+    original length in ``Forward.wire_len``; TCP sequence numbers still tell the bytes sent.
+    """
+    out = bytearray(frame[: meta.payload])
+    l3, l4 = meta.l3, meta.l4
+    if meta.version == 4:
+        _U16.pack_into(out, l3 + 2, meta.payload - l3)
+        _U16.pack_into(out, l3 + 10, 0)
+        _U16.pack_into(out, l3 + 10, normalize.finish(normalize.ones_sum(out[l3 : l4])))
+    else:
+        _U16.pack_into(out, l3 + 4, meta.payload - l3 - 40)
+    if meta.proto == IPPROTO_UDP:
+        _U16.pack_into(out, l4 + 4, meta.payload - l4)
+    cut = meta._replace(end=meta.payload)
+    _U16.pack_into(out, normalize.checksum_offset(cut), normalize.l4_checksum(out, cut, meta.payload))
+    return out
 
 
 def _is_encrypted(meta: PacketMeta, frame: memoryview | bytes) -> bool:

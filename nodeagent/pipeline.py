@@ -102,7 +102,7 @@ class Pipeline:
                 return self._drop(counters, Drop.CUT_OFF, size, CUTOFF)
             if cut and cut < len(inner):
                 stats.save(CUTOFF, len(inner) - cut)
-                inner = inner[:cut]
+                inner = memoryview(cutoff_mod.headers_only(inner, meta))
         if keep and keep < len(inner):
             stats.save(SLICE, len(inner) - keep)
             inner = inner[:keep]

@@ -105,6 +105,7 @@ def test_encrypted_flow_is_cut_to_headers_and_counted() -> None:
     assert isinstance(pipeline.process(datagram(hello, CLIENT), CLIENT_IP, now=0.0), Forward)
     verdict = pipeline.process(datagram(data, CLIENT), CLIENT_IP, now=0.01)
     assert isinstance(verdict, Forward) and len(verdict.frame) == 54 and verdict.wire_len == len(bytes(data))
+    assert verdict.frame[16:18] == b"\x00\x28"  # IPv4 total length: headers only
     assert stats.saved_bytes["cutoff"] == 400 and balanced(stats)
 
 
