@@ -138,7 +138,8 @@ def drive(r: Run, args: argparse.Namespace) -> None:
     t0 = time.monotonic()
     rounds = 0
     while (elapsed := time.monotonic() - t0) < args.duration or rounds == 0:
-        for client, server in [(r.client, r.web), (r.egress, r.ext)] + [(p, r.web) for p in r.extra]:
+        pairs: list[tuple[Pod, Pod | Host]] = [(r.client, r.web), (r.egress, r.ext)]
+        for client, server in pairs + [(p, r.web) for p in r.extra]:
             for k, v in work.client(client, server).items():
                 r.totals[k] = r.totals.get(k, 0) + v
         if rounds == 1 or (rounds == 0 and args.duration < 2 * args.iperf_seconds):

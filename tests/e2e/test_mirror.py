@@ -158,6 +158,8 @@ def test_every_pod_packet_reaches_the_sensor_exactly_once(mirrored: Any) -> None
     assert capture.diff(truth, r.sensor) == {}
     for kind in ("tcp", "udp", "icmp", "icmpv6"):
         assert truth.count(kind) > 0, f"no {kind} in the ground truth: the workload is incomplete"
+    assert any(":" in k[1] for k in truth.tcp_bytes), "no IPv6 TCP in the ground truth"
+    assert any(k[0] == "udp" and ":" in k[1] for k in truth.packets), "no IPv6 UDP (DNS) in the ground truth"
     assert r.sensor_counts.get("nested", 0) == 0, "VXLAN inside VXLAN: a mirror loop"
     assert r.sensor_counts.get("fragments", 0) == 0
 
