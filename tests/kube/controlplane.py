@@ -21,7 +21,7 @@ import subprocess
 import tempfile
 import time
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 from cryptography.hazmat.primitives import serialization
@@ -58,8 +58,9 @@ def _free_port() -> int:
 
 
 class ControlPlane:
-    def __init__(self, workdir: str) -> None:
+    def __init__(self, workdir: str, extra_args: Sequence[str] = ()) -> None:
         self.workdir = workdir
+        self.extra_args = list(extra_args)
         self.url = ""
         self.kubeconfig = ""
         self._procs: list[subprocess.Popen[bytes]] = []
@@ -89,7 +90,7 @@ class ControlPlane:
             "--service-account-signing-key-file", key_file,
             "--service-account-issuer", "https://kubernetes.default.svc",
             "--service-cluster-ip-range", "10.96.0.0/16", "--disable-admission-plugins", "ServiceAccount",
-            "--enable-priority-and-fairness=false", "--watch-cache=true", "--v", "0"])
+            "--enable-priority-and-fairness=false", "--v", "0", *self.extra_args])
         self.url = f"https://127.0.0.1:{api_port}"
         self._wait_ready(deadline=time.monotonic() + 90)
         self.kubeconfig = self.kubeconfig_for(TOKEN, "admin")
@@ -175,9 +176,10 @@ def create_running_pod(core: Any, namespace: str, name: str, *, node: str, ip: s
 
 
 @contextlib.contextmanager
-def running() -> Iterator[ControlPlane]:
+def running(extra_args: Sequence[str] = ()) -> Iterator[ControlPlane]:
+    """A started control plane; ``extra_args`` go to kube-apiserver."""
     workdir = tempfile.mkdtemp(prefix="pmk8-cp-")
-    plane = ControlPlane(workdir)
+    plane = ControlPlane(workdir, extra_args)
     try:
         plane.start()
         yield plane

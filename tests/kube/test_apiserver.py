@@ -13,6 +13,7 @@ One control plane per module (~8 s to start). What it proves, beyond the fake AP
 from __future__ import annotations
 
 import asyncio
+import itertools
 import json
 import os
 import pathlib
@@ -31,8 +32,8 @@ import kubernetes.config
 import pytest
 import yaml
 
-from nodeagent.adapters.kube import KubeWatcher, watch_specs
-from nodeagent.kubepods import PodTable
+from nodeagent.adapters.kube import Gone, KubeWatcher, PodStream, WatchSpec, watch_specs
+from nodeagent.kubepods import LOCAL, PodTable
 from nodeagent.pods import PodIndex
 from nodeagent.webhook.inject import SIDECAR_NAME
 from tests.kube import controlplane
@@ -306,3 +307,21 @@ def test_nodeagent_run_takes_its_pod_table_from_the_apiserver(installed: control
             code = proc.wait(timeout=20)
             log.close()
         assert code == 0  # SIGTERM: flush and exit 0
+
+
+def test_a_compacted_resource_version_is_recognised_as_gone() -> None:
+    """The real apiserver's 410 (watch served from etcd, compacted every second) is what
+    ``PodStream`` turns into a relist; the fake API tier tests the relist itself."""
+    with controlplane.running(["--watch-cache=false", "--etcd-compaction-interval=1s"]) as plane:
+        with admin(plane) as client:
+            core = kubernetes.client.CoreV1Api(client)
+            core.create_namespace({"metadata": {"name": "churn"}})
+            first = core.create_namespaced_pod("churn", _pod("p", "node-z", {})).metadata.resource_version
+            stream = PodStream(core, WatchSpec(LOCAL, field_selector="spec.nodeName=node-z"),
+                               lambda *event: None, timeout=1)
+            deadline = time.monotonic() + 30
+            with pytest.raises(Gone, match="too old"):
+                for i in itertools.count():  # each change is a new revision; compaction follows
+                    assert time.monotonic() < deadline, "never compacted"
+                    core.patch_namespaced_pod("p", "churn", {"metadata": {"labels": {"i": str(i)}}})
+                    stream._watch(first)  # returns after its 1 s timeout until `first` is compacted
