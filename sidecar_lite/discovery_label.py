@@ -20,18 +20,22 @@ from sidecar_lite.settings import Settings
 def find_agent(settings: Settings) -> str:
     from kubernetes import client, config  # heavy: imported only in label mode
 
+    if not settings.pod.node_name:
+        raise DiscoveryError("label discovery needs NODE_NAME (downward API spec.nodeName)")
     try:
         config.load_incluster_config()  # type: ignore[no-untyped-call]
     except config.ConfigException:
-        config.load_kube_config()  # type: ignore[no-untyped-call]
-    if not settings.pod.node_name:
-        raise DiscoveryError("label discovery needs NODE_NAME (downward API spec.nodeName)")
+        config.load_kube_config(config_file=settings.kubeconfig)  # type: ignore[no-untyped-call]
     namespace = settings.agent_namespace or "default"
-    pods = client.CoreV1Api().list_namespaced_pod(
-        namespace,
-        label_selector=f"{settings.label_key}={settings.label_value}",
-        field_selector=f"spec.nodeName={settings.pod.node_name}",
-    )
+    try:
+        pods = client.CoreV1Api().list_namespaced_pod(
+            namespace,
+            label_selector=f"{settings.label_key}={settings.label_value}",
+            field_selector=f"spec.nodeName={settings.pod.node_name}",
+            _request_timeout=10,
+        )
+    except Exception as exc:  # API errors, refused connections, timeouts: the caller retries
+        raise DiscoveryError(f"listing pods in {namespace}: {exc}") from exc
     return choose(pods.items, settings)
 
 

@@ -59,6 +59,8 @@ class Settings:
     label_value: str | None = None
     label_key: str = "run"
     agent_namespace: str | None = None
+    kubeconfig: str | None = None
+    """Label mode outside a cluster only (``KUBECONFIG``); in a pod the service account is used."""
     rules_url: str | None = None
     """Push-down endpoint (``http://HOST:9477/v1/pushdown``); ``{agent_host}`` is substituted."""
     rules_interval: float = 10.0
@@ -151,6 +153,7 @@ def parse(argv: Sequence[str], env: Mapping[str, str]) -> Settings:
         label_value=sensor if discovery == "label" else None,
         label_key=env.get("PODMIRROR_LABEL_KEY") or "run",
         agent_namespace=env.get("PODMIRROR_AGENT_NAMESPACE") or pod.namespace,
+        kubeconfig=env.get("KUBECONFIG") or None,
         rules_url=args.rules_url or env.get("PODMIRROR_RULES_URL") or None,
         rules_interval=_float(args.rules_interval, env, "PODMIRROR_RULES_INTERVAL", 10.0),
         verify_interval=_float(args.verify_interval, env, "PODMIRROR_VERIFY_INTERVAL", 3.0),
