@@ -45,6 +45,8 @@ class Run:
     sidecars: dict[str, subprocess.Popen[bytes]] = dataclasses.field(default_factory=dict)
     sensor_dump: subprocess.Popen[bytes] | None = None
     uplink_before: dict[str, int] = dataclasses.field(default_factory=dict)
+    mirrored_before: dict[str, int | None] = dataclasses.field(default_factory=dict)
+    received_before: dict[str, int] = dataclasses.field(default_factory=dict)
     totals: dict[str, int] = dataclasses.field(default_factory=dict)
     iperf: dict[str, Any] = dataclasses.field(default_factory=dict)
 
@@ -128,6 +130,8 @@ def start(r: Run, args: argparse.Namespace) -> None:
         podmirror.wait_mirroring(r.lab, r.agent, pod, r.sidecars[pod.key])
     say(f"{len(r.sidecars)} sidecars mirroring ({args.sidecar_mode} mode)")
     r.uplink_before = r.lab.counters(r.node.ns, "uplink")
+    r.mirrored_before = {pod.key: r.lab.tunnel_tx_packets(pod) for pod in r.node.pods}
+    r.received_before = {k: c["received"] for k, c in r.agent.status()["pods"].items()}
 
 
 def drive(r: Run, args: argparse.Namespace) -> None:
@@ -172,6 +176,7 @@ def summarize(r: Run, args: argparse.Namespace) -> None:
               f"{c['forwarded']:>10} {sum(c['drops'].values()):>8}")
     print(f"agent totals: received {st['received']} = forwarded {st['forwarded']} + drops "
           f"{ {k: v for k, v in st['drops'].items() if v} or 0}")
+    coverage(r, st)
     print(f"agent socket: {st.get('socket', {})} (kernel_drops: datagrams lost before the agent read them)")
     for name, state in st.get("outputs", {}).items():
         print(f"output {name}: {state}")
@@ -191,6 +196,20 @@ def summarize(r: Run, args: argparse.Namespace) -> None:
     pcaps = sorted((r.out / "pcap").glob("*"))
     print(f"agent pcap files ({len(pcaps)}): {r.out / 'pcap'}  e.g. tshark -r {pcaps[0] if pcaps else '...'}")
     print(f"sensor capture: {r.out / 'sensor.pcap'}; logs: {r.out}/*.log")
+
+
+def coverage(r: Run, st: dict[str, Any]) -> None:
+    """Kernel mode: packets the pods' VXLAN devices sent during the traffic vs what the agent got."""
+    sent = received = 0
+    for pod in r.node.pods:
+        before, after = r.mirrored_before.get(pod.key), r.lab.tunnel_tx_packets(pod)
+        if before is None or after is None:
+            return
+        sent += after - before
+        received += st["pods"][pod.key]["received"] - r.received_before.get(pod.key, 0)
+    lost = sent - received
+    print(f"tunnel during traffic: sidecars' VXLAN devices sent {sent} packets, the agent received {received}"
+          f" ({lost} lost on the way{', see kernel_drops' if lost else ''})")
 
 
 def finish(r: Run) -> None:

@@ -160,6 +160,14 @@ class Lab:
                  if line.startswith("Ip:")]
         return {k: int(v) for k, v in zip(lines[0][1:], lines[1][1:], strict=True)}
 
+    def tunnel_tx_packets(self, pod: Pod) -> int | None:
+        """Packets the pod's kernel-mode VXLAN device(s) sent (None: no such device, e.g. sniff mode)."""
+        devs = [line.split(":")[1].strip().split("@")[0]
+                for line in self.ns.ip(pod.ns, "-o", "link", "show", "type", "vxlan").splitlines()]
+        if not devs:
+            return None
+        return sum(self.counters(pod.ns, dev)["tx_packets"] for dev in devs)
+
     def mac(self, ns: str, dev: str) -> str:
         return self.ns.exec(ns, ["cat", f"/sys/class/net/{dev}/address"]).stdout.strip()
 
