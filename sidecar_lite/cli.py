@@ -53,7 +53,7 @@ def _run(cfg: settings.Settings, stop: Stopper) -> int:
     if mode == "kernel":
         try:
             runner.run_kernel(target, _poller(cfg, pod_ip, vni, "kernel", agent_ip), stop,
-                              cfg.verify_interval, cfg.rules_interval)
+                              cfg.verify_interval, cfg.rules_interval, cfg.stats_interval)
             return 0
         except Exception as exc:  # set-up refused: only auto may fall back
             if cfg.mode == "kernel":

@@ -111,6 +111,14 @@ class Kernel:
             elif step.action == "set-route" and plan.route is not None:
                 self._set_route(plan.route)
 
+    def tunnel_counters(self, name: str) -> dict[str, int]:
+        """The VXLAN device's transmit counters (GSO super-packets count once)."""
+        for msg in self._ipr.get_links(ifname=name):
+            stats = msg.get_attr("IFLA_STATS64")
+            if stats is not None:
+                return {k: int(stats[k]) for k in ("tx_packets", "tx_bytes", "tx_dropped", "tx_errors")}
+        return {}
+
     def apply(self, plan: MirrorPlan) -> tuple[Step, ...]:
         """Make the kernel match ``plan``; returns the steps that were needed (() when intact)."""
         steps = planmod.diff(plan, self.observe(plan))

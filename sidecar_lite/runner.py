@@ -39,8 +39,21 @@ def build_plan(t: Target, pushed: bpf.Program | None) -> plan.MirrorPlan:
                       pushed=pushed, tunnel_mtu=t.tunnel_mtu)
 
 
+class Every:
+    """A periodic duty: ``due(now)`` is True once per ``interval`` seconds (monotonic clock)."""
+
+    def __init__(self, interval: float, first: float) -> None:
+        self.interval, self.next = interval, first
+
+    def due(self, now: float) -> bool:
+        if now < self.next:
+            return False
+        self.next = now + self.interval
+        return True
+
+
 def run_kernel(t: Target, poller: Poller | None, stop: Stopper, verify_interval: float,
-               rules_interval: float) -> None:
+               rules_interval: float, stats_interval: float = 60.0) -> None:
     """Apply the plan, keep it in place until stopped, then remove it. Raises if the first apply fails."""
     from sidecar_lite.kernel import Kernel
 
@@ -50,18 +63,20 @@ def run_kernel(t: Target, poller: Poller | None, stop: Stopper, verify_interval:
         steps = kernel.apply(current)
         log.info("kernel mode: mirroring %s to %s:%d vni %d via %s (%d setup steps)", t.interface,
                  t.agent_ip, t.agent_port, t.vni, current.vxlan.name, len(steps))
-        next_verify = next_poll = time.monotonic()
+        start = time.monotonic()
+        verify, stats, poll = (Every(verify_interval, start + verify_interval),
+                               Every(stats_interval, start + stats_interval), Every(rules_interval, start))
+        timers = (verify, stats, poll) if poller else (verify, stats)
         failing: list[str] = []
-        while not stop.wait(min(next_verify, next_poll if poller else next_verify) - time.monotonic()):
+        seen: dict[str, int] = {}
+        while not stop.wait(min(x.next for x in timers) - time.monotonic()):
             now = time.monotonic()
-            if poller and now >= next_poll:
-                next_poll = now + rules_interval
-                update = poller.poll()
-                if update is not None:
-                    current = _install(kernel, t, update)
-            if now >= next_verify:
-                next_verify = now + verify_interval
+            if poller and poll.due(now) and (update := poller.poll()) is not None:
+                current = _install(kernel, t, update)
+            if verify.due(now):
                 _verify(kernel, current, failing)
+            if stats.due(now):
+                seen = _log_tunnel(kernel, current.vxlan.name, seen)
     finally:
         try:
             kernel.teardown(current)
@@ -82,6 +97,22 @@ def _install(kernel: Kernel, t: Target, update: Pushdown) -> plan.MirrorPlan:
     log.info("push-down version %r installed (%s)", update.version,
              "mirror all" if update.program is None else f"{len(update.program)} insns")
     return new
+
+
+def _log_tunnel(kernel: Kernel, name: str, before: dict[str, int]) -> dict[str, int]:
+    """Log the tunnel device's counters; warn when it dropped or failed to send since last time."""
+    try:
+        now = kernel.tunnel_counters(name)
+    except Exception as exc:  # counters are informational: never end the mirror over them
+        log.error("tunnel counters unavailable: %s", exc)
+        return before
+    lost = sum(now.get(k, 0) - before.get(k, 0) for k in ("tx_dropped", "tx_errors"))
+    line = " ".join(f"{k}={v}" for k, v in now.items())
+    if lost > 0:
+        log.warning("tunnel %s lost %d packets since the last report: %s", name, lost, line)
+    else:
+        log.info("tunnel %s counters: %s", name, line)
+    return now
 
 
 def _verify(kernel: Kernel, current: plan.MirrorPlan, failing: list[str]) -> None:
@@ -105,17 +136,14 @@ def run_sniff(t: Target, poller: Poller | None, stop: Stopper, rules_interval: f
     program = bpf.mirror_program(t.agent_ip, t.agent_port)
     sniffer = Sniffer(t.interface, (t.agent_ip, t.agent_port), t.vni, program)
     log.info("sniff mode: mirroring %s to %s:%d vni %d", t.interface, t.agent_ip, t.agent_port, t.vni)
-    due = {"poll": 0.0, "stats": time.monotonic() + stats_interval}
+    start = time.monotonic()
+    poll, stats = Every(rules_interval, start), Every(stats_interval, start + stats_interval)
 
     def tick(now: float) -> None:
-        if poller and now >= due["poll"]:
-            due["poll"] = now + rules_interval
-            update = poller.poll()
-            if update is not None:
-                sniffer.set_program(bpf.mirror_program(t.agent_ip, t.agent_port, update.program))
-                log.info("push-down version %r installed in the socket filter", update.version)
-        if now >= due["stats"]:
-            due["stats"] = now + stats_interval
+        if poller and poll.due(now) and (update := poller.poll()) is not None:
+            sniffer.set_program(bpf.mirror_program(t.agent_ip, t.agent_port, update.program))
+            log.info("push-down version %r installed in the socket filter", update.version)
+        if stats.due(now):
             log.info("sniff counters: %s", sniffer.counters.line())
 
     try:

@@ -68,7 +68,7 @@ class Settings:
     verify_interval: float = 3.0
     """Seconds between kernel-state checks: how long a deleted filter may stay missing."""
     stats_interval: float = 60.0
-    """Seconds between counter log lines in sniff mode."""
+    """Seconds between counter log lines (sniff: capture/send counters; kernel: tunnel device)."""
     tunnel_mtu: int | None = None
     """If set, a locked route MTU to the agent (needs the node side of the veth raised too)."""
     pod: PodIdentity = PodIdentity()

@@ -80,7 +80,7 @@ def test_restart_after_a_kill_reuses_the_leftovers(podlab: PodLab) -> None:
 
 
 def test_removed_filter_qdisc_and_device_are_repaired(podlab: PodLab) -> None:
-    proc, log = podlab.start_sidecar("kernel", "--verify-interval", "0.2")
+    proc, log = podlab.start_sidecar("kernel", "--verify-interval", "0.2", "--stats-interval", "0.2")
     run = podlab.lab.run
     for n, damage in enumerate(
         (
@@ -99,6 +99,7 @@ def test_removed_filter_qdisc_and_device_are_repaired(podlab: PodLab) -> None:
         )
         assert_pings_mirrored_once(podlab)
     assert "bpf" in tc_filters(podlab, DEVICE, "ingress")
+    assert f"tunnel {DEVICE} counters: tx_packets=" in log.read_text()
     assert podlab.stop_sidecar(proc) == 0
 
 

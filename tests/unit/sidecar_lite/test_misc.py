@@ -54,3 +54,17 @@ def test_label_discovery_picks_the_first_running_agent_by_name() -> None:
     assert discovery_label.choose(pods, s) == "10.0.0.2"
     with pytest.raises(discovery.DiscoveryError, match="n1"):
         discovery_label.choose([_pod("a", "Pending", None)], s)
+
+
+def test_every_is_due_once_per_interval() -> None:
+    from sidecar_lite.runner import Every
+
+    every = Every(10.0, first=5.0)
+    assert [every.due(t) for t in (0.0, 5.0, 6.0, 14.9, 15.0, 15.1)] == [
+        False,
+        True,
+        False,
+        False,
+        True,
+        False,
+    ]
