@@ -157,8 +157,8 @@ class PodTable:
         entries = self._sources[source]
         old = entries.get(key)
         if old is not None and (info is None or old.info.ip != info.ip):
-            current = self._index.sender(old.info.ip) or self._index.by_addr(old.info.addr)
-            if current is not None and current.key == key:
+            current = self._index.by_addr(old.info.addr)
+            if current is not None and current.key == key:  # the address may be another pod's now
                 self._index.remove(old.info.ip)
         if info is None:
             entries.pop(key, None)
