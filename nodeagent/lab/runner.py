@@ -26,6 +26,8 @@ from nodeagent.lab.netns import LabError
 from nodeagent.lab.topology import Host, Lab, Node, Pod
 from nodeagent.lab.workload import Workload
 
+PROGRESS_EVERY = 2.0
+"""Seconds between two progress lines."""
 MIN_UNFRAGMENTED_MTU = 1550
 """1500-byte frames + 50 bytes of VXLAN over IPv4: the node MTU below which the tunnel fragments."""
 
@@ -140,16 +142,19 @@ def drive(r: Run, args: argparse.Namespace) -> None:
     work.start_servers(r.ext, iperf=False)
     say(f"traffic for {args.duration:.0f}s: HTTP, DNS/UDP, TLS, ICMP(v6); one iperf3 TCP bulk transfer")
     t0 = time.monotonic()
-    rounds = 0
+    rounds, shown = 0, -PROGRESS_EVERY
     while (elapsed := time.monotonic() - t0) < args.duration or rounds == 0:
         pairs: list[tuple[Pod, Pod | Host]] = [(r.client, r.web), (r.egress, r.ext)]
         for client, server in pairs + [(p, r.web) for p in r.extra]:
             for k, v in work.client(client, server).items():
                 r.totals[k] = r.totals.get(k, 0) + v
-        if rounds == 1 or (rounds == 0 and args.duration < 2 * args.iperf_seconds):
+        # One bulk transfer, after a first round of small exchanges when the duration allows it.
+        if not r.iperf and (rounds == 1 or args.duration < 2 * args.iperf_seconds):
             r.iperf = work.iperf(r.client, r.web, seconds=args.iperf_seconds, bitrate=args.iperf_rate)
         rounds += 1
-        progress(r, elapsed)
+        if elapsed - shown >= PROGRESS_EVERY:
+            progress(r, elapsed)
+            shown = elapsed
 
 
 def progress(r: Run, elapsed: float) -> None:
@@ -179,7 +184,9 @@ def summarize(r: Run, args: argparse.Namespace) -> None:
     coverage(r, st)
     print(f"agent socket: {st.get('socket', {})} (kernel_drops: datagrams lost before the agent read them)")
     for name, state in st.get("outputs", {}).items():
-        print(f"output {name}: {state}")
+        print(f"output {name}: {compact(state)}")
+        for sensor in state.get("sensors", []) if isinstance(state, dict) else []:
+            print(f"    sensor {compact(sensor)}")
     if r.iperf:
         print(f"iperf3 client -> web: {r.iperf['bps'] / 1e9:.2f} Gbit/s, {r.iperf['bytes'] / 1e6:.0f} MB")
     print(f"node uplink during traffic: tx {up['tx_bytes'] - r.uplink_before['tx_bytes']} bytes, "
@@ -196,6 +203,14 @@ def summarize(r: Run, args: argparse.Namespace) -> None:
     pcaps = sorted((r.out / "pcap").glob("*"))
     print(f"agent pcap files ({len(pcaps)}): {r.out / 'pcap'}  e.g. tshark -r {pcaps[0] if pcaps else '...'}")
     print(f"sensor capture: {r.out / 'sensor.pcap'}; logs: {r.out}/*.log")
+
+
+def compact(state: Any) -> str:
+    """An output's state on one line: its scalar fields, without the empty ones."""
+    if not isinstance(state, dict):
+        return str(state)
+    return ", ".join(f"{k}={v}" for k, v in state.items()
+                     if not isinstance(v, (dict, list)) and v not in ("", None)) or "-"
 
 
 def coverage(r: Run, st: dict[str, Any]) -> None:
