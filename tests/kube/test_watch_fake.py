@@ -51,7 +51,7 @@ async def test_list_then_watch_with_node_and_label_selectors(fake_api) -> None:
         await stop(task)
     selectors = {(r.get("fieldSelector"), r.get("labelSelector")) for r in fake.requests}
     assert selectors == {("spec.nodeName=node-a", None), (None, "podmirror.io/monitored=true")}
-    assert fake.open_watches == 0  # stop() closed both streams at once
+    await eventually(lambda: fake.open_watches == 0, timeout=5)  # stop() closed both streams
 
 
 async def test_watch_resumes_from_last_version_after_disconnect(fake_api) -> None:
