@@ -9,6 +9,7 @@ from inside their namespace (polled, with a deadline).
 from __future__ import annotations
 
 import json
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -45,15 +46,16 @@ class Workload:
         for port in ports:
             self._wait_listening(server, port)
 
-    def start_sink(self, host: Endpoint, port: int = 4789) -> None:
+    def start_sink(self, host: Endpoint, port: int = 4789) -> subprocess.Popen[bytes]:
         """A UDP receiver that discards (the sensor's port must be open, or the node gets ICMP errors)."""
         cmd = [sys.executable, "-m", "nodeagent.lab.traffic", "sink", "--port", str(port)]
-        self.lab.ns.spawn(host.ns, cmd)
+        proc = self.lab.ns.spawn(host.ns, cmd)
         deadline = time.monotonic() + 10.0
         while not self.lab.ns.exec(host.ns, ["ss", "-Hnul", f"sport = :{port}"]).stdout.strip():
             if time.monotonic() > deadline:
                 raise LabError(f"{host.name}: the UDP sink on port {port} did not start")
             time.sleep(0.05)
+        return proc
 
     def _wait_listening(self, server: Endpoint, port: int, timeout: float = 15.0) -> None:
         deadline = time.monotonic() + timeout
