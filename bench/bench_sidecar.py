@@ -7,14 +7,15 @@ side competing for the 2 cores), so the figures are the sidecar's and the kernel
 
 Printed, side by side:
 
-1. pod iperf3 bulk TCP (Gbit/s) and 64-byte UDP (received packets/s): no mirroring, kernel mode
-   (default: tunnel packets IP-fragmented by the kernel), kernel mode with ``--tunnel-mtu 1600``
-   and the node side of the veth at MTU 1600 (no fragments), sniff mode; as ratios to no mirroring;
+1. pod iperf3 bulk TCP (Gbit/s) and 64-byte UDP (received packets/s) with mirroring in: kernel
+   mode (default: tunnel packets IP-fragmented by the kernel), kernel mode with ``--tunnel-mtu
+   1600`` and the node side of the veth at MTU 1600 (no fragments), sniff mode; each as the median
+   ratio to a no-mirroring run made just before it (interleaved pairs: the machine is noisy);
 2. the sidecar process's CPU seconds and RSS at fixed offered loads (UDP 64 B at 5k and 40k pps
    for a few seconds), kernel vs sniff: kernel-mode CPU must not grow with the load;
 3. IP fragments the node had to reassemble per mirrored datagram (the MTU cost).
 
-Run: ``sudo .venv/bin/python bench/bench_sidecar.py`` (about 90 s; ``--seconds`` per iperf3 run).
+Run: ``sudo .venv/bin/python bench/bench_sidecar.py`` (about 100 s; ``--seconds``, ``--reps``).
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ import argparse
 import json
 import os
 import signal
+import statistics
 import subprocess
 import sys
 import time
@@ -136,33 +138,50 @@ class Sidecar:
         return self.log.read_text().strip().splitlines()[-1]
 
 
-def throughput(lab: nslab.Lab, pod: nslab.Netns, node: nslab.Netns, seconds: float) -> None:
-    print(f"\n1) pod throughput, {seconds:.0f} s per run (ratios to no mirroring)")
-    print(f"{'setup':34} {'TCP Gbit/s':>10} {'ratio':>6} {'UDP64 kpps':>10} {'ratio':>6} {'frags/dgram':>11}")
-    base_tcp, base_udp = tcp_gbps(lab, pod, seconds), udp_pps(lab, pod, seconds)
-    print(f"{'no mirroring':34} {base_tcp:10.2f} {1:6.2f} {base_udp / 1e3:10.1f} {1:6.2f} {'-':>11}")
+def measure(
+    lab: nslab.Lab, pod: nslab.Netns, node: nslab.Netns, seconds: float
+) -> tuple[float, float, float]:
+    """(TCP Gbit/s, UDP-64 packets/s, IP fragments per tunnel datagram at the node)."""
+    reasm, dgrams = reassembly_requests(lab, node), udp_in(lab, node)
+    tcp = tcp_gbps(lab, pod, seconds)
+    frags = (reassembly_requests(lab, node) - reasm) / max(1, udp_in(lab, node) - dgrams)
+    return tcp, udp_pps(lab, pod, seconds), frags
+
+
+def throughput(lab: nslab.Lab, pod: nslab.Netns, node: nslab.Netns, seconds: float, reps: int) -> None:
+    print(
+        f"\n1) pod throughput: {reps} interleaved pairs (no mirroring, then mirroring), {seconds:.0f} s runs;"
+    )
+    print("   the machine is shared and noisy, so each ratio is against the run just before it (median)")
+    print(f"{'setup':34} {'TCP Gbit/s':>15} {'ratio':>6} {'UDP64 kpps':>15} {'ratio':>6} {'frags/dgram':>11}")
     setups = [
         ("kernel, MTU 1500 (fragments)", "kernel", (), None),
         ("kernel, --tunnel-mtu 1600, node 1600", "kernel", ("--tunnel-mtu", "1600"), 1600),
         ("sniff", "sniff", (), None),
     ]
     for label, mode, extra, node_mtu in setups:
-        if node_mtu:
-            lab.run(node, "ip", "link", "set", "vpod", "mtu", str(node_mtu))
-        sidecar = Sidecar(lab, pod, mode, *extra)
-        reasm, dgrams = reassembly_requests(lab, node), udp_in(lab, node)
-        tcp = tcp_gbps(lab, pod, seconds)
-        frags = (reassembly_requests(lab, node) - reasm) / max(1, udp_in(lab, node) - dgrams)
-        udp = udp_pps(lab, pod, seconds)
-        last = sidecar.stop()
-        if node_mtu:
-            lab.run(node, "ip", "link", "set", "vpod", "mtu", "1500")
-        print(
-            f"{label:34} {tcp:10.2f} {tcp / base_tcp:6.2f} {udp / 1e3:10.1f} {udp / base_udp:6.2f}"
-            f" {frags:11.2f}"
+        rows, last = [], ""
+        for _ in range(reps):
+            base = measure(lab, pod, node, seconds)
+            if node_mtu:
+                lab.run(node, "ip", "link", "set", "vpod", "mtu", str(node_mtu))
+            sidecar = Sidecar(lab, pod, mode, *extra)
+            mirrored = measure(lab, pod, node, seconds)
+            last = sidecar.stop()
+            if node_mtu:
+                lab.run(node, "ip", "link", "set", "vpod", "mtu", "1500")
+            rows.append((base, mirrored))
+        tcp_r = statistics.median(m[0] / b[0] for b, m in rows)
+        udp_r = statistics.median(m[1] / b[1] for b, m in rows)
+        tcp = (
+            f"{statistics.median(b[0] for b, _ in rows):.1f}->{statistics.median(m[0] for _, m in rows):.1f}"
         )
+        base_udp, mirror_udp = (statistics.median(r[i][1] for r in rows) / 1e3 for i in (0, 1))
+        udp = f"{base_udp:.0f}->{mirror_udp:.0f}"
+        frags = statistics.median(m[2] for _, m in rows)
+        print(f"{label:34} {tcp:>15} {tcp_r:6.2f} {udp:>15} {udp_r:6.2f} {frags:11.2f}")
         if mode == "sniff":
-            print(f"{'':34} sniff counters: {last.split('stopped: ')[-1]}")
+            print(f"{'':34} sniff counters (last run): {last.split('stopped: ')[-1]}")
 
 
 def cpu(lab: nslab.Lab, pod: nslab.Netns, seconds: float) -> None:
@@ -182,7 +201,8 @@ def main() -> int:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--seconds", type=float, default=4.0, help="seconds per iperf3 run (default 4)")
+    parser.add_argument("--seconds", type=float, default=2.0, help="seconds per iperf3 run (default 2)")
+    parser.add_argument("--reps", type=int, default=3, help="interleaved pairs per setup (default 3)")
     args = parser.parse_args()
     if os.geteuid() != 0:
         print("needs root (network namespaces)", file=sys.stderr)
@@ -190,8 +210,8 @@ def main() -> int:
     started = time.monotonic()
     with nslab.Lab("pmsc-") as lab:
         pod, node = build(lab)
-        throughput(lab, pod, node, args.seconds)
-        cpu(lab, pod, args.seconds)
+        throughput(lab, pod, node, args.seconds, args.reps)
+        cpu(lab, pod, 4.0)
     print(
         f"\n(bench took {time.monotonic() - started:.0f} s;"
         f" kernel {os.uname().release}, {os.cpu_count()} CPUs)"

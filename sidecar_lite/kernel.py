@@ -70,7 +70,6 @@ class Kernel:
         tc_plugins["bpf"] = _ClsBpf  # process-wide by pyroute2's design; only this process uses it
         self._ipr = IPRoute()
         self._created_clsact: set[str] = set()
-        self._created_route = False
 
     def close(self) -> None:
         self._ipr.close()
@@ -128,17 +127,17 @@ class Kernel:
     def teardown(self, plan: MirrorPlan) -> None:
         """Remove what the plan put in place; leave everything else as it was."""
         links = {link.name: link for link in self._links()}
-        if plan.route and self._created_route:
+        # Our route is recognisable by its locked MTU, also when a killed run left it behind.
+        if plan.route and self._route_mtu(plan.route.dst) == plan.route.mtu:
             self._ignore_missing(self._ipr.route, "del", dst=plan.route.dst, dst_len=32)
         if plan.vxlan.name in links:
             self._ignore_missing(self._ipr.link, "del", index=links[plan.vxlan.name].index)
         iface = links.get(plan.interface)
         if iface is None:
             return
-        for parent in (planmod.INGRESS, planmod.EGRESS):
-            for f in self._our_slot(plan.interface, iface.index):
-                if f.parent == parent and planmod.is_ours(f):
-                    self._del_filter(iface.index, parent)
+        for f in self._our_slot(plan.interface, iface.index):
+            if planmod.is_ours(f):
+                self._del_filter(iface.index, f.parent)
         if plan.interface in self._created_clsact or not self._has_filters(iface.index):
             self._ignore_missing(self._ipr.tc, "del", "clsact", iface.index)
 
@@ -224,7 +223,6 @@ class Kernel:
         if via.get_attr("RTA_GATEWAY"):
             kwargs["gateway"] = via.get_attr("RTA_GATEWAY")
         self._ipr.route("replace", **kwargs)
-        self._created_route = True
 
     @staticmethod
     def _ignore_missing(call: Any, *args: Any, **kwargs: Any) -> None:
@@ -239,7 +237,7 @@ def _observed_filter(ifname: str, parent: int, msg: Any) -> ObservedFilter:
     options = msg.get_attr("TCA_OPTIONS")
     kind = msg.get_attr("TCA_KIND") or ""
     if options is None or kind != "bpf":
-        return ObservedFilter(ifname, parent, kind, None, None, None)
+        return ObservedFilter(ifname, parent, kind, None, None)
     mirror = None
     acts = options.get_attr("TCA_BPF_ACT")
     for _, act in acts["attrs"] if acts is not None else ():
@@ -247,5 +245,4 @@ def _observed_filter(ifname: str, parent: int, msg: Any) -> ObservedFilter:
         parms = opts.get_attr("TCA_MIRRED_PARMS") if opts is not None else None
         if parms is not None:
             mirror = parms["ifindex"]
-    return ObservedFilter(ifname, parent, kind, options.get_attr("TCA_BPF_NAME"),
-                          options.get_attr("TCA_BPF_OPS"), mirror)
+    return ObservedFilter(ifname, parent, kind, options.get_attr("TCA_BPF_OPS"), mirror)

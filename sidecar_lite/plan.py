@@ -105,7 +105,6 @@ class ObservedFilter:
     ifname: str
     parent: int
     kind: str
-    name: str | None
     program: bytes | None
     mirror_ifindex: int | None
 

@@ -69,10 +69,10 @@ def test_stop_leaves_the_pod_namespace_exactly_as_before(podlab: PodLab) -> None
 
 def test_restart_after_a_kill_reuses_the_leftovers(podlab: PodLab) -> None:
     before = snapshot(podlab)
-    first, _ = podlab.start_sidecar("kernel", log_name="first.log")
+    first, _ = podlab.start_sidecar("kernel", "--tunnel-mtu", "1600", log_name="first.log")
     podlab.lab.stop(first, signal.SIGKILL)
     assert DEVICE in snapshot(podlab)  # a crash leaves state behind
-    second, log = podlab.start_sidecar("kernel", log_name="second.log")
+    second, log = podlab.start_sidecar("kernel", "--tunnel-mtu", "1600", log_name="second.log")
     assert "(0 setup steps)" in log.read_text()
     assert_pings_mirrored_once(podlab)
     assert podlab.stop_sidecar(second) == 0

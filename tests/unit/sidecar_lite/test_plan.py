@@ -22,7 +22,7 @@ def in_place(p: plan.MirrorPlan, vx_index: int = 7) -> Observed:
     """What the kernel shows once ``p`` is applied."""
     vx = ObservedLink(p.vxlan.name, vx_index, "vxlan", True, p.vxlan.vni, p.vxlan.remote, p.vxlan.port)
     filters = tuple(
-        ObservedFilter(f.ifname, f.parent, "bpf", None, f.program, None if f.mirror_to is None else vx_index)
+        ObservedFilter(f.ifname, f.parent, "bpf", f.program, None if f.mirror_to is None else vx_index)
         for f in p.filters
     )
     return Observed({"lo": LO, "eth0": ETH0, vx.name: vx}, frozenset({"eth0", vx.name}), filters)
@@ -149,7 +149,7 @@ def test_pushed_program_changes_only_the_two_mirror_filters() -> None:
 def test_someone_elses_filter_in_our_slot_is_replaced() -> None:
     p = desired()
     seen = in_place(p)
-    squatter = ObservedFilter("eth0", plan.INGRESS, "u32", None, None, None)
+    squatter = ObservedFilter("eth0", plan.INGRESS, "u32", None, None)
     seen = dataclasses.replace(seen, filters=(squatter,) + seen.filters[1:])
     assert actions(plan.diff(p, seen)) == [("set-filter", "eth0")]
 
