@@ -167,6 +167,34 @@ def _classify(r: dict[str, str], t: Traffic) -> None:
         t.packets[("other", r["eth.type"], src, dst, r["ip.proto"] or r["ipv6.nxt"], length)] += 1
 
 
+CHECKSUM_FIELDS = ("frame.len", "icmp.type", "icmpv6.type", "ip.checksum.status", "tcp.checksum.status",
+                   "udp.checksum.status", "icmpv6.checksum.status")
+BAD = "0"
+"""Wireshark's checksum status: 0 bad, 1 good, 2 unverified."""
+
+
+def sensor_fitness(path: Path) -> dict[str, int]:
+    """What a sensor would reject in an Ethernet pcap: bad checksums and the largest frame.
+
+    Locally generated TCP/UDP carries only the pseudo-header sum (CHECKSUM_PARTIAL) on veth;
+    Zeek drops such packets and truncates frames past its 9216-byte snap length. ICMP errors are
+    skipped: they quote the offending packet as the node received it, partial checksum included,
+    and no sensor verifies the quote."""
+    cmd = ["tshark", "-n", "-r", str(path), "-T", "fields", "-E", "separator=\t", "-E", "occurrence=f",
+           "-o", "ip.check_checksum:TRUE", "-o", "tcp.check_checksum:TRUE", "-o", "udp.check_checksum:TRUE"]
+    for name in CHECKSUM_FIELDS:
+        cmd += ["-e", name]
+    out = {"frames": 0, "bad_checksums": 0, "max_frame": 0}
+    for line in run(cmd, timeout=120).stdout.splitlines():
+        row = dict(zip(CHECKSUM_FIELDS, line.split("\t"), strict=False))
+        out["frames"] += 1
+        out["max_frame"] = max(out["max_frame"], int(row["frame.len"]))
+        is_error = row["icmp.type"] in ("3", "11", "12") or row["icmpv6.type"] in ("1", "2", "3", "4")
+        statuses = [row[k] for k in CHECKSUM_FIELDS[3:]]
+        out["bad_checksums"] += not is_error and BAD in statuses
+    return out
+
+
 # -- pcap plumbing (the sensor's VXLAN capture -> inner Ethernet frames) -----------------------
 PCAP_HEADER = struct.Struct("<IHHiIII")
 RECORD = struct.Struct("<IIII")

@@ -21,7 +21,7 @@ from pathlib import Path
 from types import FrameType
 from typing import Any
 
-from nodeagent.lab import capture, podmirror
+from nodeagent.lab import capture, kubelab, podmirror
 from nodeagent.lab.netns import LabError
 from nodeagent.lab.topology import Host, Lab, Node, Pod
 from nodeagent.lab.workload import Workload
@@ -51,6 +51,7 @@ class Run:
     received_before: dict[str, int] = dataclasses.field(default_factory=dict)
     totals: dict[str, int] = dataclasses.field(default_factory=dict)
     iperf: dict[str, Any] = dataclasses.field(default_factory=dict)
+    kube: kubelab.KubeLab | None = None
 
 
 def register(subparsers: Any) -> None:
@@ -71,6 +72,9 @@ def configure(p: argparse.ArgumentParser) -> None:
     p.add_argument("--iperf-seconds", type=float, default=3.0)
     p.add_argument("--iperf-rate", default="200M",
                    help="iperf3 bitrate (default 200M, what one agent core forwards; 0 = unlimited)")
+    p.add_argument("--pod-table", choices=("static", "apiserver"), default="static",
+                   help="where the agent learns its pods: --sender flags (static), or a real kube-apiserver "
+                        "in the agent's namespace (apiserver; see nodeagent/lab/kubelab.py)")
 
 
 def _raise_interrupt(signum: int, frame: FrameType | None) -> None:
@@ -80,6 +84,9 @@ def _raise_interrupt(signum: int, frame: FrameType | None) -> None:
 def run(args: argparse.Namespace) -> int:
     if args.pods < 3:
         print("nodeagent lab: --pods must be >= 3", file=sys.stderr)
+        return 2
+    if args.pod_table == "apiserver" and (why := kubelab.missing()):
+        print(f"nodeagent lab: --pod-table apiserver: {why}; run .ci/apiserver.sh first", file=sys.stderr)
         return 2
     out = (args.output or Path(f"podmirror-lab-{time.strftime('%Y%m%d-%H%M%S')}")).resolve()
     out.mkdir(parents=True, exist_ok=True)
@@ -102,6 +109,7 @@ def run(args: argparse.Namespace) -> int:
         return 1
     finally:
         lab.close()
+        kubelab.remove_data(out)
         print(f"lab: removed namespaces {lab.tag}*", flush=True)
 
 
@@ -122,7 +130,14 @@ def build(lab: Lab, args: argparse.Namespace, out: Path) -> Run:
 def start(r: Run, args: argparse.Namespace) -> None:
     Workload(r.lab, r.out).start_sink(r.sensor)
     r.sensor_dump = capture.start_tcpdump(r.lab, r.sensor.ns, "eth0", r.out / "sensor.pcap", "udp port 4789")
-    r.agent = podmirror.start_agent(r.lab, r.node, r.out, sensors=[r.sensor], pcap_dir=r.out / "pcap")
+    if args.pod_table == "apiserver":
+        say("starting etcd and kube-apiserver in the agent's namespace; pods created with kubectl")
+        r.kube = kubelab.setup(r.lab, r.node, r.out)
+    r.agent = podmirror.start_agent(r.lab, r.node, r.out, sensors=[r.sensor], pcap_dir=r.out / "pcap",
+                                    pods=None if r.kube is None else [],
+                                    extra=[] if r.kube is None else r.kube.agent_args)
+    if r.kube is not None:
+        wait_kube_synced(r.agent, r.kube)
     say(f"agent ready at {r.agent.ip} (tunnels :14789, status :9477); sensor {r.sensor.ip}:4789")
     extra = ["--tunnel-mtu", str(args.node_mtu)] if args.node_mtu >= MIN_UNFRAGMENTED_MTU else []
     for pod in r.node.pods:
@@ -134,6 +149,17 @@ def start(r: Run, args: argparse.Namespace) -> None:
     r.uplink_before = r.lab.counters(r.node.ns, "uplink")
     r.mirrored_before = {pod.key: r.lab.tunnel_tx_packets(pod) for pod in r.node.pods}
     r.received_before = {k: c["received"] for k, c in r.agent.status()["pods"].items()}
+
+
+def wait_kube_synced(agent: podmirror.Agent, kube: kubelab.KubeLab, timeout: float = 30.0) -> None:
+    """Sidecars start only once the agent knows every pod from the API (no unknown_sender drops)."""
+    deadline = time.monotonic() + timeout
+    while not kubelab.synced(kube, status := agent.status()):
+        if agent.proc.poll() is not None or time.monotonic() > deadline:
+            raise LabError(f"the agent did not learn {kube.pods} from the API: {status.get('kube')}; "
+                           f"see {agent.log}")
+        time.sleep(0.1)
+    say(kubelab.summary_line(kube, status))
 
 
 def drive(r: Run, args: argparse.Namespace) -> None:
@@ -174,6 +200,7 @@ def summarize(r: Run, args: argparse.Namespace) -> None:
     up = r.lab.counters(r.node.ns, "uplink")
     sensor_rx = r.lab.counters(r.sensor.ns, "eth0")
     print("\n== podmirror lab summary ==")
+    print(kubelab.summary_line(r.kube, st))
     print(f"{'pod (at the agent)':24} {'mode':>7} {'packets':>10} {'bytes':>14} {'forwarded':>10} "
           f"{'dropped':>8}")
     for key, c in sorted(st.get("pods", {}).items()):

@@ -46,6 +46,7 @@ class Result:
     """The monitored pods' eth0 and their node-side veths: the only senders a mirror may copy."""
     reassembled: int
     """Tunnel datagrams the agent's namespace reassembled from IP fragments."""
+    tmp: Path
 
 
 def pod_state(lab: Lab, pod: Pod) -> str:
@@ -123,7 +124,7 @@ def run_mirrored(lab: Lab, tmp: Path, mode: str) -> tuple[Result, dict[str, tupl
     truth = {p.key: capture.decode(tmp / f"truth-{p.name}.pcap") for p in monitored}
     return Result(truth, capture.decode(tmp / "sensor-inner.pcap"), sensor_counts, pcap, received,
                   status, agent_exit, iperf, traffic, dict(capture.source_macs(tmp / "wire-inner.pcap")),
-                  pod_macs, reassembled), after
+                  pod_macs, reassembled, tmp), after
 
 
 @pytest.fixture(scope="module", params=["kernel", "sniff", "kernel-mtu1500"])
@@ -224,3 +225,17 @@ def test_tunnel_fragments_only_when_the_node_mtu_is_not_raised(mirrored: Any) ->
         assert r.reassembled > 0
     elif name == "kernel":
         assert r.reassembled == 0
+
+
+def test_what_reaches_sensor_and_pcap_passes_checksums_and_fits_snap_lengths(mirrored: Any) -> None:
+    """The pods' own TCP/UDP carry partial checksums and 64 KB GSO frames; sensors get neither."""
+    name, r, _ = mirrored
+    truth = capture.sensor_fitness(r.tmp / "truth-client.pcap")
+    assert truth["bad_checksums"] > 0 and truth["max_frame"] > 9216, "the ground truth should show both"
+    outputs = sorted((r.tmp / "pcap").glob("*.pcap"))
+    if "mtu1500" not in name:
+        outputs.append(r.tmp / "sensor-inner.pcap")
+    for path in outputs:
+        fit = capture.sensor_fitness(path)
+        assert fit["bad_checksums"] == 0, f"{path.name}: {fit}"
+        assert fit["max_frame"] <= 1514, f"{path.name}: {fit}"
