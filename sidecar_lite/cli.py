@@ -46,7 +46,11 @@ def _run(cfg: settings.Settings, stop: Stopper) -> int:
     except OSError as exc:
         log.error("interface %s has no IPv4 address (%s)", cfg.interface, exc)
         return 1
-    vni = cfg.vni if cfg.vni is not None else identity.vni_for_address(pod_ip)
+    try:
+        vni = cfg.vni if cfg.vni is not None else identity.vni_for_address(pod_ip)
+    except ValueError as exc:  # an IPv6-only pod: the VNI rule needs IPv4, so it must be given
+        log.error("vni auto: %s; set PODMIRROR_VNI", exc)
+        return 2
     target = runner.Target(cfg.interface, agent_ip, cfg.agent_port, vni, cfg.tunnel_mtu)
     mode = choose_mode(cfg.mode, netinfo.has_net_admin())
     log.info("mode %s (requested %s), pod %s, vni %d (0x%06x)", mode, cfg.mode, pod_ip, vni, vni)

@@ -82,6 +82,8 @@ class Settings:
             raise ConfigError(f"agent port {self.agent_port} is out of range 1..65535")
         if self.agent_host is None and self.discovery != "label":
             raise ConfigError("agent: set --agent HOST:PORT or PODMIRROR_AGENT (or SENSOR)")
+        if self.agent_host and ":" in self.agent_host:
+            raise ConfigError("agent: the tunnel is IPv4 (its exclusion filter matches IPv4), not IPv6")
         if self.discovery == "label" and not self.label_value:
             raise ConfigError("label discovery needs SENSOR=<label value>")
         if self.tunnel_mtu is not None and not 1280 <= self.tunnel_mtu <= 65535:

@@ -68,3 +68,12 @@ def test_every_is_due_once_per_interval() -> None:
         True,
         False,
     ]
+
+
+def test_configuration_error_exits_2(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    for name in ("PODMIRROR_AGENT", "SENSOR", "PODMIRROR_DISCOVERY"):
+        monkeypatch.delenv(name, raising=False)
+    assert cli.main([]) == 2
+    assert "agent" in caplog.text

@@ -113,6 +113,7 @@ def test_vni_auto() -> None:
         ([], {"PODMIRROR_DISCOVERY": "node-ip"}, "NODE_IP"),
         ([], {"PODMIRROR_DISCOVERY": "label"}, "SENSOR"),
         (["--agent", "10.0.0.1", "--tunnel-mtu", "100"], {}, "tunnel-mtu"),
+        (["--agent", "[fd00::1]:14789"], {}, "IPv4"),
         (["--agent", "10.0.0.1", "--rules-interval", "0"], {}, "rules-interval"),
         (["--agent", "10.0.0.1"], {"PODMIRROR_RULES_INTERVAL": "soon"}, "PODMIRROR_RULES_INTERVAL"),
         (["--agent", "10.0.0.1", "--interface", "a-very-long-interface-name"], {}, "interface"),
