@@ -28,6 +28,8 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 CLONE_NEWNET = 0x40000000
+OWNERS = Path("/run/podmirror-lab")
+"""One file per live lab, named by its tag, holding the owner's PID (for ``reap_stale``)."""
 _libc = ctypes.CDLL(None, use_errno=True)
 _setns_lock = threading.Lock()
 
@@ -67,6 +69,8 @@ class Namespaces:
         self.procs: list[subprocess.Popen[bytes]] = []
         self._closed = False
         atexit.register(self.close)
+        OWNERS.mkdir(parents=True, exist_ok=True)
+        (OWNERS / tag).write_text(str(os.getpid()))
 
     def create(self, short: str) -> str:
         name = f"{self.tag}{short}"
@@ -132,6 +136,7 @@ class Namespaces:
         for name in reversed(self.names):
             self._kill_leftovers(name)
             run(["ip", "netns", "del", name], check=False)
+        (OWNERS / self.tag).unlink(missing_ok=True)
         atexit.unregister(self.close)
 
     def _kill_leftovers(self, ns: str) -> None:
@@ -149,3 +154,27 @@ def leftovers(prefix: str) -> list[str]:
     """Namespaces whose name starts with ``prefix`` (tests assert this is empty after a lab)."""
     out = run(["ip", "netns", "list"], check=False).stdout
     return [line.split()[0] for line in out.splitlines() if line.startswith(prefix)]
+
+
+def _owner_alive(tag: str) -> bool:
+    try:
+        os.kill(int((OWNERS / tag).read_text()), 0)
+    except (OSError, ValueError):
+        return False
+    return True
+
+
+def reap_stale(prefix: str) -> list[str]:
+    """Remove the namespaces of labs whose owner died without cleaning up (SIGKILL, power loss).
+
+    A lab's tag is ``<prefix>-<hex>-``; labs whose owner process is alive are left alone, so
+    this is safe while other labs run."""
+    stale = [ns for ns in leftovers(prefix) if not _owner_alive(ns[:len(prefix) + 8])]
+    for name in stale:
+        for pid in run(["ip", "netns", "pids", name], check=False).stdout.split():
+            with contextlib.suppress(ProcessLookupError, ValueError):
+                os.kill(int(pid), signal.SIGKILL)
+        run(["ip", "netns", "del", name], check=False)
+    for tag in {ns[:len(prefix) + 8] for ns in stale}:
+        (OWNERS / tag).unlink(missing_ok=True)
+    return stale

@@ -5,8 +5,10 @@ external server host behind the fabric); the sensor's tcpdump (UDP 4789 -> ``sen
 agent (pcap output in ``<output>/pcap``, VXLAN output to the sensor); one sidecar per pod; traffic
 for ``--duration`` seconds (client -> web and extra pods -> web inside the node; egress -> ext
 outside it; HTTP, DNS/UDP, TLS, ICMP and ICMPv6 each round; one iperf3 bulk TCP transfer); then the
-summary. Every namespace and process goes away at the end, on Ctrl-C, SIGTERM and failure (the
-``Namespaces`` registry: try/finally plus atexit), unless ``--keep`` asks to leave it running.
+summary. ``--pod-table apiserver``: the agent learns the pods from a real kube-apiserver
+instead of ``--sender`` flags (``kubelab``). Every namespace and process goes away at the end, on
+Ctrl-C, SIGTERM and failure (the ``Namespaces`` registry: try/finally plus atexit), unless
+``--keep`` asks to leave it running; ``--cleanup`` removes what a killed lab (kill -9) left.
 """
 
 from __future__ import annotations
@@ -21,7 +23,7 @@ from pathlib import Path
 from types import FrameType
 from typing import Any
 
-from nodeagent.lab import capture, kubelab, podmirror
+from nodeagent.lab import capture, kubelab, netns, podmirror
 from nodeagent.lab.netns import LabError
 from nodeagent.lab.topology import Host, Lab, Node, Pod
 from nodeagent.lab.workload import Workload
@@ -69,6 +71,8 @@ def configure(p: argparse.ArgumentParser) -> None:
                    help="MTU of the node-side veths (default 1600: no tunnel fragments; 1500 shows them)")
     p.add_argument("--output", type=Path, help="pcaps and logs (default ./podmirror-lab-<time>)")
     p.add_argument("--keep", action="store_true", help="leave the lab running until Ctrl-C, to explore it")
+    p.add_argument("--cleanup", action="store_true",
+                   help="only remove namespaces left by labs whose process died (e.g. kill -9), then exit")
     p.add_argument("--iperf-seconds", type=float, default=3.0)
     p.add_argument("--iperf-rate", default="200M",
                    help="iperf3 bitrate (default 200M, what one agent core forwards; 0 = unlimited)")
@@ -82,6 +86,10 @@ def _raise_interrupt(signum: int, frame: FrameType | None) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    if args.cleanup:
+        stale = netns.reap_stale("pmlab")
+        print(f"lab: removed {len(stale)} stale namespaces {' '.join(stale)}")
+        return 0
     if args.pods < 3:
         print("nodeagent lab: --pods must be >= 3", file=sys.stderr)
         return 2

@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 
 from nodeagent.lab import netns
+from nodeagent.lab.podmirror import ENV, SOURCE_ROOT
 from nodeagent.lab.topology import Lab
 from nodeagent.lab.traffic import HTTP_PORT, ping
 from nodeagent.lab.workload import Workload
@@ -75,3 +79,19 @@ def test_close_removes_every_namespace_and_process(tmp_path: Path) -> None:
         lab.close()
     assert netns.leftovers(lab.tag) == []
     assert all(p.poll() is not None for p in procs)
+
+
+def test_reap_stale_removes_a_killed_labs_namespaces_and_spares_live_ones(lab: Lab) -> None:
+    lab.add_node()
+    code = ("import os; from nodeagent.lab.topology import Lab; lab = Lab('pme2e'); lab.add_node(); "
+            "print(lab.tag, flush=True); os.kill(os.getpid(), 9)")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60,
+                          cwd=SOURCE_ROOT, env={**os.environ, **ENV})
+    dead = proc.stdout.strip()
+    assert proc.returncode == -9 and len(netns.leftovers(dead)) == 2
+
+    removed = netns.reap_stale("pme2e")
+
+    assert sorted(removed) == sorted(f"{dead}{n}" for n in ("fabric", "node1"))
+    assert netns.leftovers(dead) == []
+    assert len(netns.leftovers(lab.tag)) == 2, "a live lab must be left alone"
