@@ -50,7 +50,8 @@ def test_short_lab_run_summarizes_and_cleans_up(tmp_path: Path) -> None:
     assert netns.leftovers(tag_of(text)) == []
 
 
-def test_ctrl_c_removes_every_namespace(tmp_path: Path) -> None:
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM], ids=["ctrl-c", "sigterm"])
+def test_interrupt_removes_every_namespace(tmp_path: Path, sig: signal.Signals) -> None:
     proc, log = start_lab(tmp_path, "--duration", "60")
     deadline = time.monotonic() + 60
     while "traffic for" not in log.read_text():
@@ -58,6 +59,6 @@ def test_ctrl_c_removes_every_namespace(tmp_path: Path) -> None:
         time.sleep(0.1)
     tag = re.search(r"namespaces (pmlab-[0-9a-f]+-)\*", log.read_text())
     assert tag and netns.leftovers(tag.group(1)), "the lab should be up while traffic runs"
-    proc.send_signal(signal.SIGINT)
+    proc.send_signal(sig)
     assert proc.wait(timeout=60) == 130, log.read_text()
     assert netns.leftovers(tag.group(1)) == []
