@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import os
 import signal
 import subprocess
 import sys
@@ -92,6 +93,9 @@ def run(args: argparse.Namespace) -> int:
         return 0
     if args.pods < 3:
         print("nodeagent lab: --pods must be >= 3", file=sys.stderr)
+        return 2
+    if os.geteuid() != 0:
+        print("nodeagent lab: needs root (it creates network namespaces)", file=sys.stderr)
         return 2
     if args.pod_table == "apiserver" and (why := kubelab.missing()):
         print(f"nodeagent lab: --pod-table apiserver: {why}; run .ci/apiserver.sh first", file=sys.stderr)
