@@ -100,7 +100,8 @@ def write_service_account_key(path: str) -> str:
     """The key that signs (and verifies) ServiceAccount tokens."""
     key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
     with open(path, "wb") as handle:
-        handle.write(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.TraditionalOpenSSL,
+        handle.write(key.private_bytes(serialization.Encoding.PEM,
+                                       serialization.PrivateFormat.TraditionalOpenSSL,
                                        serialization.NoEncryption()))
     return path
 

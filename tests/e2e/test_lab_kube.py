@@ -54,7 +54,8 @@ def api_pods(r: runner.Run) -> dict[str, Any]:
 @pytest.mark.kube
 @pytest.mark.usefixtures("podmirror_ready")
 @pytest.mark.skipif(_missing is not None, reason=_missing or "")
-def test_lab_agent_learns_its_pods_from_the_apiserver(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_lab_agent_learns_its_pods_from_the_apiserver(tmp_path: Path,
+                                                      capsys: pytest.CaptureFixture[str]) -> None:
     args = lab_args(tmp_path)
     lab = Lab("pmlk", workdir=tmp_path)
     try:

@@ -8,6 +8,8 @@ and for podmirror's service accounts (``SERVICE_ACCOUNTS``);
 authorization: RBAC, as in a real cluster. No controller-manager or scheduler runs: tests set
 ``spec.nodeName`` and patch ``status`` themselves, and the ServiceAccount admission plugin is off
 (it would wait for the token controller to create each namespace's ``default`` account).
+Binary lookup, command lines, token file and kubeconfig come from ``nodeagent.lab.kubelab``, which
+runs the same control plane inside the lab (``nodeagent lab --pod-table apiserver``).
 """
 
 from __future__ import annotations
@@ -24,8 +26,19 @@ import urllib.request
 from collections.abc import Iterator, Sequence
 from typing import Any
 
-from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric import rsa
+from nodeagent.lab.kubelab import (
+    DEFAULT_BINARY,
+    apiserver_binary,
+    apiserver_command,
+    etcd_command,
+    kubeconfig_text,
+    missing,
+    write_service_account_key,
+    write_token_file,
+)
+
+__all__ = ["DEFAULT_BINARY", "SERVICE_ACCOUNTS", "TOKEN", "ControlPlane", "apiserver_binary",
+           "create_running_pod", "missing", "running"]
 
 TOKEN = "podmirror-test-admin-token"
 SERVICE_ACCOUNTS = {
@@ -34,21 +47,6 @@ SERVICE_ACCOUNTS = {
 }
 """Static tokens whose users are exactly these service accounts' names and groups: with no
 controller-manager to mint tokens, this is how the tests act *as* the shipped service accounts."""
-DEFAULT_BINARY = "/var/cache/podmirror/kube-apiserver"
-
-
-def apiserver_binary() -> str | None:
-    path = os.environ.get("PODMIRROR_APISERVER") or DEFAULT_BINARY
-    return path if os.access(path, os.X_OK) else None
-
-
-def missing() -> str | None:
-    """Why the tier cannot run here, or None."""
-    if apiserver_binary() is None:
-        return "no kube-apiserver binary (build it with .ci/apiserver.sh or set PODMIRROR_APISERVER)"
-    if shutil.which("etcd") is None:
-        return "no etcd (Debian package etcd-server)"
-    return None
 
 
 def _free_port() -> int:
@@ -67,30 +65,11 @@ class ControlPlane:
 
     def start(self) -> None:
         etcd_port, peer_port, api_port = _free_port(), _free_port(), _free_port()
-        etcd_url = f"http://127.0.0.1:{etcd_port}"
-        self._spawn("etcd", ["etcd", "--data-dir", os.path.join(self.workdir, "etcd"),
-                             "--listen-client-urls", etcd_url, "--advertise-client-urls", etcd_url,
-                             "--listen-peer-urls", f"http://127.0.0.1:{peer_port}",
-                             "--initial-advertise-peer-urls", f"http://127.0.0.1:{peer_port}",
-                             "--initial-cluster", f"default=http://127.0.0.1:{peer_port}",
-                             "--log-level", "error"])
-        key_file = self._service_account_key()
-        tokens = os.path.join(self.workdir, "tokens.csv")
-        with open(tokens, "w") as handle:
-            handle.write(f"{TOKEN},admin,admin-uid,system:masters\n")
-            for account, token in SERVICE_ACCOUNTS.items():
-                namespace = account.split(":")[2]
-                groups = f"system:serviceaccounts,system:serviceaccounts:{namespace},system:authenticated"
-                handle.write(f'{token},{account},{account}-uid,"{groups}"\n')
-        self._spawn("kube-apiserver", [
-            str(apiserver_binary()), "--etcd-servers", etcd_url, "--bind-address", "127.0.0.1",
-            "--advertise-address", "127.0.0.1", "--secure-port", str(api_port),
-            "--cert-dir", os.path.join(self.workdir, "certs"), "--token-auth-file", tokens,
-            "--authorization-mode", "RBAC", "--service-account-key-file", key_file,
-            "--service-account-signing-key-file", key_file,
-            "--service-account-issuer", "https://kubernetes.default.svc",
-            "--service-cluster-ip-range", "10.96.0.0/16", "--disable-admission-plugins", "ServiceAccount",
-            "--enable-priority-and-fairness=false", "--v", "0", *self.extra_args])
+        self._spawn("etcd", etcd_command(os.path.join(self.workdir, "etcd"), etcd_port, peer_port))
+        key_file = write_service_account_key(os.path.join(self.workdir, "sa.key"))
+        tokens = write_token_file(os.path.join(self.workdir, "tokens.csv"), TOKEN, SERVICE_ACCOUNTS)
+        self._spawn("kube-apiserver", apiserver_command(self.workdir, etcd_port, api_port, tokens, key_file,
+                                                        self.extra_args))
         self.url = f"https://127.0.0.1:{api_port}"
         self._wait_ready(deadline=time.monotonic() + 90)
         self.kubeconfig = self.kubeconfig_for(TOKEN, "admin")
@@ -101,33 +80,12 @@ class ControlPlane:
                                             stdin=subprocess.DEVNULL))
         log.close()
 
-    def _service_account_key(self) -> str:
-        key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
-        path = os.path.join(self.workdir, "sa.key")
-        with open(path, "wb") as handle:
-            handle.write(key.private_bytes(serialization.Encoding.PEM,
-                                           serialization.PrivateFormat.TraditionalOpenSSL,
-                                           serialization.NoEncryption()))
-        return path
-
     def kubeconfig_for(self, token: str, name: str) -> str:
         """A kubeconfig that verifies the apiserver (its self-made CA) and sends ``token``."""
         path = os.path.join(self.workdir, f"{name}.kubeconfig")
         ca = os.path.join(self.workdir, "certs", "apiserver.crt")  # leaf + the CA that signed it
         with open(path, "w") as handle:
-            handle.write(f"""apiVersion: v1
-kind: Config
-clusters:
-- name: test
-  cluster: {{server: "{self.url}", certificate-authority: "{ca}"}}
-users:
-- name: {name}
-  user: {{token: "{token}"}}
-contexts:
-- name: test
-  context: {{cluster: test, user: {name}}}
-current-context: test
-""")
+            handle.write(kubeconfig_text(self.url, ca, token, name))
         return path
 
     def _wait_ready(self, deadline: float) -> None:
