@@ -9,10 +9,11 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import threading
 import time
 from typing import TYPE_CHECKING
 
-from sidecar_lite import bpf, plan
+from sidecar_lite import bpf, plan, rules
 from sidecar_lite.rules import Poller, Pushdown
 from sidecar_lite.sniffer import Sniffer
 from sidecar_lite.stopper import Stopper
@@ -133,21 +134,40 @@ def _verify(kernel: Kernel, current: plan.MirrorPlan, failing: list[str]) -> Non
 
 def run_sniff(t: Target, poller: Poller | None, stop: Stopper, rules_interval: float,
               stats_interval: float) -> None:
+    """The capture loop in this thread; push-down polls in a helper thread.
+
+    A poll can block for up to ``rules.TIMEOUT`` seconds on an unreachable agent, which must not
+    stall the capture (the socket queue would overflow). Replacing a socket filter from another
+    thread is a single setsockopt, atomic in the kernel.
+    """
     program = bpf.mirror_program(t.agent_ip, t.agent_port)
     sniffer = Sniffer(t.interface, (t.agent_ip, t.agent_port), t.vni, program)
     log.info("sniff mode: mirroring %s to %s:%d vni %d", t.interface, t.agent_ip, t.agent_port, t.vni)
-    start = time.monotonic()
-    poll, stats = Every(rules_interval, start), Every(stats_interval, start + stats_interval)
+    stats = Every(stats_interval, time.monotonic() + stats_interval)
+    done = threading.Event()
+    helper = threading.Thread(target=_poll_loop, args=(poller, sniffer, t, rules_interval, done),
+                              name="pushdown", daemon=True) if poller else None
 
     def tick(now: float) -> None:
-        if poller and poll.due(now) and (update := poller.poll()) is not None:
-            sniffer.set_program(bpf.mirror_program(t.agent_ip, t.agent_port, update.program))
-            log.info("push-down version %r installed in the socket filter", update.version)
         if stats.due(now):
             log.info("sniff counters: %s", sniffer.counters.line())
 
     try:
+        if helper:
+            helper.start()
         sniffer.run(stop.is_set, tick)
     finally:
+        done.set()
+        if helper:
+            helper.join(rules.TIMEOUT + 1)
         sniffer.close()
         log.info("sniff mode stopped: %s", sniffer.counters.line())
+
+
+def _poll_loop(poller: Poller, sniffer: Sniffer, t: Target, interval: float, done: threading.Event) -> None:
+    while not done.is_set():
+        update = poller.poll()
+        if update is not None and not done.is_set():
+            sniffer.set_program(bpf.mirror_program(t.agent_ip, t.agent_port, update.program))
+            log.info("push-down version %r installed in the socket filter", update.version)
+        done.wait(interval)
