@@ -290,21 +290,28 @@ def _rx_packets(netns: str) -> int:
 
 
 def report(rows: list[tuple[str, dict[str, Any] | None]]) -> None:
+    """One line per receiver. ``1 core pps`` = 1 / CPU per packet: the rate a whole core would give,
+    robust when other processes share the pinned CPU (the measured rate then is not)."""
     base = next(r for name, r in rows if name.startswith("bare"))
     base_pps = base["received"] / base["seconds"]
+    base_core = base["received"] / base["cpu"]
     print(
         f"{'receiver':<18}{'offered pps':>13}{'received pps':>14}{'delivered':>11}"
-        f"{'CPU us/pkt':>12}{'vs bare':>9}"
+        f"{'CPU us/pkt':>12}{'1 core pps':>12}{'vs bare':>9}{'1 core vs bare':>16}"
     )
     for name, r in rows:
         if r is None:
             print(f"{name:<18}{'(needs root: skipped)':>40}")
             continue
         pps = r["received"] / r["seconds"] if r["seconds"] > 0 else 0.0
-        cpu = f"{r['cpu'] / r['received'] * 1e6:.2f}" if r.get("cpu") is not None else "softirq"
+        if r.get("cpu"):
+            cpu, core = f"{r['cpu'] / r['received'] * 1e6:.2f}", r["received"] / r["cpu"]
+            core_text, core_ratio = f"{core:,.0f}", f"{core / base_core:.2f}"
+        else:
+            cpu, core_text, core_ratio = "softirq", "-", "-"
         print(
             f"{name:<18}{r['offered_pps']:>13,.0f}{pps:>14,.0f}{r['received'] / r['sent']:>10.1%}"
-            f"{cpu:>12}{pps / base_pps:>9.2f}"
+            f"{cpu:>12}{core_text:>12}{pps / base_pps:>9.2f}{core_ratio:>16}"
         )
 
 

@@ -29,6 +29,7 @@ import errno
 import logging
 import os
 import socket
+import sys
 from collections.abc import Callable
 from typing import Any
 
@@ -98,11 +99,17 @@ class BatchReader:
         self._msgs_ptr = ctypes.addressof(msgs)
         self._keep = msgs
         self.view = memoryview(self._data)
-        self._lens = memoryview(self._msgbuf).cast("I")
-        self._stride = ctypes.sizeof(_MMsgHdr) // 4
-        self._len_at = _MMsgHdr.len.offset // 4
+        self.lens = memoryview(self._msgbuf).cast("I")
+        self.stride = ctypes.sizeof(_MMsgHdr) // 4
+        self.len_at = _MMsgHdr.len.offset // 4
         self._names_view = memoryview(self._names)
         self._sources: dict[bytes, str] = {}
+        self.name_words = self._names_view.cast("I")
+        """The sockaddr array as 32-bit words (7 per message): on little-endian hosts word 0's low
+        half is sa_family and word 1 is sin_addr, read without building bytes."""
+        self.sources4: dict[int, str] = {}
+        """IPv4 sin_addr word -> text, filled by ``source``; the drain loop's fast lookup."""
+        self.fast4 = sys.byteorder == "little"
 
     def recv(self) -> int:
         """Datagrams now in the buffers (0 when the socket is empty)."""
@@ -115,7 +122,7 @@ class BatchReader:
         return n
 
     def size(self, i: int) -> int:
-        return self._lens[i * self._stride + self._len_at]
+        return self.lens[i * self.stride + self.len_at]
 
     def source(self, i: int) -> str:
         """The sender's address as text (``inet_ntop`` once per address, then a dict hit)."""
@@ -127,7 +134,10 @@ class BatchReader:
         if text is None:
             if len(self._sources) >= 65536:  # spoofed sources must not grow memory without bound
                 self._sources.clear()
+                self.sources4.clear()
             text = self._sources[raw] = address_text(raw)
+            if len(raw) == 4:
+                self.sources4[self.name_words[i * 7 + 1]] = text
         return text
 
 
@@ -253,13 +263,18 @@ class Receiver:
         assert reader is not None and self._loop is not None
         now = self._loop.time()
         self.wakeups += 1
-        view, size, source = reader.view, reader.size, reader.source
+        view, source, lens, stride, at = reader.view, reader.source, reader.lens, reader.stride, reader.len_at
+        words, sources4 = reader.name_words, reader.sources4 if reader.fast4 else {}
         for _ in range(0, self._s.batch, reader.count):
             n = reader.recv()
             for i in range(n):
+                # Inlined size(i)/source(i): ~0.4 us per datagram less (bench/bench_agent.py).
                 start = i * BUFFER_SIZE
-                datagram = view[start : start + size(i)]
-                sender = source(i)
+                datagram = view[start : start + lens[i * stride + at]]
+                w = i * 7
+                sender = sources4.get(words[w + 1]) if words[w] & 0xFFFF == socket.AF_INET else None
+                if sender is None:
+                    sender = source(i)
                 verdict = process(datagram, sender, now)
                 if type(verdict) is Forward:
                     offer(verdict)

@@ -202,3 +202,53 @@ def test_bad_versions_and_lengths_are_malformed():
     tcp[46] = 0x20  # data offset 8 bytes
     with pytest.raises(Malformed, match="data offset"):
         headers.decode(bytes(tcp))
+
+
+def _outcome(decoder, frame: bytes):
+    try:
+        return (
+            decoder(memoryview(frame), len(frame)) if decoder is headers._decode_general else decoder(frame)
+        )
+    except Malformed as exc:
+        return ("malformed", str(exc))
+
+
+def test_fast_path_agrees_with_the_general_decoder_on_mutated_frames():
+    """Differential check: byte mutations of IPv4 TCP/UDP frames in the fields the fast path reads."""
+    import random
+
+    rng = random.Random(7)
+    bases = [
+        bytes(Ether(src=MAC1, dst=MAC2) / IP(src=A4, dst=B4) / TCP(sport=1, dport=2, seq=3) / b"payload"),
+        bytes(Ether(src=MAC1, dst=MAC2) / IP(src=A4, dst=B4, flags="DF") / UDP(sport=53, dport=9) / b"q"),
+        bytes(Ether(src=MAC1, dst=MAC2) / IP(src=A4, dst=B4) / TCP(options=[("MSS", 1460)])),
+        bytes(Ether(src=MAC1, dst=MAC2) / IP(src=A4, dst=B4) / UDP()) + b"\x00" * 6,
+    ]
+    positions = [12, 13, 14, 16, 17, 20, 21, 23, 46]
+    checked = 0
+    for base in bases:
+        for _ in range(400):
+            frame = bytearray(base)
+            for _ in range(rng.randint(1, 3)):
+                pos = rng.choice(positions)
+                if pos < len(frame):
+                    frame[pos] = rng.choice([0, 1, 0x20, 0x40, 0x45, 0x50, 0x80, 0xFF, rng.randrange(256)])
+            frame = frame[: rng.choice([len(frame), len(frame), 41, 42, 47, 48, 53, 54])]
+            assert _outcome(headers.decode, bytes(frame)) == _outcome(headers._decode_general, bytes(frame))
+            checked += 1
+    assert checked == 1600
+
+
+def test_fast_path_is_taken_for_plain_ipv4_tcp_and_udp(monkeypatch):
+    frames = [
+        bytes(Ether(src=MAC1, dst=MAC2) / IP(src=A4, dst=B4) / TCP(sport=1, dport=2) / b"x"),
+        bytes(Ether(src=MAC1, dst=MAC2) / IP(src=A4, dst=B4) / UDP(sport=1, dport=2)),
+    ]
+    expected = [headers.decode(f) for f in frames]
+
+    def no_general(view, size):
+        raise AssertionError("general path taken")
+
+    monkeypatch.setattr(headers, "_decode_general", no_general)
+    assert [headers.decode(f) for f in frames] == expected
+    assert all(type(m) is headers.PacketMeta and m.l4 == 34 for m in expected)
