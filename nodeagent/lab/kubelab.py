@@ -147,15 +147,25 @@ class KubeLab:
     url: str = f"https://127.0.0.1:{API_PORT}"
     pods: list[str] = dataclasses.field(default_factory=list)
     agent_args: list[str] = dataclasses.field(default_factory=list)
+    ready_after: float = 0.0
+    """Seconds from starting etcd to the apiserver's ``/readyz`` answering 200."""
 
     @property
     def ca(self) -> str:
         return str(self.workdir / "certs" / "apiserver.crt")  # the leaf and the CA that signed it
 
     def kubectl(self, *args: str, input: str | None = None) -> str:
-        admin = str(self.workdir / "admin.kubeconfig")
-        return self.ns.exec(self.netns, ["kubectl", "--kubeconfig", admin, *args], input=input,
+        return self.ns.exec(self.netns, ["kubectl", "--kubeconfig", self.admin, *args], input=input,
                             timeout=60.0).stdout
+
+    @property
+    def admin(self) -> str:
+        return str(self.workdir / "admin.kubeconfig")
+
+
+def kubectl_hint(kube: KubeLab) -> str:
+    """The command line a user types to talk to the lab's API as admin (``--keep``)."""
+    return f"ip netns exec {kube.netns} kubectl --kubeconfig {kube.admin}"
 
 
 def deploy_dir() -> Path:
@@ -167,7 +177,9 @@ def setup(lab: Lab, node: Node, out: Path) -> KubeLab:
     if node.agent is None:
         raise LabError("the Kubernetes mode needs the node's agent namespace")
     kube = KubeLab(lab.ns, node.agent.ns, out / "kube", f"node{node.index}")
+    t0 = time.monotonic()
     start_control_plane(kube)
+    kube.ready_after = time.monotonic() - t0
     install_rbac(kube)
     publish_pods(kube, node.pods)
     conf = kube.workdir / "agent.kubeconfig"
@@ -264,7 +276,8 @@ def summary_line(kube: KubeLab | None, status: Mapping[str, Any]) -> str:
     if kube is None:
         return "pod table: static (a --sender flag per pod)"
     k = status.get("kube", {})
-    return (f"pod table: apiserver (kube-apiserver {kube.url} in the agent's namespace; agent as "
+    return (f"pod table: apiserver (kube-apiserver {kube.url} in the agent's namespace, ready in "
+            f"{kube.ready_after:.1f}s; agent as "
             f"{'/'.join(AGENT_ACCOUNT)} with deploy/ RBAC; node {kube.node_name}: synced={k.get('synced')}, "
             f"senders {status.get('senders')}, peers {k.get('peers')})")
 

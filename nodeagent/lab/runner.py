@@ -283,6 +283,8 @@ def keep(r: Run) -> None:
     if r.agent is not None and r.node.agent is not None:
         print(f"  the agent's status: ip netns exec {r.node.agent.ns} curl -s http://{r.agent.ip}:9477/status")
         print(f"  watch a pod: ip netns exec {r.client.ns} tcpdump -ni eth0")
+    if r.kube is not None:
+        print(f"  the API: {kubelab.kubectl_hint(r.kube)} get pods -A -o wide")
     try:
         signal.pause()
     except KeyboardInterrupt:

@@ -100,8 +100,9 @@ def test_lab_agent_learns_its_pods_from_the_apiserver(tmp_path: Path,
     assert "agent exited 0" in text, text
 
 
+@pytest.mark.needs_root
 def test_apiserver_mode_without_the_binary_says_how_to_build_it(tmp_path: Path) -> None:
-    """Checked before any namespace exists: no root needed."""
+    """Checked before any namespace exists (after the lab's root check)."""
     env = {**os.environ, **ENV, "PODMIRROR_APISERVER": str(tmp_path / "no-such-apiserver")}
     proc = subprocess.run([sys.executable, "-m", "nodeagent", "lab", "--pod-table", "apiserver",
                            "--output", str(tmp_path / "out")], capture_output=True, text=True,
