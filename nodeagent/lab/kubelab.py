@@ -4,12 +4,13 @@ Model: etcd and the real kube-apiserver (v1.20, built by ``.ci/apiserver.sh``) r
 agent's namespace, on 127.0.0.1** (fixed ports: that loopback belongs to the lab alone). The agent
 reaches the API exactly as an agent pod reaches its cluster's API, over TCP with TLS, and nothing
 else in the lab can, so no lab address or route is added for it and nothing listens on the host.
-``kubectl`` runs in the same namespace (``ip netns exec``) with an admin token.
+``kubectl`` runs in the same namespace (``ip netns exec``) with an admin token; the two calls kubectl
+< 1.24 lacks (TokenRequest, the status subresource; Debian ships 1.20) go over HTTPS from Python.
 
 What the mode proves, step by step:
 - RBAC: the Namespace, ServiceAccounts and (Cluster)Roles/Bindings of ``deploy/`` are applied
   as shipped (``kubectl kustomize deploy/``), nothing else, and the agent authenticates with a real
-  ServiceAccount token for ``podmirror/podmirror-agent`` (TokenRequest, ``kubectl create token``):
+  ServiceAccount token for ``podmirror/podmirror-agent`` (the TokenRequest API):
   if the shipped RBAC lacked a verb the agent uses, the agent would never sync and the lab fails.
 - Pods: each lab pod becomes a Pod object created with ``kubectl`` (label
   ``podmirror.io/monitored=true``, annotation ``podmirror.io/monitor: "true"``, ``spec.nodeName`` =
@@ -20,7 +21,7 @@ What the mode proves, step by step:
 
 The control plane's processes are lab processes (``Namespaces.spawn``): ``Lab.close()`` stops them
 with everything else. etcd's data lives in ``<output>/kube/etcd`` and ``remove_data`` deletes it
-(etcd preallocates a 64 MB WAL); certificates, kubeconfigs and logs stay for inspection.
+(about 120 MB: etcd preallocates its WAL); certificates, kubeconfigs and logs stay for inspection.
 The helpers above the lab part (binary lookup, command lines, token file, kubeconfig) are shared
 with the ``apiserver`` test tier (``tests/kube/controlplane.py``).
 """
@@ -213,20 +214,40 @@ def wait_ready(kube: KubeLab, procs: Sequence[subprocess.Popen[bytes]], deadline
 
 
 def _ready(kube: KubeLab) -> bool:
-    context = ssl.create_default_context()
-    context.check_hostname = False
-    context.verify_mode = ssl.CERT_NONE  # readiness only; the agent verifies with the CA
     try:
-        sock = context.wrap_socket(kube.ns.connect(kube.netns, "127.0.0.1", API_PORT))
-        conn = http.client.HTTPConnection("127.0.0.1", API_PORT, timeout=2)
-        conn.sock = sock
-        try:
-            conn.request("GET", "/readyz", headers={"Authorization": f"Bearer {ADMIN_TOKEN}"})
-            return conn.getresponse().status == 200
-        finally:
-            conn.close()
-    except OSError:
+        return request(kube, "GET", "/readyz")[0] == 200
+    except OSError:  # not listening yet, or its certificate not written yet
         return False
+
+
+def request(kube: KubeLab, method: str, path: str, body: Any = None,
+            content_type: str = "application/json") -> tuple[int, bytes]:
+    """One admin request to the API, over TLS verified with its CA, from inside the namespace.
+
+    For what kubectl < 1.24 (Debian's is 1.20) cannot do: TokenRequest and the status subresource."""
+    context = ssl.create_default_context(cafile=kube.ca)
+    plain = kube.ns.connect(kube.netns, "127.0.0.1", API_PORT)
+    try:
+        sock = context.wrap_socket(plain, server_hostname="127.0.0.1")
+    except OSError:  # handshake failed: the plain socket is still ours to close
+        plain.close()
+        raise
+    conn = http.client.HTTPConnection("127.0.0.1", API_PORT, timeout=10)
+    conn.sock = sock
+    headers = {"Authorization": f"Bearer {ADMIN_TOKEN}", "Content-Type": content_type}
+    try:
+        conn.request(method, path, body=None if body is None else json.dumps(body), headers=headers)
+        answer = conn.getresponse()
+        return answer.status, answer.read()
+    finally:
+        conn.close()
+
+
+def call(kube: KubeLab, method: str, path: str, body: Any, content_type: str = "application/json") -> Any:
+    code, data = request(kube, method, path, body, content_type)
+    if code >= 300:
+        raise LabError(f"{method} {path}: {code} {data[:300]!r}")
+    return json.loads(data)
 
 
 def install_rbac(kube: KubeLab) -> None:
@@ -241,7 +262,10 @@ def install_rbac(kube: KubeLab) -> None:
 def agent_token(kube: KubeLab) -> str:
     """A real ServiceAccount token for the agent's account (TokenRequest API), valid for a day."""
     namespace, name = AGENT_ACCOUNT
-    return kube.kubectl("create", "token", name, "-n", namespace, "--duration", "24h").strip()
+    body = {"apiVersion": "authentication.k8s.io/v1", "kind": "TokenRequest",
+            "spec": {"expirationSeconds": 86400}}
+    answer = call(kube, "POST", f"/api/v1/namespaces/{namespace}/serviceaccounts/{name}/token", body)
+    return str(answer["status"]["token"])
 
 
 def pod_manifest(namespace: str, name: str, node_name: str) -> dict[str, Any]:
@@ -261,8 +285,8 @@ def publish_pods(kube: KubeLab, pods: Sequence[Pod]) -> None:
     kube.kubectl("apply", "-f", "-", input=yaml.safe_dump_all(docs))
     for ns, name, _, ip in entries:
         status = {"status": {"phase": "Running", "podIP": ip, "podIPs": [{"ip": ip}]}}
-        kube.kubectl("patch", "pod", name, "-n", ns, "--subresource=status", "--type=merge",
-                     "-p", json.dumps(status))
+        call(kube, "PATCH", f"/api/v1/namespaces/{ns}/pods/{name}/status", status,
+             "application/merge-patch+json")
     kube.pods = [f"{ns}/{name}" for ns, name, node, _ in entries if node == kube.node_name]
 
 
