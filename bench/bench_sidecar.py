@@ -185,16 +185,19 @@ def throughput(lab: nslab.Lab, pod: nslab.Netns, node: nslab.Netns, seconds: flo
 
 
 def cpu(lab: nslab.Lab, pod: nslab.Netns, seconds: float) -> None:
-    print(f"\n2) sidecar process at fixed offered load (UDP 64 B, {seconds:.0f} s each)")
-    print(f"{'mode':8} {'offered pps':>11} {'CPU s':>7} {'CPU %':>6} {'RSS MiB':>8}")
+    print(
+        f"\n2) sidecar process at fixed offered load (UDP 64 B, {seconds:.0f} s each, fresh sidecar per row)"
+    )
+    print(f"{'mode':8} {'offered pps':>11} {'CPU s':>7} {'CPU %':>6} {'RSS MiB':>8}  sniff counters")
     for mode in ("kernel", "sniff"):
-        sidecar = Sidecar(lab, pod, mode)
         for pps in (5_000, 40_000):
+            sidecar = Sidecar(lab, pod, mode)
             before = sidecar.cpu_seconds()
             udp_pps(lab, pod, seconds, rate=str(pps * 64 * 8))
-            used = sidecar.cpu_seconds() - before
-            print(f"{mode:8} {pps:11,} {used:7.2f} {100 * used / seconds:6.1f} {sidecar.rss_mib():8.1f}")
-        sidecar.stop()
+            used, rss = sidecar.cpu_seconds() - before, sidecar.rss_mib()
+            last = sidecar.stop()
+            counters = last.split("stopped: ")[-1] if mode == "sniff" else ""
+            print(f"{mode:8} {pps:11,} {used:7.2f} {100 * used / seconds:6.1f} {rss:8.1f}  {counters}")
 
 
 def main() -> int:
