@@ -331,13 +331,16 @@ def write_pcap(path: Path, frames: list[bytes]) -> None:
 
 
 def is_tunnel(frame: bytes) -> bool:
-    """An inner frame that is itself our tunnel (double encapsulation)."""
-    return (
-        len(frame) >= 38
-        and frame[12:14] == b"\x08\x00"
-        and frame[23] == 17
-        and int.from_bytes(frame[36:38], "big") == PORT
-    )
+    """An inner frame that is a piece of our own tunnel: a VXLAN datagram to the agent (double
+    encapsulation) or a non-first IP fragment of one (the leak DATAPLANE.md measured)."""
+    if len(frame) < 34 or frame[12:14] != b"\x08\x00" or frame[23] != 17:
+        return False
+    if frame[30:34] != bytes(map(int, NODE_IP.split("."))):
+        return False
+    if int.from_bytes(frame[20:22], "big") & 0x1FFF:
+        return True
+    at = 14 + (frame[14] & 0x0F) * 4
+    return int.from_bytes(frame[at + 2 : at + 4], "big") == PORT
 
 
 def vm_rss_kib(pid: int) -> int:
