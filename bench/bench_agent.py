@@ -315,9 +315,49 @@ def report(rows: list[tuple[str, dict[str, Any] | None]]) -> None:
         )
 
 
+def breakdown(calls: int = 100_000) -> None:
+    """In-process cost of each step for the same datagram, on the receiver's CPU (best of 3)."""
+    from nodeagent import app, settings
+    from nodeagent.adapters.outputs import Fanout
+    from nodeagent.pipeline import Pipeline
+    from nodeagent.pods import PodIndex
+    from nodeagent.stats import Stats
+    from nodeagent.wire import headers
+    from nodeagent.wire.normalize import Normalizer
+
+    _pin(RECV_CPU)
+    cfg = settings.load({"senders": ["127.0.0.1,5,bench/pod"]})
+    stats, pods = Stats(), PodIndex(app.static_pods(cfg))
+    core, default = Pipeline(pods=pods, stats=stats), app.build_pipeline(cfg, pods, stats)
+    datagram = memoryview(bytearray(DATAGRAM))
+    inner = vxlan.decode(datagram).inner
+    fwd = core.process(datagram, "127.0.0.1", 0.0)
+    fanout = Fanout([NullOutput()], Normalizer())  # type: ignore[list-item]
+    clock = iter(range(10**9))
+    steps: list[tuple[str, Callable[[], object]]] = [
+        ("vxlan.decode", lambda: vxlan.decode(datagram)),
+        ("headers.decode", lambda: headers.decode(inner)),
+        ("Pipeline.process core", lambda: core.process(datagram, "127.0.0.1", 0.0)),
+        ("Pipeline.process default", lambda: default.process(datagram, "127.0.0.1", float(next(clock)))),
+        ("Fanout.offer + normalize", lambda: fanout.offer(fwd)),  # type: ignore[arg-type]
+    ]
+    print("in-process cost per call (us):", end="")
+    for name, step in steps:
+        best = min(_time(step, calls) for _ in range(3))
+        print(f"  {name} {best * 1e6:.2f}", end="")
+    print()
+
+
+def _time(step: Callable[[], object], calls: int) -> float:
+    start = time.perf_counter()
+    for _ in range(calls):
+        step()
+    return (time.perf_counter() - start) / calls
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--count", type=int, default=2_000_000, help="datagrams per run (default 2,000,000)")
+    parser.add_argument("--count", type=int, default=1_500_000, help="datagrams per run (default 1,500,000)")
     parser.add_argument("--no-kernel", action="store_true", help="skip the kernel VXLAN row")
     args = parser.parse_args()
     print(
@@ -332,6 +372,7 @@ def main() -> None:
         ("kernel vxlan", None if args.no_kernel else kernel_vxlan(args.count)),
     ]
     report(rows)
+    breakdown()
 
 
 if __name__ == "__main__":
