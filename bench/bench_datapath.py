@@ -3,17 +3,18 @@
 Run as root: ``.venv/bin/python bench/bench_datapath.py`` (about 1-2 minutes; prints one table).
 
 Setup (a lab node, namespaces ``pmbench-<random>-``): pod ``client`` is mirrored, pod ``server``
-is not; the agent's namespace runs a plain UDP sink on port 14789 instead of the node agent, so
-the figures are the sidecar's alone (the agent's receive rate is ``bench/bench_agent.py``'s job).
+is not; the agent's namespace drops the tunnel at its interface's ingress (nftables netdev hook)
+instead of running the node agent, so the figures are the sidecar's and the kernel's alone (the
+agent's receive rate is ``bench/bench_agent.py``'s job; its coverage is the last section).
 Node-side veths have MTU 1600 and the sidecar raises its route MTU to 1600 (no tunnel fragments).
 
 For each of: no mirroring, kernel mode, sniff mode, it measures
-- bulk TCP throughput (iperf3, unlimited, 3 s) and 64-byte UDP packets per second received
-  (iperf3 -u -l 64 -b 0, 3 s), and their ratio to no mirroring;
+- bulk TCP throughput (iperf3, unlimited, 2 s) and 64-byte UDP packets per second received
+  (iperf3 -u -l 64 -b 0, 2 s), in 3 interleaved rounds, and their ratio to no mirroring;
 - at a fixed offered load (TCP 300 Mbit/s for 3 s, then 64-byte UDP at 20,000 packets/s for
   3 s), the sidecar process's CPU seconds (utime + stime from /proc) and its RSS;
 and, in kernel mode, the sidecar's CPU seconds at two TCP loads (200 Mbit/s and unlimited):
-flat means no Python runs per packet. A last section replaces the sink with ``nodeagent run``
+flat means no Python runs per packet. A last section replaces the drop with ``nodeagent run``
 (pcap output) and reports, for bulk TCP at 200 Mbit/s, 1 Gbit/s and unlimited, the share of the
 datagrams the pod's VXLAN device sent that the agent received (the rest are socket drops).
 Timings on a shared 2-core machine are noisy: compare columns of one run, not runs.
@@ -23,6 +24,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import statistics
 import sys
 import tempfile
 import time
@@ -37,6 +39,11 @@ from nodeagent.lab.topology import TUNNEL_PORT, Lab, Pod  # noqa: E402
 from nodeagent.lab.workload import Workload  # noqa: E402
 
 SECONDS = 3.0
+"""Length of each fixed-load and coverage run."""
+SAMPLE_SECONDS = 2.0
+ROUNDS = 3
+"""Throughput samples per mode, interleaved (none, kernel, sniff, none, ...): the machine is shared
+and its speed drifts, so ratios are taken within a round and their median reported."""
 FIXED_TCP = "300M"
 FIXED_UDP_PPS = 20_000
 TICK = os.sysconf("SC_CLK_TCK")
@@ -55,9 +62,21 @@ def rss_mib(pid: int) -> float:
 
 
 def throughput(work: Workload, client: Pod, server: Pod) -> dict[str, float]:
-    tcp = work.iperf(client, server, seconds=SECONDS)
-    udp = work.iperf(client, server, seconds=SECONDS, udp_len=64)
-    return {"tcp_gbps": tcp["bps"] / 1e9, "udp_kpps": (udp["packets"] - udp["lost"]) / SECONDS / 1e3}
+    tcp = work.iperf(client, server, seconds=SAMPLE_SECONDS)
+    udp = work.iperf(client, server, seconds=SAMPLE_SECONDS, udp_len=64)
+    return {"tcp_gbps": tcp["bps"] / 1e9, "udp_kpps": (udp["packets"] - udp["lost"]) / SAMPLE_SECONDS / 1e3}
+
+
+def sample(lab: Lab, work: Workload, client: Pod, server: Pod, mode: str, out: Path) -> dict[str, float]:
+    """One throughput sample of the pod with no mirroring or with a sidecar in ``mode``."""
+    if mode == "none":
+        return throughput(work, client, server)
+    sidecar = podmirror.start_sidecar(lab, client, out, mode=mode, extra=["--tunnel-mtu", "1600"])
+    try:
+        wait_tunnel(lab, client, sidecar)
+        return throughput(work, client, server)
+    finally:
+        lab.ns.stop(sidecar, timeout=10)
 
 
 def fixed_load(work: Workload, client: Pod, server: Pod, pid: int) -> float:
@@ -78,7 +97,7 @@ def measure_mode(lab: Lab, work: Workload, client: Pod, server: Pod, mode: str, 
     sidecar = podmirror.start_sidecar(lab, client, out, mode=mode, extra=["--tunnel-mtu", "1600"])
     try:
         wait_tunnel(lab, client, sidecar)
-        row: dict[str, Any] = throughput(work, client, server)
+        row: dict[str, Any] = {}
         row["cpu_fixed"] = fixed_load(work, client, server, sidecar.pid)
         row["rss"] = rss_mib(sidecar.pid)
         if mode == "kernel":
@@ -92,7 +111,7 @@ def measure_mode(lab: Lab, work: Workload, client: Pod, server: Pod, mode: str, 
 
 
 def wait_tunnel(lab: Lab, client: Pod, sidecar: Any, timeout: float = 15.0) -> None:
-    """Mirroring works when the sink's namespace sees tunnel datagrams after a probe from the pod."""
+    """Mirroring works when the agent's namespace sees tunnel datagrams after a probe from the pod."""
     agent = client.node.agent
     assert agent is not None
     deadline = time.monotonic() + timeout
@@ -144,6 +163,15 @@ def settled(agent: podmirror.Agent, timeout: float = 30.0) -> dict[str, Any]:
     return agent.status()
 
 
+def drop_tunnel(lab: Lab, ns: str, on: bool) -> None:
+    """Drop the tunnel at the agent namespace's ingress (nftables netdev hook, before the IP stack):
+    a receiver that costs nothing, so the figures are the sidecar's and the kernel's, not a
+    user-space sink's competing for the same two cores."""
+    rules = ("table netdev pmbench {\n chain tunnel {\n  type filter hook ingress device eth0 priority 0;\n"
+             f"  udp dport {TUNNEL_PORT} drop\n }}\n}}\n" if on else "delete table netdev pmbench\n")
+    lab.ns.exec(ns, ["nft", "-f", "-"], input=rules)
+
+
 def build(out: Path) -> tuple[Lab, Workload, Pod, Pod]:
     lab = Lab("pmbench", workdir=out)
     node = lab.add_node()
@@ -161,22 +189,35 @@ def fmt(row: dict[str, Any], key: str, spec: str) -> str:
 MODES = ("none", "kernel", "sniff")
 
 
-def line(label: str, cells: list[str]) -> None:
-    print(f"{label:44}" + "".join(f"{c:>11}" for c in cells))
+def line(label: str, cells: list[str], width: int = 11) -> None:
+    print(f"{label:44}" + "".join(f"{c:>{width}}" for c in cells))
 
 
-def report(rows: dict[str, dict[str, Any]]) -> None:
-    base = rows["none"]
-    line("", ["no mirror", "kernel", "sniff"])
-    for label, key, spec in (("bulk TCP (Gbit/s)", "tcp_gbps", ".2f"),
-                             ("64-byte UDP (kpps received)", "udp_kpps", ".1f")):
-        line(label, [fmt(rows[m], key, spec) for m in MODES])
-        ratios = [f"{rows[m][key] / base[key]:.2f}" if key in rows[m] else "-" for m in MODES]
-        line("  ratio to no mirror", ratios)
+def summarize(samples: dict[str, list[dict[str, float]]], key: str) -> tuple[list[str], list[str]]:
+    """Per mode: 'median (min-max)' of ``key``, and the median of the per-round ratios to no mirror."""
+    cells, ratios = [], []
+    for mode in MODES:
+        values = [s[key] for s in samples[mode] if key in s]
+        if not values:
+            cells.append("-")
+            ratios.append("-")
+            continue
+        cells.append(f"{statistics.median(values):.1f} ({min(values):.1f}-{max(values):.1f})")
+        paired = [s[key] / b[key] for s, b in zip(samples[mode], samples["none"], strict=True) if key in s]
+        ratios.append(f"{statistics.median(paired):.2f}")
+    return cells, ratios
+
+
+def report(samples: dict[str, list[dict[str, float]]], rows: dict[str, dict[str, Any]]) -> None:
+    line("", ["no mirror", "kernel", "sniff"], width=18)
+    for label, key in (("bulk TCP Gbit/s", "tcp_gbps"), ("64-byte UDP kpps received", "udp_kpps")):
+        cells, ratios = summarize(samples, key)
+        line(f"{label}, median (min-max)", cells, width=18)
+        line(f"  ratio to no mirror (median of {ROUNDS})", ratios, width=18)
     load = f"sidecar CPU s ({FIXED_TCP}bit TCP, {FIXED_UDP_PPS // 1000}k pps UDP)"
-    line(load, ["-"] + [fmt(rows[m], "cpu_fixed", ".3f") for m in MODES[1:]])
-    line("sidecar RSS (MiB)", ["-"] + [fmt(rows[m], "rss", ".1f") for m in MODES[1:]])
-    print(f"(no-mirror runs before and after: TCP {base['spread_tcp']}, UDP {base['spread_udp']}; "
+    line(load, ["-"] + [fmt(rows[m], "cpu_fixed", ".3f") for m in MODES[1:]], width=18)
+    line("sidecar RSS (MiB)", ["-"] + [fmt(rows[m], "rss", ".1f") for m in MODES[1:]], width=18)
+    print(f"(throughput samples: {SAMPLE_SECONDS:.0f} s each, {ROUNDS} rounds; "
           f"fixed load: {SECONDS:.0f} s each)")
     k = rows["kernel"]
     if "cpu_low" in k:
@@ -199,14 +240,6 @@ def report_coverage(rows: list[dict[str, Any]]) -> None:
     line("agent socket kernel drops", [str(r["kernel_drops"]) for r in rows])
 
 
-def baseline(first: dict[str, float], last: dict[str, float]) -> dict[str, Any]:
-    """Mean of the no-mirror runs before and after the modes (the machine is shared: show both)."""
-    row: dict[str, Any] = {k: (first[k] + last[k]) / 2 for k in first}
-    row["spread_tcp"] = f"{first['tcp_gbps']:.2f}/{last['tcp_gbps']:.2f} Gbit/s"
-    row["spread_udp"] = f"{first['udp_kpps']:.1f}/{last['udp_kpps']:.1f} kpps"
-    return row
-
-
 def main() -> int:
     if os.geteuid() != 0:
         print("bench_datapath: needs root (network namespaces)", file=sys.stderr)
@@ -214,17 +247,21 @@ def main() -> int:
     out = Path(tempfile.mkdtemp(prefix="pmbench-"))
     lab, work, client, server = build(out)
     try:
-        sink = work.start_sink(client.node.agent, TUNNEL_PORT)  # type: ignore[arg-type]
-        first = throughput(work, client, server)
-        rows: dict[str, dict[str, Any]] = {}
+        agent_ns = client.node.agent.ns  # type: ignore[union-attr]
+        drop_tunnel(lab, agent_ns, True)
+        samples: dict[str, list[dict[str, float]]] = {mode: [] for mode in MODES}
+        for round_ in range(ROUNDS):
+            print(f"bench: throughput round {round_ + 1}/{ROUNDS} ...", flush=True)
+            for mode in MODES:
+                samples[mode].append(sample(lab, work, client, server, mode, out))
+        rows: dict[str, dict[str, Any]] = {"none": {}}
         for mode in MODES[1:]:
-            print(f"bench: {mode} mode ...", flush=True)
+            print(f"bench: {mode} mode costs ...", flush=True)
             rows[mode] = measure_mode(lab, work, client, server, mode, out)
-        rows["none"] = baseline(first, throughput(work, client, server))
-        lab.ns.stop(sink)
+        drop_tunnel(lab, agent_ns, False)
         print("bench: kernel mode with the node agent ...", flush=True)
         coverage = agent_coverage(lab, work, client, server, out)
-        report(rows)
+        report(samples, rows)
         report_coverage(coverage)
     finally:
         lab.close()
