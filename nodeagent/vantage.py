@@ -84,13 +84,15 @@ class Vantage:
             own_port, peer_addr, peer_port = meta.dport, meta.src, meta.sport
         else:
             return None
-        client = self._client(meta, now)
-        pod_is_client = client == (pod.addr, own_port)
-        if peer is None or peer is pod or peer.addr == pod.addr:
-            if not self._prefer_client and pod_is_client and peer is None:
-                if self._covered.get((pod.addr, own_port, proto), now):
-                    return Drop.OTHER_VANTAGE
+        if peer is None or peer.addr == pod.addr:
+            # Nobody else sees this flow, except a local server behind a Service (prefer=server).
+            if self._prefer_client or peer is not None:
+                return None
+            covered = self._covered.get((pod.addr, own_port, proto), now)
+            if covered and self._client(meta, now) == (pod.addr, own_port):
+                return Drop.OTHER_VANTAGE
             return None
+        pod_is_client = self._client(meta, now) == (pod.addr, own_port)
         keep = pod_is_client if self._prefer_client else not pod_is_client
         if not peer.local:
             return None if keep else Drop.NOT_OWNER
