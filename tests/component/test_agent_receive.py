@@ -158,3 +158,21 @@ async def test_a_full_batch_of_datagrams_of_every_size_is_received_intact():
         await wait_for(lambda: agent.stats.total.received == 100, what="100 datagrams")
         good.close()
     assert seen == frames
+
+
+async def test_kernel_socket_drops_are_reported_when_the_loop_falls_behind():
+    """A small receive buffer and a loop that is busy: the kernel drops, /status and /metrics say so."""
+    async with running(make_settings(listen={"rcvbuf": 65536})) as agent:
+        good = sender(KNOWN)
+        # The loop does not run while this coroutine sends, so the socket queue overflows.
+        send_tunnel(good, tunnel_port(agent), tcp_frame(), count=3000)
+        await wait_for(
+            lambda: agent.stats.total.received + agent.status()["socket"]["kernel_drops"] == 3000,
+            what="every datagram received or dropped by the kernel",
+        )
+        status = await get_status(agent)
+        code, text = await asyncio.to_thread(http_get, agent.status_address, "/metrics")
+        good.close()
+    assert status["socket"]["kernel_drops"] > 0 and accounted(status)
+    samples = {s.name: s.value for f in text_string_to_metric_families(text) for s in f.samples}
+    assert code == 200 and samples["podmirror_socket_kernel_drops_total"] == status["socket"]["kernel_drops"]
