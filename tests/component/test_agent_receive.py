@@ -176,3 +176,14 @@ async def test_kernel_socket_drops_are_reported_when_the_loop_falls_behind():
     assert status["socket"]["kernel_drops"] > 0 and accounted(status)
     samples = {s.name: s.value for f in text_string_to_metric_families(text) for s in f.samples}
     assert code == 200 and samples["podmirror_socket_kernel_drops_total"] == status["socket"]["kernel_drops"]
+
+
+async def test_a_drop_reason_is_logged_once_then_rate_limited(caplog):
+    caplog.set_level("WARNING", logger="nodeagent.adapters.receiver")
+    async with running(make_settings()) as agent:
+        stranger = sender(UNKNOWN)
+        send_tunnel(stranger, tunnel_port(agent), tcp_frame(), count=100)
+        await wait_for(lambda: agent.stats.total.received == 100)
+        stranger.close()
+    lines = [r.getMessage() for r in caplog.records if "dropped a datagram" in r.getMessage()]
+    assert lines == [f"dropped a datagram from {UNKNOWN}: unknown_sender"]
