@@ -18,6 +18,8 @@ in ``_install_extensions``):
 - ``add_task(name, factory)``: a supervised root task (the Kubernetes pod watcher);
 - ``add_output(output)``: an ``Output`` (batched transport), see ``adapters/outputs.py``;
 - ``report_mode(pod_key, mode)``: the sidecar's mode, shown as ``pods[key].mode`` in ``/status``;
+- ``add_status_hook(hook)`` / ``add_ready_check(check)``: a part's own ``/status`` fields, and a
+  condition ``/readyz`` waits for (the pod table's first list);
 - ``pods``, ``stats``, ``pipeline``, ``settings``: the shared objects, loop thread only.
 """
 
