@@ -255,3 +255,76 @@ async def test_a_stalled_disk_drops_and_counts_instead_of_growing_or_blocking(tm
     await out.close()
     _, records = pcap.read(Path(_pcaps(tmp_path)[0]).read_bytes())
     assert len(records) == state["packets"]
+
+
+@needs_tshark
+async def test_tshark_verifies_every_checksum_of_a_normalized_super_packet(tmp_path):
+    """What sensors see: segments no larger than 1514 bytes whose IP and TCP checksums verify."""
+    payload = bytes(range(256)) * 60  # 15,360 bytes in one GSO super-packet
+    frames = [
+        with_partial_checksum(tcp_frame(payload, seq=1, flags="PA")),
+        with_partial_checksum(udp_frame(b"answer")),
+    ]
+    async with running(make_settings(outputs={"pcap": {"dir": str(tmp_path)}})) as agent:
+        good = sender(KNOWN)
+        for frame in frames:
+            send_tunnel(good, tunnel_port(agent), frame)
+        await wait_for(lambda: agent.stats.total.forwarded == 2)
+        good.close()
+    fields = ["frame.len", "ip.checksum.status", "tcp.checksum.status", "udp.checksum.status"]
+    out = subprocess.run(
+        [
+            "tshark",
+            "-r",
+            _pcaps(tmp_path)[0],
+            "-o",
+            "tcp.check_checksum:TRUE",
+            "-o",
+            "udp.check_checksum:TRUE",
+            "-o",
+            "ip.check_checksum:TRUE",
+            "-T",
+            "fields",
+            *[a for f in fields for a in ("-e", f)],
+        ],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    rows = [line.split("\t") for line in out.splitlines()]
+    assert len(rows) == 11 + 1  # 15,360 / 1,460 -> 11 segments, then the datagram
+    assert all(int(r[0]) <= 1514 for r in rows)
+    assert all(r[1] == "1" for r in rows)  # 1 = good
+    assert all(r[2] == "1" for r in rows[:-1]) and rows[-1][3] == "1"
+
+
+@needs_tshark
+async def test_without_normalization_tshark_flags_the_partial_checksum(tmp_path):
+    """The control for the test above: the mirrored copy as it arrives is rejected by a checker."""
+    settings = make_settings(
+        outputs={"pcap": {"dir": str(tmp_path)}}, normalize={"segment": False, "fix_checksums": False}
+    )
+    async with running(settings) as agent:
+        good = sender(KNOWN)
+        send_tunnel(good, tunnel_port(agent), with_partial_checksum(tcp_frame(b"x" * 3000)))
+        await wait_for(lambda: agent.stats.total.forwarded == 1)
+        good.close()
+    out = subprocess.run(
+        [
+            "tshark",
+            "-r",
+            _pcaps(tmp_path)[0],
+            "-o",
+            "tcp.check_checksum:TRUE",
+            "-T",
+            "fields",
+            "-e",
+            "frame.len",
+            "-e",
+            "tcp.checksum.status",
+        ],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.split()
+    assert out == [str(len(tcp_frame(b"x" * 3000))), "0"]  # 0 = bad
