@@ -4,11 +4,10 @@ from __future__ import annotations
 
 import asyncio
 import json
-
-from nodeagent import bpf
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
+from nodeagent import bpf
 from nodeagent.app import Agent
 from nodeagent.settings import Settings
 from nodeagent.web import pushdown_api

@@ -20,8 +20,8 @@ from tests.unit.nodeagent.pipeline_packets import (
     tcp,
     udp,
 )
-from tests.unit.nodeagent.pipeline_packets import IPv6 as IPv6Layer
 from tests.unit.nodeagent.pipeline_packets import UDP as UDPLayer
+from tests.unit.nodeagent.pipeline_packets import IPv6 as IPv6Layer
 
 
 def compile_rules(rules: list[dict[str, Any]], **extra: Any) -> filters.FilterSet:
