@@ -108,6 +108,7 @@ class _Link:
         self.batcher = Batcher(max_bytes=opts.batch_bytes, max_delay=opts.max_delay)
         self.outbox = framing.Outbox(opts.queue_bytes)
         self._wake = asyncio.Event()
+        self._lock = asyncio.Lock()
         self._timer: asyncio.TimerHandle | None = None
         self.status = "connecting"
         self.offered = self.delivered = self.batches = self.bytes_sent = self.raw_bytes = 0
@@ -167,12 +168,21 @@ class _Link:
 
     # ---- connection task ---------------------------------------------------------------------
     async def run(self, rng: random.Random) -> None:
+        # One connection per link at a time: a flush-time runner and ``run`` may overlap briefly.
+        async with self._lock:
+            await self._connect_forever(rng)
+
+    async def _connect_forever(self, rng: random.Random) -> None:
         backoff = Backoff(self._opts.backoff_initial, self._opts.backoff_max, rng)
         while True:
             try:
                 await self._session(backoff)
             except _FAULTS as exc:
                 self.last_error = f"{type(exc).__name__}: {exc}"[:200]
+            except asyncio.CancelledError:
+                self.status = "stopped"
+                self.outbox.restart()   # whatever was in flight is resent by the next session
+                raise
             if self.status != "down":
                 log.warning("collector %s down: %s", self.name, self.last_error)
             self.status = "down"
@@ -263,6 +273,12 @@ class _Link:
         acks.result()   # raises the reader's fault
 
 
+async def _cancel(tasks: list[asyncio.Task[None]]) -> None:
+    for task in tasks:
+        task.cancel()
+    await asyncio.gather(*tasks, return_exceptions=True)
+
+
 class TransportOutput:
     """The ``Output`` for collectors. ``run()`` is its root task (one connection task per link)."""
 
@@ -308,19 +324,30 @@ class TransportOutput:
     async def open(self) -> None:
         return None   # connections are made by run(), in the background, with backoff
 
+    def _start(self) -> list[asyncio.Task[None]]:
+        return [asyncio.create_task(link.run(self._rng), name=f"transport {name}")
+                for name, link in self._links.items()]
+
     async def run(self) -> None:
-        self._tasks = [asyncio.create_task(link.run(self._rng), name=f"transport {name}")
-                       for name, link in self._links.items()]
+        self._tasks = self._start()
         try:
             await asyncio.gather(*self._tasks)
         finally:
-            for task in self._tasks:
-                task.cancel()
-            await asyncio.gather(*self._tasks, return_exceptions=True)
+            await _cancel(self._tasks)
 
     async def flush(self) -> None:
-        """Ship open batches and wait (at most ``flush_timeout``) for the collectors' ACKs."""
-        await self.drain(self.flush_timeout)
+        """Ship open batches and wait (at most ``flush_timeout``) for the collectors' ACKs.
+
+        The agent may already have cancelled ``run`` (its shutdown stops root tasks before it
+        flushes outputs): then the connections are started again just for the flush."""
+        if self._tasks and not all(task.done() for task in self._tasks):
+            await self.drain(self.flush_timeout)
+            return
+        temporary = self._start()
+        try:
+            await self.drain(self.flush_timeout)
+        finally:
+            await _cancel(temporary)
 
     async def drain(self, timeout: float) -> bool:
         """Ship open batches; wait until every batch is acknowledged or ``timeout`` seconds passed."""
@@ -335,9 +362,7 @@ class TransportOutput:
         """Count whatever is still unacknowledged as dropped (``shutdown``); stop the tasks."""
         for link in self._links.values():
             link.drop_all()
-        for task in self._tasks:
-            task.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
+        await _cancel(self._tasks)
 
     def state(self) -> dict[str, Any]:
         links = {name: link.state() for name, link in self._links.items()}
