@@ -369,7 +369,10 @@ class TransportOutput:
         total = {k: sum(s[k] for s in links.values())
                  for k in ("offered", "delivered", "queued_packets", "open_packets", "bytes_sent")}
         dropped = {r: sum(s["dropped"][r] for s in links.values()) for r in (QUEUE_FULL, SHUTDOWN)}
-        return {"kind": "transport", **total, "dropped": dropped, "collectors": links,
+        # Flat integers too: ``/metrics`` turns top-level integers into podmirror_output_* gauges.
+        flat = {f"dropped_{reason}": n for reason, n in dropped.items()}
+        flat["collectors_up"] = sum(1 for s in links.values() if s["state"] == "up")
+        return {"kind": "transport", **total, **flat, "dropped": dropped, "collectors": links,
                 "stream": self._stream.hex()}
 
 

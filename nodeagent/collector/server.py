@@ -123,7 +123,11 @@ class Collector:
             stats.delays.extend((now_ns - r.ts_ns) / 1e9 for r in records)
             for r in records:
                 stats.pods[r.pod] += 1
-            info = stats.agents.setdefault(stream.hex(), {"name": agent, "packets": 0})
+            info = stats.agents.get(stream.hex())
+            if info is None:
+                info = stats.agents[stream.hex()] = {"name": agent, "packets": 0}
+                while len(stats.agents) > self.streams.capacity:   # bounded like ``Streams``
+                    del stats.agents[next(iter(stats.agents))]
             info["packets"] += len(records)
         else:
             stats.duplicate_batches += 1
