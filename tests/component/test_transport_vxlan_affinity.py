@@ -2,13 +2,18 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import socket
 from collections import defaultdict
 
+import pytest
+
+from nodeagent.adapters import vxlan_out
 from nodeagent.adapters.vxlan_out import HOLDDOWN_MIN, VxlanOutput
 from nodeagent.settings import SensorSettings
 from nodeagent.wire import vxlan
-from tests.component.transport_kit import flow_key, forward, frame
+from tests.component.transport_kit import flow_key, forward, frame, wait_for
 
 FLOWS = [(31000 + i, 80, i % 3 == 0) for i in range(120)]
 
@@ -71,6 +76,37 @@ async def test_each_flow_goes_to_one_sensor_from_one_source_port_and_moves_only_
         assert back == {k for k, v in first.items() if v == "b"}    # exactly its own flows return
         assert out.state()["sensors"][1]["state"] == "up"
     finally:
+        await out.close()
+        a.close()
+        b.close()
+
+
+async def test_a_configured_tcp_probe_decides_sensor_health(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(vxlan_out, "PROBE_INTERVAL", 0.05)
+    a, b = sensor_socket(), sensor_socket()
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        probe_port = probe.getsockname()[1]          # nothing listens yet: b is down
+    out = VxlanOutput([SensorSettings("127.0.0.1", a.getsockname()[1]),
+                       SensorSettings("127.0.0.1", b.getsockname()[1], probe_port=probe_port)])
+    await out.open()
+    task = asyncio.create_task(out.run(), name="probe")
+    listener: socket.socket | None = None
+    try:
+        await wait_for(lambda: not out.sensors[1].up, 5, "b marked down by its probe")
+        loop = asyncio.get_running_loop()
+        one_round(out, loop.time())
+        assert drain(b) == [] and len(drain(a)) == 2 * len(FLOWS)   # everything at a
+        listener = socket.create_server(("127.0.0.1", probe_port))
+        await wait_for(lambda: out.sensors[1].up, 5, "b back once its probe port answers")
+        one_round(out, loop.time())
+        assert drain(b)                                              # b takes its flows again
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+        if listener is not None:
+            listener.close()
         await out.close()
         a.close()
         b.close()
