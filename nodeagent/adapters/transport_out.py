@@ -33,7 +33,7 @@ import random
 import socket
 import ssl
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from nodeagent import flowhash, framing
@@ -101,7 +101,7 @@ class Backoff:
 
 class _Link:
     def __init__(self, host: str, port: int, ctx: ssl.SSLContext, opts: TransportOptions,
-                 stream: bytes, agent: str, on_health: Any) -> None:
+                 stream: bytes, agent: str, on_health: Callable[[], None]) -> None:
         self.host, self.port, self.name = host, port, f"{host}:{port}"
         self._ctx, self._opts, self._stream, self._agent = ctx, opts, stream, agent
         self._on_health = on_health
