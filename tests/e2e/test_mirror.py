@@ -238,4 +238,5 @@ def test_what_reaches_sensor_and_pcap_passes_checksums_and_fits_snap_lengths(mir
     for path in outputs:
         fit = capture.sensor_fitness(path)
         assert fit["bad_checksums"] == 0, f"{path.name}: {fit}"
+        assert fit["tcp_ffff"] <= fit["frames"] // 1000, f"{path.name}: 0xffff TCP checksums: {fit}"
         assert fit["max_frame"] <= 1514, f"{path.name}: {fit}"
