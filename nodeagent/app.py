@@ -57,8 +57,10 @@ TaskFactory = Callable[[], Awaitable[None]]
 
 def static_pods(settings: Settings) -> list[PodInfo]:
     """The pod table from the configuration: local senders and peers on other nodes."""
-    pods = [PodInfo(ip=s.ip, vni=int(s.vni), namespace=s.namespace, name=s.name) for s in settings.senders]
-    pods += [PodInfo(ip=p.ip, vni=0, namespace=p.namespace, name=p.name, local=False) for p in settings.peers]
+    pods = [PodInfo(ip=s.ip, vni=int(s.vni), namespace=s.namespace, name=s.name, ports=tuple(sorted(s.ports)))
+            for s in settings.senders]
+    pods += [PodInfo(ip=p.ip, vni=0, namespace=p.namespace, name=p.name, local=False,
+                     ports=tuple(sorted(p.ports))) for p in settings.peers]
     return pods
 
 

@@ -13,8 +13,9 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
+import os
 import sys
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from nodeagent import inject_cmd
@@ -88,11 +89,20 @@ def run_overrides(args: argparse.Namespace) -> dict[str, Any]:
     return over
 
 
-def load_run_settings(args: argparse.Namespace) -> Settings:
+def environment_defaults(environ: Mapping[str, str]) -> dict[str, Any]:
+    """Downward-API values under the config file: ``NODE_IP`` -> ``filters.node_ip`` (the
+    drop-health-probes preset's node address; a file shared by every node cannot hold it)."""
+    node_ip = environ.get("NODE_IP", "").strip()
+    return {"filters": {"node_ip": node_ip}} if node_ip else {}
+
+
+def load_run_settings(args: argparse.Namespace, environ: Mapping[str, str] | None = None) -> Settings:
+    """Defaults < environment (``environment_defaults``) < config file < flags."""
     over = run_overrides(args)
+    base = environment_defaults(os.environ if environ is None else environ)
     if args.config:
-        return settings_mod.load_file(args.config, over)
-    return settings_mod.load(over)
+        return settings_mod.load_file(args.config, over, base=base)
+    return settings_mod.load(settings_mod.merge(base, over))
 
 
 def _run(args: argparse.Namespace) -> int:

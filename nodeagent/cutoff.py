@@ -64,6 +64,10 @@ class Cutoff:
     def evictions(self) -> int:
         return self._flows.evictions
 
+    def __len__(self) -> int:
+        """Encrypted flows tracked."""
+        return len(self._flows)
+
     def apply(self, meta: PacketMeta, frame: memoryview | bytes, now: float) -> int:
         """``FORWARD`` (0), a length to cut the frame to (> 0), or ``CUT`` (-1: drop)."""
         proto = meta.proto

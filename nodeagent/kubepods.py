@@ -14,6 +14,8 @@ Model:
   ``podmirror.io/monitor: "true"``. It enters the table once it has an IP and while it is not
   finished (phase Succeeded/Failed release their address) and not on the host network (its
   address is the node's, not its own).
+- Dual-stack: ``status.podIPs`` beyond ``podIP`` become ``PodInfo.ips``, so the pod is found by
+  either family's address (the tunnel still comes from ``podIP``, the sidecar's POD_IP).
 - VNI: ``vni_for_address(pod IP)``, the low 24 bits of the IPv4 address. Pod addresses on one node
   come from the node's pod CIDR, so two pods on a node get the same VNI only if their addresses
   agree in the low 24 bits, impossible when the cluster's pod CIDR is a /8 or smaller. No
@@ -27,6 +29,7 @@ Model:
 from __future__ import annotations
 
 import dataclasses
+import ipaddress
 from collections.abc import Iterable, Mapping
 from typing import Any
 
@@ -100,7 +103,23 @@ def pod_info(pod: Pod, *, node: str) -> PodInfo | None:
         node=pod_node,
         local=pod_node == node,
         ports=parse_ports(annotations.get(PORTS_ANNOTATION, "")),
+        ips=other_addresses(status, ip),
     )
+
+
+def other_addresses(status: Mapping[str, Any], ip: str) -> tuple[str, ...]:
+    """A dual-stack pod's addresses besides ``podIP`` (``status.podIPs``), canonical text; entries
+    that are not addresses are skipped (the pod keeps its primary address)."""
+    out: list[str] = []
+    for entry in status.get("podIPs") or ():
+        text = entry.get("ip") if isinstance(entry, Mapping) else None
+        try:
+            canonical = str(ipaddress.ip_address(text or ""))
+        except ValueError:
+            continue
+        if canonical != str(ipaddress.ip_address(ip)) and canonical not in out:
+            out.append(canonical)
+    return tuple(out)
 
 
 @dataclasses.dataclass(slots=True)

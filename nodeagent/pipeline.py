@@ -6,7 +6,9 @@ no sockets, no clock, no Kubernetes. Stages run cheapest first, so a spoofed tun
 lookup and never a parse:
 
 1. sender: the source address must be a monitored pod on this node, and the VNI its own;
-2. decode: VXLAN, then the inner Ethernet/IP/transport headers;
+2. decode: VXLAN, then the inner Ethernet/IP/transport headers; with a container selection
+   (``PodInfo.ports``), packets of the pod's other containers go (``OTHER_CONTAINER``,
+   ``containerports``);
 3. vantage (``vantage``): a flow seen from two vantages is kept from one (``OTHER_VANTAGE``), a
    flow between two nodes' monitored pods from one node (``NOT_OWNER``);
 4. filters (``filters``): ordered rules from the copy's own vantage (``FILTERED``), maybe a snap
@@ -26,8 +28,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from nodeagent import containerports, flowkey
 from nodeagent import cutoff as cutoff_mod
-from nodeagent import flowkey
 from nodeagent.cutoff import Cutoff
 from nodeagent.dedup import DedupWindow
 from nodeagent.filters import EXCLUDE, FilterSet
@@ -77,6 +79,10 @@ class Pipeline:
             direction = Direction.EGRESS
         elif meta.dst == pod.addr:
             direction = Direction.INGRESS
+        elif meta.src in pod.addrs:  # a dual-stack pod's other family (rare: checked last)
+            direction = Direction.EGRESS
+        elif meta.dst in pod.addrs:
+            direction = Direction.INGRESS
         else:
             direction = Direction.UNKNOWN
         return self._stages(frame, meta, pod, direction, counters, size, now)
@@ -84,9 +90,13 @@ class Pipeline:
     def _stages(self, frame: vxlan.VxlanFrame, meta: PacketMeta, pod: PodInfo, direction: Direction,
                 counters: Counters, size: int, now: float) -> Verdict:
         stats, inner = self._stats, frame.inner
+        if pod.ports and not containerports.selected(inner, meta, pod, direction):
+            return self._drop(counters, Drop.OTHER_CONTAINER, size, FILTER)
         peer = self._peer(meta, direction)
         if self._vantage is not None:
-            reason = self._vantage.decide(meta, pod, peer, now)
+            # A peer whose container selection excludes this flow forwards none of it: not a vantage.
+            seen = peer if peer is None or not peer.ports or containerports.peer_sees(meta, peer) else None
+            reason = self._vantage.decide(meta, pod, seen, now)
             if reason is not None:
                 return self._drop(counters, reason, size, DEDUP)
         keep = 0
@@ -128,7 +138,7 @@ class Pipeline:
         if self._dedup is not None:
             out["dedup"] = {"entries": len(self._dedup), "evictions": self._dedup.evictions}
         if self._vantage is not None:
-            out["vantage"] = {"evictions": self._vantage.evictions}
+            out["vantage"] = {"entries": len(self._vantage), "evictions": self._vantage.evictions}
         if self._cutoff is not None:
-            out["cutoff"] = {"evictions": self._cutoff.evictions}
+            out["cutoff"] = {"entries": len(self._cutoff), "evictions": self._cutoff.evictions}
         return out

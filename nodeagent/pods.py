@@ -25,15 +25,26 @@ class PodInfo:
     """True for a pod on this node (a sender); False for a monitored pod on another node (a peer)."""
     ports: tuple[int, ...] = ()
     """Declared container ports of the monitored containers (empty: the whole pod is monitored)."""
+    ips: tuple[str, ...] = ()
+    """The pod's other addresses (dual-stack ``status.podIPs``): looked up like ``ip``, never a
+    tunnel source of their own."""
 
     addr: bytes = dataclasses.field(init=False, repr=False, compare=False)
     """Packed ``ip`` (4 or 16 bytes), computed once: packets are matched on packed addresses."""
     key: str = dataclasses.field(init=False, repr=False, compare=False)
     """``namespace/name``: the per-pod key in ``/status`` and ``/metrics``."""
+    addrs: frozenset[bytes] = dataclasses.field(init=False, repr=False, compare=False)
+    """Every packed address of the pod (``ip`` and ``ips``): "is this the pod?" for either family."""
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "addr", ipaddress.ip_address(self.ip).packed)
         object.__setattr__(self, "key", f"{self.namespace}/{self.name}")
+        object.__setattr__(self, "addrs", frozenset(ipaddress.ip_address(a).packed for a in self.all_ips))
+
+    @property
+    def all_ips(self) -> tuple[str, ...]:
+        """``ip`` first, then the other addresses."""
+        return (self.ip, *(a for a in self.ips if a != self.ip))
 
 
 class PodIndex:
@@ -50,12 +61,16 @@ class PodIndex:
         if old is not None:
             self.remove(old.ip)
         self._by_ip[pod.ip] = pod
+        for addr in pod.addrs:  # a dual-stack pod: each family's packets find it
+            self._by_addr[addr] = pod
         self._by_addr[pod.addr] = pod
 
     def remove(self, ip: str) -> PodInfo | None:
         pod = self._by_ip.pop(ip, None)
         if pod is not None:
-            self._by_addr.pop(pod.addr, None)
+            for addr in pod.addrs:
+                if self._by_addr.get(addr) is pod:  # the address may be another pod's by now
+                    del self._by_addr[addr]
         return pod
 
     def replace_all(self, pods: Iterable[PodInfo]) -> None:

@@ -18,6 +18,8 @@ pushing down never loses traffic; the agent still enforces every rule itself. Pe
   are not pushed: an exclude rule holding one is skipped (the agent applies it), and an include
   rule holding one ends the fold with "mirror" (a frame reaching it might be included).
 
+A container selection (``PodInfo.ports``, see ``containerports``) is and-ed in front of the rules.
+
 First match wins, so the fold runs backwards from the default: an include rule gives
 ``C or (rest)``, an exclude rule ``not C and (rest)``, with constant folding so a rule set with
 nothing pushable yields null. Limits: frames carrying a VLAN tag or IPv6 extension headers before
@@ -33,7 +35,7 @@ import json
 from collections.abc import Sequence
 from typing import NamedTuple
 
-from nodeagent import bpf, filters
+from nodeagent import bpf, containerports, filters
 from nodeagent.pods import PodInfo
 from nodeagent.settings import RuleSettings
 
@@ -69,7 +71,8 @@ def expression(filterset: filters.FilterSet, pod: PodInfo) -> str:
             rest = _and(_not(cond), rest)
         else:
             rest = _or(cond, rest)
-    return rest
+    ports = containerports.expression(pod)  # the container selection holds whatever the rules say
+    return rest if ports is None else _and(ports, rest)
 
 
 def plan(filterset: filters.FilterSet, pod: PodInfo) -> PushdownPlan:
@@ -83,10 +86,10 @@ def plan(filterset: filters.FilterSet, pod: PodInfo) -> PushdownPlan:
 
 def condition(spec: RuleSettings, pod: PodInfo) -> str:
     """The packet-level conditions of a pushable rule for ``pod`` (constants for none)."""
-    family = "ip" if ipaddress.ip_address(pod.ip).version == 4 else "ip6"
     parts: list[str] = []
-    if spec.direction is not None:
-        parts.append(f"{family} {'src' if spec.direction == 'out' else 'dst'} host {pod.ip}")
+    if spec.direction is not None:  # every address: a dual-stack pod's IPv6 packets are its own too
+        end = "src" if spec.direction == "out" else "dst"
+        parts.append(_or_all([f"{_family(ip)} {end} host {ip}" for ip in pod.all_ips]))
     if spec.protocol is not None:
         numbers = filters.protocol_numbers(spec.protocol, "protocol", spec.name)
         # Both families: the agent matches the protocol of any frame, and dual-stack pods send both.
@@ -95,18 +98,34 @@ def condition(spec: RuleSettings, pod: PodInfo) -> str:
         ranges = filters.port_ranges(spec.ports, "ports", spec.name)
         parts.append(_or_all([f"port {lo}" if lo == hi else f"portrange {lo}-{hi}" for lo, hi in ranges]))
     if spec.peer:
-        nets = [n for n in (ipaddress.ip_network(c, strict=False) for c in spec.peer)
-                if n.version == ipaddress.ip_address(pod.ip).version]
-        if not nets:
+        peer = _peer_condition(spec.peer, pod)
+        if peer == _FALSE:
             return _FALSE
-        peer = _or_all([f"{family} dst net {n}" for n in nets])
-        back = _or_all([f"{family} src net {n}" for n in nets])
-        parts.append(f"({family} src host {pod.ip} and {peer}) or ({family} dst host {pod.ip} and {back})")
+        parts.append(peer)
     if spec.bpf is not None:
         parts.append(spec.bpf)
     if not parts:
         return _TRUE
     return " and ".join(f"({p})" for p in parts)
+
+
+def _peer_condition(cidrs: Sequence[str], pod: PodInfo) -> str:
+    """The other end in one of ``cidrs``, from each of the pod's addresses of the same family."""
+    nets = [ipaddress.ip_network(c, strict=False) for c in cidrs]
+    sides = []
+    for ip in pod.all_ips:
+        version, family = ipaddress.ip_address(ip).version, _family(ip)
+        same = [n for n in nets if n.version == version]
+        if same:
+            peer = _or_all([f"{family} dst net {n}" for n in same])
+            back = _or_all([f"{family} src net {n}" for n in same])
+            # Parenthesised: libpcap's "and" and "or" bind equally, left to right.
+            sides += [f"{family} src host {ip} and ({peer})", f"{family} dst host {ip} and ({back})"]
+    return _or_all(sides) if sides else _FALSE
+
+
+def _family(ip: str) -> str:
+    return "ip" if ipaddress.ip_address(ip).version == 4 else "ip6"
 
 
 def _pushable(spec: RuleSettings) -> bool:

@@ -144,13 +144,17 @@ class SenderSettings:
     vni: int | str
     namespace: str
     name: str
+    ports: tuple[int, ...] = ()
+    """Container selection: only traffic on these pod-side ports (``nodeagent.containerports``);
+    empty: the whole pod. Text form: an optional 4th field ``PORT[+PORT...]``."""
 
     @classmethod
     def from_text(cls, text: str) -> SenderSettings:
         parts = text.split(",")
-        _check(len(parts) == 3, "", f"must be IP,VNI,NAMESPACE/NAME, got {text!r}")
+        _check(len(parts) in (3, 4), "", f"must be IP,VNI,NAMESPACE/NAME[,PORT[+PORT]], got {text!r}")
         namespace, name = _split_pod(parts[2], "")
-        return cls(ip=parts[0].strip(), vni=parts[1].strip(), namespace=namespace, name=name)
+        return cls(ip=parts[0].strip(), vni=parts[1].strip(), namespace=namespace, name=name,
+                   ports=parse_ports(parts[3] if len(parts) == 4 else "", "ports"))
 
     def __post_init__(self) -> None:
         _check(_is_ip(self.ip), "ip", f"must be an IP address, got {self.ip!r}")
@@ -159,6 +163,19 @@ class SenderSettings:
         object.__setattr__(self, "vni", parse_vni(self.vni, self.ip, "vni"))
         _check(bool(self.namespace), "namespace", "must not be empty")
         _check(bool(self.name), "name", "must not be empty")
+        _check_ports(self.ports)
+
+
+def parse_ports(text: str, field: str) -> tuple[int, ...]:
+    """``"8080+9090"`` -> ``(8080, 9090)``; empty text -> ``()``."""
+    items = [item.strip() for item in text.split("+")] if text.strip() else []
+    _check(all(item.isdigit() for item in items), field, f"must be PORT[+PORT...], got {text!r}")
+    return tuple(int(item) for item in items)
+
+
+def _check_ports(ports: tuple[int, ...]) -> None:
+    _check(all(isinstance(p, int) and 0 < p < 65536 for p in ports), "ports",
+           f"must be ports in 1..65535, got {list(ports)!r}")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -168,19 +185,24 @@ class PeerSettings:
     ip: str
     namespace: str
     name: str
+    ports: tuple[int, ...] = ()
+    """The peer's container selection, as its own node's agent has it (optional 3rd field
+    ``PORT[+PORT...]``): flows it does not forward are this node's to keep."""
 
     @classmethod
     def from_text(cls, text: str) -> PeerSettings:
-        ip, comma, pod = text.partition(",")
-        _check(bool(comma), "", f"must be IP,NAMESPACE/NAME, got {text!r}")
-        namespace, name = _split_pod(pod, "")
-        return cls(ip=ip.strip(), namespace=namespace, name=name)
+        parts = text.split(",")
+        _check(len(parts) in (2, 3), "", f"must be IP,NAMESPACE/NAME[,PORT[+PORT]], got {text!r}")
+        namespace, name = _split_pod(parts[1], "")
+        return cls(ip=parts[0].strip(), namespace=namespace, name=name,
+                   ports=parse_ports(parts[2] if len(parts) == 3 else "", "ports"))
 
     def __post_init__(self) -> None:
         _check(_is_ip(self.ip), "ip", f"must be an IP address, got {self.ip!r}")
         object.__setattr__(self, "ip", str(ipaddress.ip_address(self.ip)))
         _check(bool(self.namespace), "namespace", "must not be empty")
         _check(bool(self.name), "name", "must not be empty")
+        _check_ports(self.ports)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -522,8 +544,9 @@ def load(data: Mapping[str, Any] | None) -> Settings:
     return typing.cast(Settings, _convert(Settings, data or {}, ""))
 
 
-def load_file(path: str, overrides: Mapping[str, Any] | None = None) -> Settings:
-    """Read YAML or JSON from ``path``, merge ``overrides`` over it, validate."""
+def load_file(path: str, overrides: Mapping[str, Any] | None = None,
+              base: Mapping[str, Any] | None = None) -> Settings:
+    """Read YAML or JSON from ``path``, merge it over ``base`` and ``overrides`` over it, validate."""
     import yaml  # local: settings stays importable without parsing anything
 
     try:
@@ -536,7 +559,7 @@ def load_file(path: str, overrides: Mapping[str, Any] | None = None) -> Settings
     if data is None:
         data = {}
     _check(isinstance(data, Mapping), "--config", "must hold a mapping at the top level")
-    return load(merge(data, overrides or {}))
+    return load(merge(merge(base or {}, data), overrides or {}))
 
 
 def merge(base: Mapping[str, Any], over: Mapping[str, Any]) -> dict[str, Any]:

@@ -73,26 +73,31 @@ class Vantage:
     def evictions(self) -> int:
         return self._clients.evictions + self._covered.evictions
 
+    def __len__(self) -> int:
+        """Entries held (flows' clients and, prefer=server, covered client endpoints)."""
+        return len(self._clients) + len(self._covered)
+
     def decide(self, meta: PacketMeta, pod: PodInfo, peer: PodInfo | None, now: float) -> Drop | None:
         """None to keep this copy, else ``Drop.OTHER_VANTAGE`` or ``Drop.NOT_OWNER``."""
         proto = meta.proto
         if meta.l4 < 0 or (proto != IPPROTO_TCP and proto != IPPROTO_UDP):
             return self._without_flow(meta, pod, peer)
-        if meta.src == pod.addr:
-            own_port, peer_addr, peer_port = meta.sport, meta.dst, meta.dport
-        elif meta.dst == pod.addr:
-            own_port, peer_addr, peer_port = meta.dport, meta.src, meta.sport
+        # ``addrs``: a dual-stack pod's IPv6 flows are its flows too (``pod.addr`` is one address).
+        if meta.src == pod.addr or meta.src in pod.addrs:
+            own, own_port, peer_addr, peer_port = meta.src, meta.sport, meta.dst, meta.dport
+        elif meta.dst == pod.addr or meta.dst in pod.addrs:
+            own, own_port, peer_addr, peer_port = meta.dst, meta.dport, meta.src, meta.sport
         else:
             return None
         if peer is None or peer.addr == pod.addr:
             # Nobody else sees this flow, except a local server behind a Service (prefer=server).
             if self._prefer_client or peer is not None:
                 return None
-            covered = self._covered.get((pod.addr, own_port, proto), now)
-            if covered and self._client(meta, now) == (pod.addr, own_port):
+            covered = self._covered.get((own, own_port, proto), now)
+            if covered and self._client(meta, now) == (own, own_port):
                 return Drop.OTHER_VANTAGE
             return None
-        pod_is_client = self._client(meta, now) == (pod.addr, own_port)
+        pod_is_client = self._client(meta, now) == (own, own_port)
         keep = pod_is_client if self._prefer_client else not pod_is_client
         if not peer.local:
             return None if keep else Drop.NOT_OWNER
@@ -109,7 +114,7 @@ class Vantage:
             return None
         kind = _ECHO.get((meta.proto, meta.sport)) if meta.l4 >= 0 else None
         if kind is not None:
-            pod_is_client = (meta.src == pod.addr) == (kind == _REQUEST)
+            pod_is_client = (meta.src in pod.addrs) == (kind == _REQUEST)
             keep = pod_is_client if self._prefer_client else not pod_is_client
             if keep:
                 return None

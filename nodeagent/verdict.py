@@ -28,6 +28,9 @@ class Drop(enum.StrEnum):
     """A cross-node flow that the other node's agent forwards."""
     FILTERED = "filtered"
     """An exclude rule (or the default action) matched."""
+    OTHER_CONTAINER = "other_container"
+    """The pod's monitored containers were selected (``PodInfo.ports``) and this packet belongs to
+    none of them (``containerports``)."""
     CUT_OFF = "cut_off"
     """An encrypted flow past its cutoff, configured to forward nothing."""
     QUEUE_FULL = "queue_full"

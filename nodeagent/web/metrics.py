@@ -26,6 +26,7 @@ class AgentCollector(Collector):
         yield from _pods(status.get("pods", {}))
         yield from _outputs(status.get("outputs", {}))
         yield from _misc(status)
+        yield from _tables(status.get("pipeline", {}))
 
 
 def make_registry(status: Callable[[], dict[str, Any]]) -> CollectorRegistry:
@@ -122,3 +123,17 @@ def _misc(s: dict[str, Any]) -> Iterator[Metric]:
     for key, value in s.get("normalize", {}).items():
         if key != "max_frame":
             yield _counter(f"podmirror_normalize_{key}_total", f"Normalization: {key}.", value)
+
+
+def _tables(tables: dict[str, dict[str, Any]]) -> Iterator[Metric]:
+    """``Pipeline.state()``: per table (dedup, vantage, cutoff) ``podmirror_<table>_evictions_total``
+    (entries pushed out while still live: lost state, not packet drops) and ``podmirror_<table>_entries``."""
+    for table, state in tables.items():
+        if "evictions" in state:
+            yield _counter(f"podmirror_{table}_evictions_total",
+                           f"Entries the {table} table evicted while still live (capacity reached).",
+                           state["evictions"])
+        if "entries" in state:
+            entries = GaugeMetricFamily(f"podmirror_{table}_entries", f"Entries in the {table} table.")
+            entries.add_metric([], state["entries"])
+            yield entries
