@@ -40,9 +40,11 @@ def _register_run(subparsers: Any) -> None:
     p.add_argument("--listen", metavar="IP:PORT",
                    help=f"tunnel UDP address (port {settings_mod.TUNNEL_PORT})")
     p.add_argument("--sender", metavar="IP,VNI,NAMESPACE/NAME", action="append",
-                   help="a monitored pod on this node (repeat; replaces the file's senders)")
+                   help="a monitored pod on this node (repeat; replaces the file's senders); an optional "
+                        "4th field PORT[+PORT...] keeps only those pod-side ports (container selection)")
     p.add_argument("--peer", metavar="IP,NAMESPACE/NAME", action="append",
-                   help="a monitored pod on another node (repeat; replaces the file's peers)")
+                   help="a monitored pod on another node (repeat; replaces the file's peers); optional "
+                        "3rd field PORT[+PORT...]: its container selection")
     p.add_argument("--pcap-dir", metavar="DIR", help="write rotating pcap files here")
     p.add_argument("--sensor", metavar="IP[:PORT]", action="append",
                    help=f"VXLAN sensor (repeat; port {settings_mod.SENSOR_PORT} by default)")
