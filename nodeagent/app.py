@@ -163,6 +163,9 @@ class Agent:
         for key, mode in self.modes.items():
             if key in snap["pods"]:
                 snap["pods"][key]["mode"] = mode
+        for pod in self.pods.all():  # the container selection: what ``other_container`` drops
+            if pod.ports and pod.key in snap["pods"]:
+                snap["pods"][pod.key]["ports"] = list(pod.ports)
         address = self.receiver.address
         snap.update(
             listen=f"{address[0]}:{address[1]}" if address else None,

@@ -72,3 +72,4 @@ async def test_selected_ports_at_the_agent_in_the_push_down_and_in_metrics() -> 
         assert ("podmirror_vantage_entries", ()) in values
         assert ("podmirror_vantage_evictions_total", ()) in values
         assert status["pods"]["default/web"]["drops"]["other_container"] == 2
+        assert status["pods"]["default/web"]["ports"] == [8080]
