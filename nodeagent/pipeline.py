@@ -20,8 +20,13 @@ lookup and never a parse:
    (``CUT_OFF``); then the snap length, keeping ``wire_len``.
 
 Stages 3-6 are optional (None: skipped), which is also the no-op baseline of ``bench/``. Every
-call counts the datagram once as received and once as its outcome (see ``stats``); bytes not sent
-are added per mechanism with ``Stats.save`` (dedup, filter, slice, cutoff).
+call counts exactly one outcome for the datagram, forwarded or one drop reason (``received`` is
+derived from the outcomes, see ``stats``); bytes not sent are added per mechanism with
+``Stats.save`` (dedup, filter, slice, cutoff).
+
+Speed (issue 2: receive + decode >= 250k packets/s on one core): ``process`` is the per-packet
+path, so it caches the sender lookup, updates the forward counters inline and skips the stages
+call when no stage is configured; each such choice carries its measured reason where it is made.
 """
 
 from __future__ import annotations
@@ -42,6 +47,9 @@ from nodeagent.wire.headers import PacketMeta
 
 DEDUP, FILTER, SLICE, CUTOFF = "dedup", "filter", "slice", "cutoff"
 """``Stats.saved_bytes`` mechanisms."""
+_EGRESS, _INGRESS, _UNKNOWN = Direction.EGRESS, Direction.INGRESS, Direction.UNKNOWN
+"""Module constants: an enum member read from its class costs ~0.08 us each (measured per call)."""
+_new = tuple.__new__
 
 
 class Pipeline:
@@ -54,45 +62,81 @@ class Pipeline:
         self._filters = filters
         self._dedup = dedup
         self._cutoff = cutoff
+        self._staged = any(stage is not None for stage in (vantage, filters, dedup, cutoff))
+        self._needs_peer = vantage is not None or filters is not None
+        self._senders: dict[str, tuple[PodInfo, Counters]] = {}
+        """Tunnel source -> (pod, its counters), valid while ``PodIndex.version`` is unchanged."""
+        self._senders_version = -1
 
     def process(self, datagram: bytes | memoryview, sender: str, now: float) -> Verdict:
-        stats = self._stats
         size = len(datagram)
-        pod = self._pods.sender(sender)
-        if pod is None:
-            counters = stats.pod(UNKNOWN_POD)
-            stats.receive(counters, size, now)
-            stats.drop(counters, Drop.UNKNOWN_SENDER, size)
-            return Drop.UNKNOWN_SENDER
-        counters = stats.pod(pod.key)
-        stats.receive(counters, size, now)
+        pods = self._pods
+        if pods.version != self._senders_version:  # the pod table changed: forget cached senders
+            self._senders.clear()
+            self._senders_version = pods.version
+        # One dict hit from the tunnel's source to (pod, its counters) instead of two lookups and
+        # two Stats calls (about 0.45 -> 0.15 us, measured per call; ``Stats`` never replaces a
+        # pod's ``Counters``, so the cached object stays the live one).
+        known = self._senders.get(sender)
+        if known is None:
+            known = self._learn(sender)
+            if known is None:
+                return self._unknown_sender(size, now)
+        pod, counters = known
+        counters.last_seen = now  # Stats.receive, inlined: received itself is derived (stats)
         try:
-            frame = vxlan.decode(datagram)
-            if frame.vni != pod.vni:
-                stats.drop(counters, Drop.WRONG_VNI, size)
+            vni, inner = vxlan.decode(datagram)
+            if vni != pod.vni:
+                self._stats.drop(counters, Drop.WRONG_VNI, size)
                 return Drop.WRONG_VNI
-            meta = headers.decode(frame.inner)
+            meta = headers.decode(inner)
         except Malformed:
-            stats.drop(counters, Drop.MALFORMED, size)
+            self._stats.drop(counters, Drop.MALFORMED, size)
             return Drop.MALFORMED
         if meta.src == pod.addr:
-            direction = Direction.EGRESS
+            direction = _EGRESS
         elif meta.dst == pod.addr:
-            direction = Direction.INGRESS
+            direction = _INGRESS
         elif meta.src in pod.addrs:  # a dual-stack pod's other family (rare: checked last)
-            direction = Direction.EGRESS
+            direction = _EGRESS
         elif meta.dst in pod.addrs:
-            direction = Direction.INGRESS
+            direction = _INGRESS
         else:
-            direction = Direction.UNKNOWN
-        return self._stages(frame, meta, pod, direction, counters, size, now)
+            direction = _UNKNOWN
+        frame = inner
+        if self._staged or pod.ports:
+            kept = self._stages(inner, meta, pod, direction, counters, size, now)
+            if type(kept) is Drop:
+                return kept
+            frame = kept
+        # Stats.forward, inlined: one call less per forwarded packet (~0.1 us, measured per call).
+        counters.forwarded += 1
+        counters.forwarded_bytes += size
+        # tuple.__new__ skips the NamedTuple's Python-level __new__: same object, ~0.15 us less.
+        return _new(Forward, (frame, meta, vni, pod, direction, len(inner), now))
 
-    def _stages(self, frame: vxlan.VxlanFrame, meta: PacketMeta, pod: PodInfo, direction: Direction,
-                counters: Counters, size: int, now: float) -> Verdict:
-        stats, inner = self._stats, frame.inner
+    def _learn(self, sender: str) -> tuple[PodInfo, Counters] | None:
+        """Look ``sender`` up in the pod table; cache a known one (unknown ones are never cached, so
+        spoofed sources cannot grow the cache)."""
+        pod = self._pods.sender(sender)
+        if pod is None:
+            return None
+        known = self._senders[sender] = (pod, self._stats.pod(pod.key))
+        return known
+
+    def _unknown_sender(self, size: int, now: float) -> Drop:
+        counters = self._stats.pod(UNKNOWN_POD)
+        self._stats.receive(counters, size, now)
+        self._stats.drop(counters, Drop.UNKNOWN_SENDER, size)
+        return Drop.UNKNOWN_SENDER
+
+    def _stages(self, inner: memoryview, meta: PacketMeta, pod: PodInfo, direction: Direction,
+                counters: Counters, size: int, now: float) -> memoryview | Drop:
+        """The optional stages: a ``Drop`` (counted), or the frame to forward (maybe cut)."""
+        stats = self._stats
         if pod.ports and not containerports.selected(inner, meta, pod, direction):
             return self._drop(counters, Drop.OTHER_CONTAINER, size, FILTER)
-        peer = self._peer(meta, direction)
+        peer = self._peer(meta, direction) if self._needs_peer else None
         if self._vantage is not None:
             # A peer whose container selection excludes this flow forwards none of it: not a vantage.
             seen = peer if peer is None or not peer.ports or containerports.peer_sees(meta, peer) else None
@@ -116,8 +160,7 @@ class Pipeline:
         if keep and keep < len(inner):
             stats.save(SLICE, len(inner) - keep)
             inner = inner[:keep]
-        stats.forward(counters, size)
-        return Forward(inner, meta, frame.vni, pod, direction, len(frame.inner), now)
+        return inner
 
     def _peer(self, meta: PacketMeta, direction: Direction) -> PodInfo | None:
         """The monitored pod at the other end (local or on another node), if any."""

@@ -53,6 +53,8 @@ class PodIndex:
     def __init__(self, pods: Iterable[PodInfo] = ()) -> None:
         self._by_ip: dict[str, PodInfo] = {}
         self._by_addr: dict[bytes, PodInfo] = {}
+        self.version = 0
+        """Incremented by every change: caches keyed on senders (``Pipeline``) compare it per packet."""
         for pod in pods:
             self.add(pod)
 
@@ -61,6 +63,7 @@ class PodIndex:
         if old is not None:
             self.remove(old.ip)
         self._by_ip[pod.ip] = pod
+        self.version += 1
         for addr in pod.addrs:  # a dual-stack pod: each family's packets find it
             self._by_addr[addr] = pod
         self._by_addr[pod.addr] = pod
@@ -68,6 +71,7 @@ class PodIndex:
     def remove(self, ip: str) -> PodInfo | None:
         pod = self._by_ip.pop(ip, None)
         if pod is not None:
+            self.version += 1
             for addr in pod.addrs:
                 if self._by_addr.get(addr) is pod:  # the address may be another pod's by now
                     del self._by_addr[addr]
@@ -76,6 +80,7 @@ class PodIndex:
     def replace_all(self, pods: Iterable[PodInfo]) -> None:
         self._by_ip.clear()
         self._by_addr.clear()
+        self.version += 1
         for pod in pods:
             self.add(pod)
 

@@ -24,15 +24,26 @@ class VxlanFrame(NamedTuple):
     inner: memoryview
 
 
+_HEADER_SIZE = HEADER.size
+_MIN_SIZE = _HEADER_SIZE + ETHERNET_HEADER
+_unpack_header = HEADER.unpack_from
+_new = tuple.__new__
+
+
 def decode(datagram: memoryview | bytes) -> VxlanFrame:
-    """Split a VXLAN datagram (the UDP payload) into VNI and inner Ethernet frame (no copy)."""
-    view = memoryview(datagram)
-    if len(view) < HEADER.size + ETHERNET_HEADER:
+    """Split a VXLAN datagram (the UDP payload) into VNI and inner Ethernet frame (no copy).
+
+    Per packet, so two measured shortcuts (``bench/bench_agent.py``, in-process step): a memoryview
+    (what the receiver passes) is not wrapped again, and the result is built with ``tuple.__new__``
+    instead of the NamedTuple's Python-level constructor (0.62 -> 0.35 us together).
+    """
+    view = datagram if type(datagram) is memoryview else memoryview(datagram)
+    if len(view) < _MIN_SIZE:
         raise Malformed("vxlan: shorter than header + ethernet")
-    flags, word = HEADER.unpack_from(view)
+    flags, word = _unpack_header(view)
     if not flags & FLAG_VNI_VALID:
         raise Malformed("vxlan: I flag not set")
-    return VxlanFrame(word >> 8, view[HEADER.size :])
+    return _new(VxlanFrame, (word >> 8, view[_HEADER_SIZE:]))
 
 
 def header(vni: int) -> bytes:
