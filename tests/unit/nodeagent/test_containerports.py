@@ -19,6 +19,8 @@ from nodeagent.verdict import Direction, Drop, Forward
 from tests.unit.nodeagent.pipeline_packets import (
     CLIENT,
     CLIENT_IP,
+    REMOTE,
+    REMOTE_IP,
     SERVER,
     SERVER_IP,
     datagram,
@@ -160,3 +162,14 @@ def test_static_sender_and_peer_take_optional_ports() -> None:
         SenderSettings.from_text("10.0.0.9,9,shop/web,http")
     with pytest.raises(ConfigError, match="ports"):
         load({"senders": [{"ip": "10.0.0.9", "vni": 9, "namespace": "a", "name": "b", "ports": [70000]}]})
+
+
+def test_across_nodes_a_flow_the_restricted_owner_does_not_forward_is_kept_here() -> None:
+    """The remote pod (selected port 5432) is the client of a flow into this node's whole pod: by
+    the client rule its node would own the flow, but its agent drops it as another container's."""
+    remote = dataclasses.replace(REMOTE, ports=(5432,))
+    syn = tcp(REMOTE_IP, SERVER_IP, sport=41000, dport=80, flags="S")
+    pipe, _ = pipeline(SERVER, remote)
+    assert isinstance(pipe.process(datagram(syn, SERVER), SERVER_IP, 1.0), Forward)
+    pipe, _ = pipeline(SERVER, REMOTE)  # without a selection the remote node owns it
+    assert pipe.process(datagram(syn, SERVER), SERVER_IP, 1.0) == Drop.NOT_OWNER
