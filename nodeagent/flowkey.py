@@ -39,6 +39,8 @@ leave the process.
 
 from __future__ import annotations
 
+import struct
+
 from nodeagent.wire.headers import (
     ETH_P_ARP,
     IPPROTO_ICMP,
@@ -50,6 +52,8 @@ from nodeagent.wire.headers import (
 
 EDGE = 64
 """Payload bytes hashed at each end."""
+_TCP_FIELDS = struct.Struct("!IIxBH")
+"""TCP seq, ack, (data offset skipped), flags, window."""
 _ICMP4_ERRORS = frozenset({3, 4, 5, 11, 12})
 _ICMP6_ERRORS = frozenset({1, 2, 3, 4})
 
@@ -66,12 +70,13 @@ def digest(meta: PacketMeta, frame: memoryview | bytes) -> int:
         return hash((proto, ident, offset, end - meta.l3, bytes(frame[max(meta.l3, end - EDGE) : end])))
     payload = meta.payload
     head = bytes(frame[payload : payload + EDGE])
-    tail = bytes(frame[max(payload + EDGE, end - EDGE) : end])
+    # Per packet: a payload within EDGE has an empty tail, so skip the slice and copy (~0.1 us).
+    tail = bytes(frame[max(payload + EDGE, end - EDGE) : end]) if end - payload > EDGE else b""
     if proto == IPPROTO_TCP:
         # seq, ack (4..12) and flags, window (13..16): byte 12 holds the data offset, which
-        # MSS clamping can change on SYNs.
-        return hash((proto, ident, bytes(frame[l4 + 4 : l4 + 12]), bytes(frame[l4 + 13 : l4 + 16]),
-                     end - payload, head, tail))
+        # MSS clamping can change on SYNs. One unpack instead of two slices and copies (~0.15 us);
+        # the integers are equal exactly when the bytes are.
+        return hash((proto, ident, _TCP_FIELDS.unpack_from(frame, l4 + 4), end - payload, head, tail))
     if proto == IPPROTO_UDP:
         return hash((proto, ident, end - payload, head, tail))
     if proto == IPPROTO_ICMP or proto == IPPROTO_ICMPV6:

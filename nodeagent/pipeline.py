@@ -164,9 +164,9 @@ class Pipeline:
 
     def _peer(self, meta: PacketMeta, direction: Direction) -> PodInfo | None:
         """The monitored pod at the other end (local or on another node), if any."""
-        if direction == Direction.EGRESS:
+        if direction == _EGRESS:
             return self._pods.by_addr(meta.dst)
-        if direction == Direction.INGRESS:
+        if direction == _INGRESS:
             return self._pods.by_addr(meta.src)
         return None
 
