@@ -47,6 +47,7 @@ _SOCKADDR = 28
 """Room for a sockaddr_in6 per message (a sockaddr_in uses the first 16 bytes)."""
 _MSG_DONTWAIT = 0x40
 _V4_MAPPED = bytes(10) + b"\xff\xff"
+_AF_INET = int(socket.AF_INET)
 
 
 class _IOVec(ctypes.Structure):
@@ -110,6 +111,9 @@ class BatchReader:
         self.sources4: dict[int, str] = {}
         """IPv4 sin_addr word -> text, filled by ``source``; the drain loop's fast lookup."""
         self.fast4 = sys.byteorder == "little"
+        self.slots = [(i * BUFFER_SIZE, i * self.stride + self.len_at, i * 7) for i in range(count)]
+        """Per message: data offset, index of its length in ``lens``, index of its sockaddr in
+        ``name_words``; precomputed so the drain loop does no per-packet index arithmetic."""
 
     def recv(self) -> int:
         """Datagrams now in the buffers (0 when the socket is empty)."""
@@ -263,16 +267,16 @@ class Receiver:
         assert reader is not None and self._loop is not None
         now = self._loop.time()
         self.wakeups += 1
-        view, source, lens, stride, at = reader.view, reader.source, reader.lens, reader.stride, reader.len_at
+        view, source, lens, slots = reader.view, reader.source, reader.lens, reader.slots
         words, sources4 = reader.name_words, reader.sources4 if reader.fast4 else {}
         for _ in range(0, self._s.batch, reader.count):
             n = reader.recv()
             for i in range(n):
-                # Inlined size(i)/source(i): ~0.4 us per datagram less (bench/bench_agent.py).
-                start = i * BUFFER_SIZE
-                datagram = view[start : start + lens[i * stride + at]]
-                w = i * 7
-                sender = sources4.get(words[w + 1]) if words[w] & 0xFFFF == socket.AF_INET else None
+                # Inlined size(i)/source(i): ~0.4 us per datagram less (bench/bench_agent.py); the
+                # slot's offsets are precomputed and AF_INET is a plain int (~0.1 us less, measured).
+                start, at, w = slots[i]
+                datagram = view[start : start + lens[at]]
+                sender = sources4.get(words[w + 1]) if words[w] & 0xFFFF == _AF_INET else None
                 if sender is None:
                     sender = source(i)
                 verdict = process(datagram, sender, now)

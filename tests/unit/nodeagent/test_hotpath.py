@@ -1,0 +1,61 @@
+"""The hot path's shortcuts keep the slow path's answers: the cached sender follows every change of
+the pod table, and ``received`` and the totals are derived from the per-pod outcomes."""
+
+from __future__ import annotations
+
+from scapy.layers.inet import IP, UDP
+from scapy.layers.l2 import Ether
+
+from nodeagent.pipeline import Pipeline
+from nodeagent.pods import PodIndex, PodInfo
+from nodeagent.stats import UNKNOWN_POD, Stats
+from nodeagent.verdict import Drop, Forward
+from nodeagent.wire import vxlan
+
+WEB = PodInfo(ip="10.0.0.5", vni=5, namespace="default", name="web")
+
+
+def _datagram(vni: int = 5) -> bytes:
+    frame = Ether() / IP(src="10.0.0.5", dst="10.0.0.9") / UDP(sport=5353, dport=53) / b"q"
+    return vxlan.encode(vni, bytes(frame))
+
+
+def test_cached_sender_follows_removal_readding_and_replacement():
+    pods, stats = PodIndex([WEB]), Stats()
+    pipeline = Pipeline(pods=pods, stats=stats)
+    assert isinstance(pipeline.process(_datagram(), WEB.ip, 1.0), Forward)  # now cached
+    pods.remove(WEB.ip)
+    assert pipeline.process(_datagram(), WEB.ip, 2.0) is Drop.UNKNOWN_SENDER
+    moved = PodInfo(ip=WEB.ip, vni=9, namespace="default", name="web2")
+    pods.add(moved)
+    assert pipeline.process(_datagram(5), WEB.ip, 3.0) is Drop.WRONG_VNI
+    verdict = pipeline.process(_datagram(9), WEB.ip, 4.0)
+    assert isinstance(verdict, Forward) and verdict.pod is moved
+    pods.replace_all([PodInfo(ip=WEB.ip, vni=9, namespace="default", name="web2", local=False)])
+    assert pipeline.process(_datagram(9), WEB.ip, 5.0) is Drop.UNKNOWN_SENDER  # a peer now
+    snap = stats.snapshot()
+    assert snap["pods"]["default/web"]["forwarded"] == 1
+    assert (snap["pods"]["default/web2"]["received"], snap["pods"]["default/web2"]["forwarded"]) == (2, 1)
+    assert snap["pods"][UNKNOWN_POD]["drops"]["unknown_sender"] == 2
+    assert stats.pods["default/web2"].last_seen == 4.0
+
+
+def test_unknown_senders_are_not_cached():
+    pipeline = Pipeline(pods=PodIndex([WEB]), stats=Stats())
+    for i in range(100):
+        assert pipeline.process(_datagram(), f"10.1.0.{i}", 0.0) is Drop.UNKNOWN_SENDER
+    assert len(pipeline._senders) == 0
+
+
+def test_received_and_totals_are_sums_of_outcomes():
+    stats = Stats()
+    a, b = stats.pod("ns/a"), stats.pod("ns/b")
+    stats.forward(a, 100)
+    stats.drop(a, Drop.FILTERED, 40)
+    stats.drop(b, Drop.DUPLICATE, 7)
+    assert (a.received, a.received_bytes, b.received, b.received_bytes) == (2, 140, 1, 7)
+    total = stats.total
+    assert (total.received, total.forwarded, total.received_bytes) == (3, 1, 147)
+    assert total.drops[Drop.FILTERED] == 1 and total.drop_bytes[Drop.DUPLICATE] == 7
+    snap = stats.snapshot()
+    assert snap["received"] == snap["forwarded"] + sum(snap["drops"].values()) == 3
