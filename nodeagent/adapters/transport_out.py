@@ -234,11 +234,14 @@ class _Link:
             acks.add_done_callback(lambda _t: self._wake.set())
             await self._send(writer, acks)
         finally:
+            writer.close()              # first, synchronously: nothing below may skip it
             if acks is not None:
                 acks.cancel()
-                with contextlib.suppress(asyncio.CancelledError, *_FAULTS):
-                    await acks
-            writer.close()
+                # asyncio.wait, not ``await acks``: suppressing CancelledError here would also
+                # swallow a cancellation of this task itself, and the link would never stop.
+                await asyncio.wait({acks})
+                if not acks.cancelled():
+                    acks.exception()    # retrieved: the session already ended on its own fault
             with contextlib.suppress(*_FAULTS):
                 await asyncio.wait_for(writer.wait_closed(), 1.0)
 
