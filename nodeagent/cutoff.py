@@ -74,7 +74,7 @@ class Cutoff:
         if meta.l4 < 0 or (proto != IPPROTO_TCP and proto != IPPROTO_UDP):
             return FORWARD
         # A flat canonical 5-tuple: the same order as comparing (address, port) pairs, without
-        # building them (0.15 us less per packet, measured per call).
+        # building them (~0.2 us less per packet, measured per call).
         src, sport, dst, dport = meta.src, meta.sport, meta.dst, meta.dport
         forward = src < dst or (src == dst and sport < dport)
         key = (proto, src, sport, dst, dport) if forward else (proto, dst, dport, src, sport)
@@ -116,7 +116,7 @@ def headers_only(frame: memoryview | bytes, meta: PacketMeta) -> bytearray:
     if meta.proto == IPPROTO_UDP:
         _U16.pack_into(out, l4 + 4, meta.payload - l4)
     # ``checksum_offset`` and ``l4_checksum`` read the offsets, addresses and protocol, never
-    # ``meta.end`` (the end is the argument): so no ``meta._replace(end=...)``, which cost 1.3 us
+    # ``meta.end`` (the end is the argument): so no ``meta._replace(end=...)``, which cost 1.2 us
     # per cut packet (a third of the packets in bench/bench_pipeline.py's mix are cut).
     _U16.pack_into(out, normalize.checksum_offset(meta), normalize.l4_checksum(out, meta, meta.payload))
     return out
