@@ -59,3 +59,24 @@ def test_received_and_totals_are_sums_of_outcomes():
     assert total.drops[Drop.FILTERED] == 1 and total.drop_bytes[Drop.DUPLICATE] == 7
     snap = stats.snapshot()
     assert snap["received"] == snap["forwarded"] + sum(snap["drops"].values()) == 3
+
+
+def test_a_first_fragment_past_the_cutoff_is_cut_not_raised():
+    """A first IPv4 fragment has no L4 checksum to fix (it covers the whole datagram): it used to
+    raise ``struct.error`` from ``headers_only``, which aborted the receiver's batch."""
+    from scapy.layers.inet import TCP
+
+    from nodeagent.cutoff import Cutoff, headers_only
+    from nodeagent.wire import headers
+
+    cutoff = Cutoff(budget=100)
+    hello = bytes(Ether() / IP(src="10.0.0.5", dst="10.0.0.9") / TCP(sport=1000, dport=443, flags="PA")
+                  / (b"\x16\x03\x01" + b"h" * 300))
+    assert cutoff.apply(headers.decode(hello), hello, 0.0) == 0
+    frag = bytes(Ether() / IP(src="10.0.0.5", dst="10.0.0.9", flags="MF")
+                 / TCP(sport=1000, dport=443, flags="PA", chksum=0x1234) / (b"\x17" * 300))
+    meta = headers.decode(frag)
+    assert meta.fragment and cutoff.apply(meta, frag, 0.1) == meta.payload
+    out = headers_only(frag, meta)
+    assert len(out) == meta.payload and IP(bytes(out[14:])).len == meta.payload - 14
+    assert bytes(out[meta.l4 + 16 : meta.l4 + 18]) == b"\x12\x34"  # the checksum is left as it was
