@@ -124,6 +124,16 @@ class Pipeline:
         known = self._senders[sender] = (pod, self._stats.pod(pod.key))
         return known
 
+    def fail(self, datagram: bytes | memoryview, sender: str) -> Drop:
+        """Count a datagram whose ``process`` raised, so that every datagram still has one outcome.
+
+        ``process`` counts an outcome only where it returns, so a call that raised counted nothing.
+        """
+        known = self._senders.get(sender) or self._learn(sender)
+        counters = known[1] if known is not None else self._stats.pod(UNKNOWN_POD)
+        self._stats.drop(counters, Drop.INTERNAL_ERROR, len(datagram))
+        return Drop.INTERNAL_ERROR
+
     def _unknown_sender(self, size: int, now: float) -> Drop:
         counters = self._stats.pod(UNKNOWN_POD)
         self._stats.receive(counters, size, now)

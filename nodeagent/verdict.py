@@ -33,6 +33,9 @@ class Drop(enum.StrEnum):
     none of them (``containerports``)."""
     CUT_OFF = "cut_off"
     """An encrypted flow past its cutoff, configured to forward nothing."""
+    INTERNAL_ERROR = "internal_error"
+    """Processing raised on this datagram (a bug, never expected): the receiver counts it here, logs
+    it with its traceback (rate-limited) and goes on with the next datagram."""
     QUEUE_FULL = "queue_full"
     """Every output that should take the packet was full."""
     OUTPUT_ERROR = "output_error"

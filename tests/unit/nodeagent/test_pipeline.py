@@ -113,3 +113,30 @@ def test_invariant_holds_over_a_mixed_sequence(pipeline, stats):
     snap = stats.snapshot()
     assert snap["received"] == 40 and snap["forwarded"] == 10
     assert snap["received_bytes"] == 10 * (2 * len(good) + 1 + len(good))
+
+
+class _Exploding:
+    """A cutoff stage with a bug: it raises on every packet."""
+
+    evictions = 0
+
+    def apply(self, meta: object, frame: object, now: float) -> int:
+        raise RuntimeError("bug")
+
+    def __len__(self) -> int:
+        return 0
+
+
+def test_a_datagram_whose_processing_raised_is_counted_once_as_internal_error(stats: Stats) -> None:
+    pipeline = Pipeline(pods=PodIndex([WEB]), stats=stats, cutoff=_Exploding())  # type: ignore[arg-type]
+    datagram = vxlan.encode(5, _frame())
+    with pytest.raises(RuntimeError):
+        pipeline.process(datagram, "10.0.0.5", now=1.0)
+    assert pipeline.fail(datagram, "10.0.0.5") is Drop.INTERNAL_ERROR
+    assert pipeline.fail(datagram, "10.9.9.9") is Drop.INTERNAL_ERROR  # an unknown source too
+    snap = stats.snapshot()
+    assert snap["received"] == 2
+    assert snap["drops"]["internal_error"] == 2
+    assert snap["pods"]["default/web"]["drops"]["internal_error"] == 1
+    assert snap["pods"][UNKNOWN_POD]["drops"]["internal_error"] == 1
+    _invariant(stats)
