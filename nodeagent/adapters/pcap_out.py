@@ -158,6 +158,33 @@ class PcapOutput:
         if len(self._buf) >= self._s.buffer_bytes:
             self._submit()
 
+    def offer_segments(self, fwd: Forward, frames: list[memoryview]) -> None:
+        """A super-packet's segments (``outputs.py``): one clock read and one check for all, the
+        records appended with two ``join`` calls (all but the last segment share one header).
+        Falls back to ``offer`` per segment when the records would not all fit in this file, the
+        file is not open yet, the backlog is full, or snaplen would cut them: the rules above
+        (exact size bound, rotation, counters) then apply unchanged."""
+        count = len(frames)
+        total = sum(len(f) for f in frames) + count * pcap.RECORD_SIZE
+        fits = 0 < self._file_bytes and self._file_bytes + total <= self._s.max_bytes
+        if (not fits or count < 2 or len(frames[0]) > self._s.snaplen
+                or self._submitted - self._completed >= self.max_pending):
+            for frame in frames:
+                self.offer(fwd._replace(frame=frame, wire_len=len(frame)))
+            return
+        ts_ns, nanos, last = time.time_ns(), self._nanos, frames[-1]
+        head = pcap.record_header(ts_ns, len(frames[0]), len(frames[0]), nanos=nanos)
+        buf = self._buf
+        buf += head
+        buf += head.join(frames[:-1])
+        buf += pcap.record_header(ts_ns, len(last), len(last), nanos=nanos)
+        buf += last
+        self._file_bytes += total
+        self.packets += count
+        self.bytes += total
+        if len(buf) >= self._s.buffer_bytes:
+            self._submit()
+
     def _submit(self, rotate_after: bool = False) -> None:
         """Give the buffer to the writer thread; ``rotate_after``: the next record starts a new file."""
         data, self._buf = self._buf, bytearray()

@@ -39,6 +39,7 @@ from nodeagent.wire.headers import IPPROTO_TCP, IPPROTO_UDP, TCP_FIN, TCP_PSH, P
 TCP_CWR = 0x80
 _U16 = struct.Struct("!H")
 _U32 = struct.Struct("!I")
+_HH = struct.Struct("!HH")
 
 
 def ones_sum(data: bytes | bytearray | memoryview) -> int:
@@ -127,8 +128,11 @@ class Normalizer:
         self.oversize = 0
         """Frames above ``max_frame`` left whole (not TCP, or headers too long to split)."""
 
-    def apply(self, frame: memoryview, meta: PacketMeta, wire_len: int) -> list[bytearray] | None:
-        """New frames to send instead of ``frame``, or None to send ``frame`` unchanged."""
+    def apply(
+        self, frame: memoryview, meta: PacketMeta, wire_len: int
+    ) -> list[memoryview] | list[bytearray] | None:
+        """New frames to send instead of ``frame``, or None to send ``frame`` unchanged. A split
+        super-packet's segments are views into one buffer, all but the last of one length."""
         size = len(frame)
         if size != wire_len or meta.l4 < 0 or meta.fragment:
             return None
@@ -144,15 +148,8 @@ class Normalizer:
         self.fixed += 1
         return [out]
 
-    def _split(self, frame: memoryview, meta: PacketMeta) -> list[bytearray]:
-        header = frame[: meta.payload]
-        payload = frame[meta.payload : meta.end]
-        mss = self.max_frame - meta.payload
-        out = []
-        for index, start in enumerate(range(0, len(payload), mss)):
-            chunk = payload[start : start + mss]
-            last = start + mss >= len(payload)
-            out.append(_segment(header, chunk, meta, index, start, last))
+    def _split(self, frame: memoryview, meta: PacketMeta) -> list[memoryview]:
+        out = split(frame, meta, self.max_frame - meta.payload)
         self.segmented += 1
         self.segments += len(out)
         return out
@@ -167,23 +164,64 @@ class Normalizer:
         }
 
 
-def _segment(
-    header: memoryview, chunk: memoryview, meta: PacketMeta, index: int, start: int, last: bool
-) -> bytearray:
-    seg = bytearray(header)
-    seg += chunk
+def _template(frame: memoryview, meta: PacketMeta) -> tuple[bytearray, int, int]:
+    """The headers with every per-segment field zeroed, and the sums of their fixed parts:
+    (headers, IPv4 header sum, TCP header sum + pseudo-header without its length)."""
+    head = bytearray(frame[: meta.payload])
     l3, l4 = meta.l3, meta.l4
+    ip_sum = 0
     if meta.version == 4:
-        _U16.pack_into(seg, l3 + 2, len(seg) - l3)
-        _U16.pack_into(seg, l3 + 4, (meta.ident + index) & 0xFFFF)
-        _U16.pack_into(seg, l3 + 10, 0)
-        _U16.pack_into(seg, l3 + 10, finish(ones_sum(memoryview(seg)[l3:l4])))
-    else:
-        _U16.pack_into(seg, l3 + 4, len(seg) - l3 - 40)
-    _U32.pack_into(seg, l4 + 4, (meta.seq + start) & 0xFFFFFFFF)
-    flags = meta.tcp_flags if last else meta.tcp_flags & ~(TCP_FIN | TCP_PSH)
-    if index:
-        flags &= ~TCP_CWR
-    seg[l4 + 13] = flags
-    _U16.pack_into(seg, l4 + 16, l4_checksum(seg, meta, len(seg)))
-    return seg
+        head[l3 + 2 : l3 + 6] = bytes(4)  # total length, identification
+        head[l3 + 10 : l3 + 12] = bytes(2)
+        ip_sum = ones_sum(memoryview(head)[l3:l4])
+    head[l4 + 4 : l4 + 8] = bytes(4)  # sequence number
+    head[l4 + 13] = 0
+    head[l4 + 16 : l4 + 18] = bytes(2)
+    tcp_sum = ones_sum(memoryview(head)[l4:]) + int.from_bytes(meta.src + meta.dst, "big") + meta.proto
+    return head, ip_sum, tcp_sum
+
+
+def split(frame: memoryview, meta: PacketMeta, mss: int) -> list[memoryview]:
+    """Cut a TCP super-packet into segments of ``mss`` payload bytes, all in ONE new buffer.
+
+    Each segment's checksums come from sums taken once over the zeroed header template plus
+    the few fields that differ (lengths, IPv4 id, sequence, flags) and one ``int.from_bytes``
+    over its payload: the payload is read twice per segment (copy, sum), the headers once.
+    Returns views into the buffer, in order; all but the last have the same length.
+    """
+    head, ip_sum, tcp_sum = _template(frame, meta)
+    hl, l3, l4 = meta.payload, meta.l3, meta.l4
+    payload = frame[hl : meta.end]
+    count = -(-len(payload) // mss)
+    buf = bytearray(count * hl + len(payload))
+    view, out, at = memoryview(buf), [], 0
+    flags, v4 = _flags(meta.tcp_flags, count), meta.version == 4
+    for index in range(count):
+        chunk = payload[index * mss : (index + 1) * mss]
+        n = len(chunk)
+        view[at : at + hl] = head
+        view[at + hl : at + hl + n] = chunk
+        if v4:
+            ident = (meta.ident + index) & 0xFFFF
+            _HH.pack_into(buf, at + l3 + 2, hl - l3 + n, ident)
+            _U16.pack_into(buf, at + l3 + 10, finish(ip_sum + hl - l3 + n + ident))
+        else:
+            _U16.pack_into(buf, at + l3 + 4, hl - l3 - 40 + n)
+        seq = (meta.seq + index * mss) & 0xFFFFFFFF
+        bits = flags[0] if index == 0 else flags[2] if index == count - 1 else flags[1]
+        data = int.from_bytes(chunk, "big") << 8 if n & 1 else int.from_bytes(chunk, "big")
+        _U32.pack_into(buf, at + l4 + 4, seq)
+        buf[at + l4 + 13] = bits
+        total = tcp_sum + hl - l4 + n + (seq >> 16) + (seq & 0xFFFF) + bits + data
+        _U16.pack_into(buf, at + l4 + 16, finish(total))
+        out.append(view[at : at + hl + n])
+        at += hl + n
+    return out
+
+
+def _flags(flags: int, count: int) -> tuple[int, int, int]:
+    """TCP flags of the (first, middle, last) segments: FIN and PSH stay only on the last and CWR
+    only on the first, as the kernel's GSO does."""
+    if count == 1:
+        return flags, flags, flags
+    return flags & ~(TCP_FIN | TCP_PSH), flags & ~(TCP_FIN | TCP_PSH | TCP_CWR), flags & ~TCP_CWR

@@ -254,3 +254,29 @@ def test_fast_partial_check_agrees_with_the_reference(pkt):
         partial = _with_partial(pkt)
         assert normalize._is_partial_fast(memoryview(partial), meta) is True
         assert normalize.is_partial(partial, meta) is True
+
+
+@pytest.mark.parametrize("size", [2920, 2921, 20000])
+def test_segments_are_views_into_one_buffer_all_but_the_last_of_one_length(size):
+    """What ``offer_segments`` outputs rely on (UDP GSO needs equal segments, the last may be shorter)."""
+    frame = _with_partial(_tcp4(bytes(size), flags="A"))
+    out = Normalizer().apply(memoryview(frame), headers.decode(frame), len(frame))
+    assert out is not None and len(out) >= 2
+    assert all(isinstance(seg, memoryview) and seg.obj is out[0].obj for seg in out)
+    assert {len(seg) for seg in out[:-1]} == {len(out[0])} and 0 < len(out[-1]) <= len(out[0])
+    assert all(_l4_valid(bytes(seg)) for seg in out)
+
+
+def test_ipv4_header_checksum_is_right_whatever_the_template_sum():
+    """The per-segment IPv4 checksum is derived from the template's sum; compare it to scapy's
+    for several identifications, TTLs and addresses (the derivation must not special-case 0)."""
+    for ident, ttl in ((0, 1), (0xFFFF, 255), (0x1234, 64)):
+        pkt = Ether(src=MAC1, dst=MAC2) / IP(src="10.255.0.5", dst="10.0.255.9", id=ident, ttl=ttl)
+        frame = _with_partial(pkt / TCP(sport=1, dport=2, flags="A") / bytes(4000))
+        _, out = _apply(frame)
+        assert out is not None
+        for seg in out:
+            parsed = Ether(bytes(seg))
+            again = parsed[IP].copy()
+            del again.chksum
+            assert IP(bytes(again)).chksum == parsed[IP].chksum
