@@ -231,7 +231,9 @@ def test_what_reaches_sensor_and_pcap_passes_checksums_and_fits_snap_lengths(mir
     """The pods' own TCP/UDP carry partial checksums and 64 KB GSO frames; sensors get neither."""
     name, r, _ = mirrored
     truth = capture.sensor_fitness(r.tmp / "truth-client.pcap")
-    assert truth["bad_checksums"] > 0 and truth["max_frame"] > 9216, "the ground truth should show both"
+    # GSO frames are usually 64 KB, but how large they grow depends on the load: any frame beyond a
+    # 1514-byte Ethernet frame shows what the agent must re-segment (a flake at > 9216 under load).
+    assert truth["bad_checksums"] > 0 and truth["max_frame"] > 1514, "the ground truth should show both"
     outputs = sorted((r.tmp / "pcap").glob("*.pcap"))
     if "mtu1500" not in name:
         outputs.append(r.tmp / "sensor-inner.pcap")
