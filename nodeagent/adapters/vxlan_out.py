@@ -27,6 +27,9 @@ segment). A call carries at most ``GSO_SEGMENTS`` segments and ``GSO_BYTES`` byt
 length field bounds the super-datagram). When the kernel refuses (EINVAL: the segment plus outer
 headers exceed the route's MTU, or the socket cannot offload; EIO: the device cannot checksum),
 the sensor falls back to one ``sendmsg`` per segment for good, counted as ``gso_fallbacks``.
+Without GSO the segments still leave in one system call each ``GSO_SEGMENTS``: ``sendmmsg(2)``
+through ctypes (``MultiSend``: preallocated message and iovec arrays, the iovecs written with one
+``pack_into``; measured 195 -> 125 us for 45 segments on loopback, ``mmsg_sends``).
 Opt-in per sensor (``SensorSettings.gso``): the kernel cuts the super-datagram only where the
 packet leaves through a device that cannot carry it whole (a NIC, in hardware or software); over
 a veth to a sensor on the same node the sensor's sniffer would see the super-datagram (measured
@@ -37,8 +40,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ctypes
+import ctypes.util
 import errno
 import logging
+import os
 import socket
 import struct
 from collections.abc import Sequence
@@ -67,6 +73,67 @@ PROBE_INTERVAL = 2.0
 _UNREACHABLE = frozenset({errno.ECONNREFUSED, errno.EHOSTUNREACH, errno.ENETUNREACH, errno.EHOSTDOWN})
 
 
+class _MsgHdr(ctypes.Structure):
+    _fields_ = [
+        ("name", ctypes.c_void_p), ("namelen", ctypes.c_uint32), ("iov", ctypes.c_void_p),
+        ("iovlen", ctypes.c_size_t), ("control", ctypes.c_void_p), ("controllen", ctypes.c_size_t),
+        ("flags", ctypes.c_int),
+    ]
+
+
+class _MMsgHdr(ctypes.Structure):
+    _fields_ = [("hdr", _MsgHdr), ("len", ctypes.c_uint)]
+
+
+def _libc_sendmmsg() -> Any:
+    try:
+        func = ctypes.CDLL(ctypes.util.find_library("c"), use_errno=True).sendmmsg
+    except (OSError, AttributeError):
+        return None
+    func.argtypes = [ctypes.c_int, ctypes.c_void_p, ctypes.c_uint, ctypes.c_int]
+    func.restype = ctypes.c_int
+    return func
+
+
+class MultiSend:
+    """``sendmmsg(2)`` of up to ``GSO_SEGMENTS`` datagrams ``header + frame`` on a connected socket.
+
+    Message i uses iovecs 2i and 2i+1 of one preallocated array (no name, no control data); a
+    send writes the iovecs' (address, length) pairs with one ``pack_into``. The frames must be
+    writable buffers (ctypes takes their address): the normalizer's segments are.
+    """
+
+    def __init__(self, func: Any) -> None:
+        self._func = func
+        self._iov = (ctypes.c_uint64 * (4 * GSO_SEGMENTS))()
+        self._msgs = (_MMsgHdr * GSO_SEGMENTS)()
+        base = ctypes.addressof(self._iov)
+        for i in range(GSO_SEGMENTS):
+            self._msgs[i].hdr.iov, self._msgs[i].hdr.iovlen = base + 32 * i, 2
+        self._packs = [struct.Struct(f"={4 * n}Q") for n in range(GSO_SEGMENTS + 1)]
+        self._headers: dict[bytes, Any] = {}
+
+    def send(self, fd: int, header: bytes, frames: list[memoryview]) -> int:
+        """Datagrams the kernel took (from the first); OSError when it took none."""
+        head = self._headers.get(header)
+        if head is None:
+            head = self._headers[header] = ctypes.create_string_buffer(header, len(header))
+        head_addr, size = ctypes.addressof(head), len(header)
+        keep = [ctypes.c_char.from_buffer(f) for f in frames]  # TypeError: read-only
+        values: list[int] = []
+        for frame, ref in zip(frames, keep, strict=True):
+            values += (head_addr, size, ctypes.addressof(ref), len(frame))
+        self._packs[len(frames)].pack_into(self._iov, 0, *values)
+        n: int = self._func(fd, self._msgs, len(frames), 0)
+        if n < 0:
+            err = ctypes.get_errno()
+            raise OSError(err, os.strerror(err))
+        return n
+
+
+_SENDMMSG = _libc_sendmmsg()
+
+
 class Sensor:
     """One remote sensor: its sockets (one per outer source port), health and counters."""
 
@@ -81,7 +148,8 @@ class Sensor:
         self._headers: dict[int, bytes] = {}
         self.gso = settings.gso
         """UDP GSO for ``send_segments`` (``SensorSettings.gso``); False after the kernel refused it."""
-        self.gso_sends = self.gso_fallbacks = 0
+        self.gso_sends = self.gso_fallbacks = self.mmsg_sends = 0
+        self._multi = MultiSend(_SENDMMSG) if _SENDMMSG is not None else None
         self.up = True
         self.failures = 0
         """Consecutive hold-downs; reset after HOLDDOWN_MAX seconds up."""
@@ -127,7 +195,7 @@ class Sensor:
         for start in range(0, len(frames), step):
             part = frames[start : start + step]
             if not self.gso or len(part) == 1:
-                if not all(self._send_one(sock, header, frame) for frame in part):
+                if not self._send_many(sock, header, part):
                     return False
                 continue
             try:
@@ -141,6 +209,23 @@ class Sensor:
                 self._count(exc)
                 return exc.errno not in _UNREACHABLE
         return True
+
+    def _send_many(self, sock: socket.socket, header: bytes, frames: list[memoryview]) -> bool:
+        """One datagram per frame, in one ``sendmmsg`` when possible; the rest one by one."""
+        sent = 0
+        if self._multi is not None and len(frames) > 1:
+            try:
+                sent = self._multi.send(sock.fileno(), header, frames)
+            except TypeError:
+                pass  # read-only frames: no address for the iovec, plain sendmsg below
+            except OSError as exc:
+                self._count(exc)
+                return exc.errno not in _UNREACHABLE
+            else:
+                self.mmsg_sends += 1
+                self.packets += sent
+                self.bytes += sent * len(header) + sum(len(f) for f in frames[:sent])
+        return all(self._send_one(sock, header, frame) for frame in frames[sent:])
 
     def _send_one(self, sock: socket.socket, header: bytes, frame: memoryview) -> bool:
         try:
@@ -175,7 +260,8 @@ class Sensor:
         return {"address": f"{self.address[0]}:{self.address[1]}", "vni": self.vni,
                 "state": "up" if self.up else "down", "packets": self.packets, "bytes": self.bytes,
                 "errors": dict(self.errors), "last_error": self.last_error, "gso": self.gso,
-                "gso_sends": self.gso_sends, "gso_fallbacks": self.gso_fallbacks}
+                "gso_sends": self.gso_sends, "gso_fallbacks": self.gso_fallbacks,
+                "mmsg_sends": self.mmsg_sends}
 
 
 class VxlanOutput:

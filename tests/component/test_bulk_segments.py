@@ -132,10 +132,28 @@ async def test_vxlan_sends_one_datagram_per_segment_with_or_without_gso(gso, ref
     assert state["packets"] == 28
     sensor = state["sensors"][0]
     assert sensor["bytes"] == sum(len(d) for d in expected)
-    if refuse_gso:
-        assert (sensor["gso"], sensor["gso_fallbacks"], sensor["gso_sends"]) == (False, 1, 0)
+    paths = tuple(sensor[k] for k in ("gso", "gso_fallbacks", "gso_sends", "mmsg_sends"))
+    if refuse_gso:  # the first super-packet's GSO send is refused, then both go by sendmmsg
+        assert paths == (False, 1, 0, 2)
     else:
-        assert (sensor["gso"], sensor["gso_fallbacks"], sensor["gso_sends"]) == (gso, 0, 2 if gso else 0)
+        assert paths == ((True, 0, 2, 0) if gso else (False, 0, 0, 2))
+
+
+async def test_vxlan_read_only_segments_go_one_sendmsg_each():
+    """Frames ctypes cannot address (bytes) still go out whole, one ``sendmsg`` each."""
+    sink = _sensor_socket()
+    cfg = settings_mod.load({"outputs": {"sensors": [f"127.0.0.1:{sink.getsockname()[1]}"]}})
+    out = VxlanOutput(cfg.outputs.sensors)
+    await out.open()
+    try:
+        segments = [memoryview(s) for s in _segments(_super())]
+        out.offer_segments(_forward(_super()), segments)
+        got = [sink.recv(65536) for _ in segments]
+    finally:
+        await out.close()
+        sink.close()
+    assert got == [vxlan.header(5) + bytes(s) for s in segments]
+    assert out.state()["sensors"][0]["mmsg_sends"] == 0 and out.state()["packets"] == 14
 
 
 @pytest.mark.parametrize("max_bytes", [1 << 20, 40_000])
