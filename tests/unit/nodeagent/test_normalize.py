@@ -280,3 +280,13 @@ def test_ipv4_header_checksum_is_right_whatever_the_template_sum():
             again = parsed[IP].copy()
             del again.chksum
             assert IP(bytes(again)).chksum == parsed[IP].chksum
+
+
+@pytest.mark.parametrize("max_frame", [1513, 1514, 9014])
+def test_segment_checksums_verify_for_odd_and_even_mss(max_frame):
+    """An odd MSS (payload rows that are not whole 16-bit words) takes the per-chunk path."""
+    frame = _with_partial(_tcp4(bytes(i * 7 % 256 for i in range(30001)), flags="PA"))
+    _, out = _apply(frame, max_frame=max_frame)
+    assert out is not None and len(out) == -(-30001 // (max_frame - 66))
+    assert all(_l4_valid(seg) for seg in out)
+    assert b"".join(bytes(Ether(seg)[TCP].payload) for seg in out) == bytes(i * 7 % 256 for i in range(30001))
