@@ -75,8 +75,8 @@ def configure(p: argparse.ArgumentParser) -> None:
     p.add_argument("--cleanup", action="store_true",
                    help="only remove namespaces left by labs whose process died (e.g. kill -9), then exit")
     p.add_argument("--iperf-seconds", type=float, default=3.0)
-    p.add_argument("--iperf-rate", default="200M",
-                   help="iperf3 bitrate (default 200M, what one agent core forwards; 0 = unlimited)")
+    p.add_argument("--iperf-rate", default="500M",
+                   help="iperf3 bitrate (default 500M, no loss to pcap + VXLAN; 0 = unlimited)")
     p.add_argument("--pod-table", choices=("static", "apiserver"), default="static",
                    help="where the agent learns its pods: --sender flags (static), or a real kube-apiserver "
                         "in the agent's namespace (apiserver; see nodeagent/lab/kubelab.py)")

@@ -25,7 +25,7 @@ pytestmark = [pytest.mark.needs_root, pytest.mark.usefixtures("podmirror_ready")
 
 WHOLE_PACKETS = {"cutoff": {"enabled": False}}
 """Issue 2 checks that every byte arrives: the encrypted-flow cutoff (issue 3, on by default) is off."""
-IPERF_RATE = "100M"
+IPERF_RATE = "200M"
 """Bulk TCP the Python agent forwards to two outputs on a shared 2-core machine without loss."""
 
 
