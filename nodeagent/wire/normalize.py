@@ -25,7 +25,10 @@ checksum is gone), non-TCP frames above ``max_frame`` (UDP GSO is rare; counted 
 
 The ones' complement sum uses ``int.from_bytes(data, "big") % 0xFFFF``: 65536 is 1 modulo 65535,
 so a big-endian integer is congruent to the sum of its 16-bit words. One C call for a 64 KB packet
-instead of a Python loop; an odd length is padded by a shift (``<< 8``) instead of a copy.
+instead of a Python loop; an odd length is padded by a shift (``<< 8``) instead of a copy. Splitting
+a super-packet needs one sum per segment: numpy sums all full segments' payloads in one pass
+(``_chunk_sums``), the headers' sums are taken once and patched per segment (``split``), and all
+segments are built in one buffer, so outputs can send them together (``offer_segments``).
 
 Pure: bytes in, new bytes out; counters are plain ints read by ``/status``.
 """
