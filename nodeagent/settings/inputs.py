@@ -1,0 +1,153 @@
+"""Settings of what the agent listens to and knows: the tunnel socket, the pod table (static senders
+and peers, or Kubernetes), the status endpoint and logging."""
+
+from __future__ import annotations
+
+import dataclasses
+import ipaddress
+
+from nodeagent.settings.base import (
+    STATUS_PORT,
+    TUNNEL_PORT,
+    check,
+    check_ports,
+    is_ip,
+    parse_hostport,
+    parse_ports,
+    parse_vni,
+    split_pod,
+)
+
+
+@dataclasses.dataclass(frozen=True)
+class ListenSettings:
+    """Where the sidecars' tunnels arrive."""
+
+    host: str = "0.0.0.0"
+    port: int = TUNNEL_PORT
+    rcvbuf: int = 32 << 20
+    """SO_RCVBUF in bytes: absorbs bursts while the loop is busy (the kernel caps it at rmem_max
+    unless the agent has CAP_NET_ADMIN, which SO_RCVBUFFORCE needs)."""
+    batch: int = 256
+    """Most datagrams drained per loop wake-up: amortises the wake-up, bounds loop latency."""
+    recvmmsg: bool = True
+    """Receive up to 32 datagrams per system call (Linux recvmmsg through ctypes)."""
+
+    @classmethod
+    def from_text(cls, text: str) -> ListenSettings:
+        host, port = parse_hostport(text, TUNNEL_PORT, "")
+        return cls(host=host, port=port)
+
+    def __post_init__(self) -> None:
+        check(is_ip(self.host), "host", f"must be an IP address, got {self.host!r}")
+        check(0 <= self.port < 65536, "port", "must be in 0..65535 (0: any free port)")
+        check(self.rcvbuf >= 65536, "rcvbuf", "must be >= 65536 bytes")
+        check(1 <= self.batch <= 4096, "batch", "must be in 1..4096")
+
+
+@dataclasses.dataclass(frozen=True)
+class SenderSettings:
+    """A monitored pod on this node: its tunnel must come from ``ip`` with ``vni``."""
+
+    ip: str
+    vni: int | str
+    namespace: str
+    name: str
+    ports: tuple[int, ...] = ()
+    """Container selection: only traffic on these pod-side ports (``nodeagent.containerports``);
+    empty: the whole pod. Text form: an optional 4th field ``PORT[+PORT...]``."""
+
+    @classmethod
+    def from_text(cls, text: str) -> SenderSettings:
+        parts = text.split(",")
+        check(len(parts) in (3, 4), "", f"must be IP,VNI,NAMESPACE/NAME[,PORT[+PORT]], got {text!r}")
+        namespace, name = split_pod(parts[2], "")
+        return cls(ip=parts[0].strip(), vni=parts[1].strip(), namespace=namespace, name=name,
+                   ports=parse_ports(parts[3] if len(parts) == 4 else "", "ports"))
+
+    def __post_init__(self) -> None:
+        check(is_ip(self.ip), "ip", f"must be an IP address, got {self.ip!r}")
+        # Canonical text: the receiver matches the socket's source string ("fd00::5") exactly.
+        object.__setattr__(self, "ip", str(ipaddress.ip_address(self.ip)))
+        object.__setattr__(self, "vni", parse_vni(self.vni, self.ip, "vni"))
+        check(bool(self.namespace), "namespace", "must not be empty")
+        check(bool(self.name), "name", "must not be empty")
+        check_ports(self.ports)
+
+
+@dataclasses.dataclass(frozen=True)
+class PeerSettings:
+    """A monitored pod on another node (issue 3: cross-node dedup ownership)."""
+
+    ip: str
+    namespace: str
+    name: str
+    ports: tuple[int, ...] = ()
+    """The peer's container selection, as its own node's agent has it (optional 3rd field
+    ``PORT[+PORT...]``): flows it does not forward are this node's to keep."""
+
+    @classmethod
+    def from_text(cls, text: str) -> PeerSettings:
+        parts = text.split(",")
+        check(len(parts) in (2, 3), "", f"must be IP,NAMESPACE/NAME[,PORT[+PORT]], got {text!r}")
+        namespace, name = split_pod(parts[1], "")
+        return cls(ip=parts[0].strip(), namespace=namespace, name=name,
+                   ports=parse_ports(parts[2] if len(parts) == 3 else "", "ports"))
+
+    def __post_init__(self) -> None:
+        check(is_ip(self.ip), "ip", f"must be an IP address, got {self.ip!r}")
+        object.__setattr__(self, "ip", str(ipaddress.ip_address(self.ip)))
+        check(bool(self.namespace), "namespace", "must not be empty")
+        check(bool(self.name), "name", "must not be empty")
+        check_ports(self.ports)
+
+
+@dataclasses.dataclass(frozen=True)
+class StatusSettings:
+    host: str = "0.0.0.0"
+    port: int = STATUS_PORT
+
+    @classmethod
+    def from_text(cls, text: str) -> StatusSettings:
+        host, port = parse_hostport(text, STATUS_PORT, "")
+        return cls(host=host, port=port)
+
+    def __post_init__(self) -> None:
+        check(is_ip(self.host), "host", f"must be an IP address, got {self.host!r}")
+        check(0 <= self.port < 65536, "port", "must be in 0..65535 (0: any free port)")
+
+
+@dataclasses.dataclass(frozen=True)
+class KubeSettings:
+    """The pod table from the Kubernetes API (issue 4, ``adapters/kube.py``); off while ``node_name``
+    is empty. In a cluster the DaemonSet passes ``--node-name=$(NODE_NAME)`` (downward API)."""
+
+    node_name: str = ""
+    """This node's name: the watch of local senders selects ``spec.nodeName=<node_name>``."""
+    kubeconfig: str | None = None
+    """A kubeconfig file; None: the in-cluster service account."""
+    label_selector: str = "podmirror.io/monitored=true"
+    """Selects the monitored pods of the whole cluster (peers): never every pod."""
+    silent_after: float = 60.0
+    """Seconds without a datagram before a selected local pod is listed as ``silent`` in /status."""
+    watch_timeout: int = 300
+    """Seconds a watch request stays open (server-side timeoutSeconds) before it is resumed."""
+
+    @property
+    def enabled(self) -> bool:
+        return bool(self.node_name)
+
+    def __post_init__(self) -> None:
+        check(self.silent_after > 0, "silent_after", "must be > 0 seconds")
+        check(10 <= self.watch_timeout <= 3600, "watch_timeout", "must be in 10..3600 seconds")
+
+
+@dataclasses.dataclass(frozen=True)
+class LogSettings:
+    level: str = "INFO"
+    drop_interval: float = 10.0
+    """Seconds between two log lines about the same drop reason (the first is logged at once)."""
+
+    def __post_init__(self) -> None:
+        check(self.level.upper() in ("DEBUG", "INFO", "WARNING", "ERROR"), "level", "must be a log level")
+        check(self.drop_interval >= 0, "drop_interval", "must be >= 0")
