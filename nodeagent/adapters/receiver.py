@@ -45,6 +45,8 @@ from nodeagent.verdict import Drop, Forward
 from nodeagent.wire import Malformed, headers, vxlan
 
 log = logging.getLogger(__name__)
+ERROR_LOG_INTERVAL = 10.0
+"""Seconds between two tracebacks of datagrams whose processing raised (each one is counted)."""
 
 BUFFER_SIZE = 65536
 MMSG_BATCH = 32
@@ -210,6 +212,7 @@ class Receiver:
         self._pipeline = pipeline
         self._offer = offer
         self._drop_log = drop_log
+        self._next_error_log = 0.0
         self.malformed = MalformedLog()
         self._buf = bytearray(BUFFER_SIZE)
         self._view = memoryview(self._buf)
@@ -269,7 +272,11 @@ class Receiver:
             sender = addr[0]
             if sender.startswith("::ffff:"):  # IPv4 on a dual-stack socket
                 sender = sender[7:]
-            verdict = process(view[:size], sender, now)
+            try:
+                verdict = process(view[:size], sender, now)
+            except Exception:  # the outermost boundary: count, log, keep receiving
+                self._failed(view[:size], sender, now)
+                continue
             if type(verdict) is Forward:
                 offer(verdict)
             else:
@@ -295,13 +302,26 @@ class Receiver:
                 sender = sources4.get(words[w + 1]) if words[w] & 0xFFFF == _AF_INET else None
                 if sender is None:
                     sender = source(i)
-                verdict = process(datagram, sender, now)
+                try:
+                    verdict = process(datagram, sender, now)
+                except Exception:  # the outermost boundary: count, log, keep receiving
+                    self._failed(datagram, sender, now)
+                    continue
                 if type(verdict) is Forward:
                     offer(verdict)
                 else:
                     self._dropped(verdict, datagram, sender, now)  # type: ignore[arg-type]
             if n < reader.count or budget <= 0:
                 return
+
+    def _failed(self, datagram: memoryview, sender: str, now: float) -> None:
+        """``process`` raised (a bug): count the datagram as ``internal_error`` so the books still
+        balance, log the traceback (at most every ``ERROR_LOG_INTERVAL`` seconds), go on."""
+        reason = self._pipeline.fail(datagram, sender)
+        if now >= self._next_error_log:
+            self._next_error_log = now + ERROR_LOG_INTERVAL
+            log.exception("processing a datagram from %s raised; counted as %s", sender, reason)
+        self._drop_log.note(reason, sender, now)
 
     def _dropped(self, reason: Drop, datagram: memoryview, sender: str, now: float) -> None:
         if reason is Drop.MALFORMED:
