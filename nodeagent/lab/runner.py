@@ -208,7 +208,8 @@ def progress(r: Run, elapsed: float) -> None:
 
 def summarize(r: Run, args: argparse.Namespace) -> None:
     assert r.agent is not None
-    st = r.agent.status()
+    sent = tunnel_sent(r)
+    st = settled_status(r, sent)
     up = r.lab.counters(r.node.ns, "uplink")
     sensor_rx = r.lab.counters(r.sensor.ns, "eth0")
     print("\n== podmirror lab summary ==")
@@ -220,8 +221,13 @@ def summarize(r: Run, args: argparse.Namespace) -> None:
               f"{c['forwarded']:>10} {sum(c['drops'].values()):>8}")
     print(f"agent totals: received {st['received']} = forwarded {st['forwarded']} + drops "
           f"{ {k: v for k, v in st['drops'].items() if v} or 0}")
-    coverage(r, st)
+    coverage(r, st, sent)
     print(f"agent socket: {st.get('socket', {})} (kernel_drops: datagrams lost before the agent read them)")
+    norm = st.get("normalize", {})
+    if norm:
+        print(f"normalized for sensors: {norm['segmented']} GSO super-packets re-segmented into "
+              f"{norm['segments']} frames of at most {norm['max_frame']} bytes, {norm['checksums_fixed']} "
+              "partial checksums completed (so outputs count more packets than `forwarded`)")
     for name, state in st.get("outputs", {}).items():
         print(f"output {name}: {compact(state)}")
         for sensor in state.get("sensors", []) if isinstance(state, dict) else []:
@@ -252,15 +258,37 @@ def compact(state: Any) -> str:
                      if not isinstance(v, (dict, list)) and v not in ("", None)) or "-"
 
 
-def coverage(r: Run, st: dict[str, Any]) -> None:
-    """Kernel mode: packets the pods' VXLAN devices sent during the traffic vs what the agent got."""
-    sent = received = 0
+def tunnel_sent(r: Run) -> int | None:
+    """Kernel mode: packets the pods' VXLAN devices sent since the traffic began (None otherwise)."""
+    sent = 0
     for pod in r.node.pods:
         before, after = r.mirrored_before.get(pod.key), r.lab.tunnel_tx_packets(pod)
         if before is None or after is None:
-            return
+            return None
         sent += after - before
-        received += st["pods"][pod.key]["received"] - r.received_before.get(pod.key, 0)
+    return sent
+
+
+def tunnel_received(r: Run, st: dict[str, Any]) -> int:
+    return sum(st["pods"][pod.key]["received"] - r.received_before.get(pod.key, 0) for pod in r.node.pods)
+
+
+def settled_status(r: Run, sent: int | None) -> dict[str, Any]:
+    """The agent's status once it has read what the tunnels sent (the last datagrams may still sit
+    in its socket), or after 3 s: what is missing then is lost, and ``kernel_drops`` says where."""
+    assert r.agent is not None
+    deadline = time.monotonic() + 3.0
+    st = r.agent.status()
+    while sent is not None and tunnel_received(r, st) < sent and time.monotonic() < deadline:
+        time.sleep(0.1)
+        st = r.agent.status()
+    return st
+
+
+def coverage(r: Run, st: dict[str, Any], sent: int | None) -> None:
+    if sent is None:
+        return
+    received = tunnel_received(r, st)
     lost = sent - received
     print(f"tunnel during traffic: sidecars' VXLAN devices sent {sent} packets, the agent received {received}"
           f" ({lost} lost on the way{', see kernel_drops' if lost else ''})")
