@@ -240,6 +240,9 @@ class Agent:
         if runner is not None:
             await runner.cleanup()
         self.status_address = None
+        snap = self.stats.snapshot()
+        log.info("stopped: received %d = forwarded %d + drops %s", snap["received"], snap["forwarded"],
+                 {reason: n for reason, n in snap["drops"].items() if n} or 0)
 
 
 async def _root(factory: TaskFactory) -> None:
