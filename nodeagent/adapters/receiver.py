@@ -39,6 +39,7 @@ import sys
 from collections.abc import Callable
 from typing import Any
 
+from nodeagent.adapters import mmsg
 from nodeagent.pipeline import Pipeline
 from nodeagent.settings import ListenSettings
 from nodeagent.verdict import Drop, Forward
@@ -61,46 +62,20 @@ _V4_MAPPED = bytes(10) + b"\xff\xff"
 _AF_INET = int(socket.AF_INET)
 
 
-class _IOVec(ctypes.Structure):
-    _fields_ = [("base", ctypes.c_void_p), ("len", ctypes.c_size_t)]
-
-
-class _MsgHdr(ctypes.Structure):
-    _fields_ = [
-        ("name", ctypes.c_void_p), ("namelen", ctypes.c_uint32), ("iov", ctypes.c_void_p),
-        ("iovlen", ctypes.c_size_t), ("control", ctypes.c_void_p), ("controllen", ctypes.c_size_t),
-        ("flags", ctypes.c_int),
-    ]
-
-
-class _MMsgHdr(ctypes.Structure):
-    _fields_ = [("hdr", _MsgHdr), ("len", ctypes.c_uint)]
-
-
-def _libc_recvmmsg() -> Any:
-    try:
-        libc = ctypes.CDLL(ctypes.util.find_library("c"), use_errno=True)
-        func = libc.recvmmsg
-    except (OSError, AttributeError):
-        return None
-    func.argtypes = [ctypes.c_int, ctypes.c_void_p, ctypes.c_uint, ctypes.c_int, ctypes.c_void_p]
-    func.restype = ctypes.c_int
-    return func
-
-
 class BatchReader:
     """recvmmsg(2) into ``count`` preallocated 64 KiB buffers; ``view``/``size``/``source`` per index."""
 
     def __init__(self, fd: int, count: int = MMSG_BATCH) -> None:
-        self._recvmmsg = _libc_recvmmsg()
+        self._recvmmsg = mmsg.libc_function(
+            "recvmmsg", [ctypes.c_int, ctypes.c_void_p, ctypes.c_uint, ctypes.c_int, ctypes.c_void_p])
         if self._recvmmsg is None:
             raise OSError(errno.ENOSYS, "recvmmsg is not available")
         self._fd, self.count = fd, count
         self._data = bytearray(count * BUFFER_SIZE)
         self._names = bytearray(count * _SOCKADDR)
-        self._iovs = (_IOVec * count)()
-        self._msgbuf = bytearray(ctypes.sizeof(_MMsgHdr) * count)
-        msgs = (_MMsgHdr * count).from_buffer(self._msgbuf)
+        self._iovs = (mmsg.IOVec * count)()
+        self._msgbuf = bytearray(ctypes.sizeof(mmsg.MMsgHdr) * count)
+        msgs = (mmsg.MMsgHdr * count).from_buffer(self._msgbuf)
         data = ctypes.addressof(ctypes.c_char.from_buffer(self._data))
         names = ctypes.addressof(ctypes.c_char.from_buffer(self._names))
         for i in range(count):
@@ -112,8 +87,8 @@ class BatchReader:
         self._keep = msgs
         self.view = memoryview(self._data)
         self.lens = memoryview(self._msgbuf).cast("I")
-        self.stride = ctypes.sizeof(_MMsgHdr) // 4
-        self.len_at = _MMsgHdr.len.offset // 4
+        self.stride = ctypes.sizeof(mmsg.MMsgHdr) // 4
+        self.len_at = mmsg.MMsgHdr.len.offset // 4
         self._names_view = memoryview(self._names)
         self._sources: dict[bytes, str] = {}
         self.name_words = self._names_view.cast("I")

@@ -51,6 +51,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from nodeagent import flowhash
+from nodeagent.adapters import mmsg
 from nodeagent.settings import SensorSettings
 from nodeagent.verdict import Forward
 from nodeagent.wire import vxlan
@@ -73,28 +74,6 @@ PROBE_INTERVAL = 2.0
 _UNREACHABLE = frozenset({errno.ECONNREFUSED, errno.EHOSTUNREACH, errno.ENETUNREACH, errno.EHOSTDOWN})
 
 
-class _MsgHdr(ctypes.Structure):
-    _fields_ = [
-        ("name", ctypes.c_void_p), ("namelen", ctypes.c_uint32), ("iov", ctypes.c_void_p),
-        ("iovlen", ctypes.c_size_t), ("control", ctypes.c_void_p), ("controllen", ctypes.c_size_t),
-        ("flags", ctypes.c_int),
-    ]
-
-
-class _MMsgHdr(ctypes.Structure):
-    _fields_ = [("hdr", _MsgHdr), ("len", ctypes.c_uint)]
-
-
-def _libc_sendmmsg() -> Any:
-    try:
-        func = ctypes.CDLL(ctypes.util.find_library("c"), use_errno=True).sendmmsg
-    except (OSError, AttributeError):
-        return None
-    func.argtypes = [ctypes.c_int, ctypes.c_void_p, ctypes.c_uint, ctypes.c_int]
-    func.restype = ctypes.c_int
-    return func
-
-
 class MultiSend:
     """``sendmmsg(2)`` of up to ``GSO_SEGMENTS`` datagrams ``header + frame`` on a connected socket.
 
@@ -106,7 +85,7 @@ class MultiSend:
     def __init__(self, func: Any) -> None:
         self._func = func
         self._iov = (ctypes.c_uint64 * (4 * GSO_SEGMENTS))()
-        self._msgs = (_MMsgHdr * GSO_SEGMENTS)()
+        self._msgs = (mmsg.MMsgHdr * GSO_SEGMENTS)()
         base = ctypes.addressof(self._iov)
         for i in range(GSO_SEGMENTS):
             self._msgs[i].hdr.iov, self._msgs[i].hdr.iovlen = base + 32 * i, 2
@@ -131,7 +110,8 @@ class MultiSend:
         return n
 
 
-_SENDMMSG = _libc_sendmmsg()
+_SENDMMSG = mmsg.libc_function(
+    "sendmmsg", [ctypes.c_int, ctypes.c_void_p, ctypes.c_uint, ctypes.c_int])
 
 
 class Sensor:
