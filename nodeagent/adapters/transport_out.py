@@ -293,9 +293,18 @@ class _Link:
 
 
 async def _cancel(tasks: list[asyncio.Task[None]]) -> None:
+    """Cancel ``tasks`` and wait until they are done, cancelling again while any is still running:
+    Python 3.11's ``asyncio.wait_for`` can swallow a cancellation that arrives as its inner await
+    completes (CPython gh-86296, fixed in 3.12), and a link task would then reconnect forever."""
+    pending = [task for task in tasks if not task.done()]
+    while pending:
+        for task in pending:
+            task.cancel()
+        await asyncio.wait(pending, timeout=0.5)
+        pending = [task for task in pending if not task.done()]
     for task in tasks:
-        task.cancel()
-    await asyncio.gather(*tasks, return_exceptions=True)
+        if not task.cancelled() and task.exception() is not None:
+            log.debug("link task ended with %r", task.exception())
 
 
 class TransportOutput:
