@@ -29,7 +29,6 @@ from __future__ import annotations
 import argparse
 import sys
 import tempfile
-import time
 from pathlib import Path
 from typing import Any
 
@@ -42,18 +41,6 @@ from nodeagent.lab.workload import Workload  # noqa: E402
 
 OUTER = 42
 """Ethernet + IPv4 + UDP in front of each VXLAN datagram sent to a remote sensor."""
-
-
-def wait_quiet(agent: podmirror.Agent, settle: float = 0.5, timeout: float = 30.0) -> dict[str, Any]:
-    deadline, last, since = time.monotonic() + timeout, -1, time.monotonic()
-    while time.monotonic() < deadline:
-        st = agent.status()
-        if st["received"] != last:
-            last, since = st["received"], time.monotonic()
-        elif time.monotonic() - since >= settle:
-            return st
-        time.sleep(0.1)
-    raise RuntimeError("the agent kept receiving")
 
 
 def python_in(lab: Lab, ns: str, code: str, timeout: float = 120) -> str:
@@ -95,7 +82,7 @@ def run(args: argparse.Namespace, out: Path) -> dict[str, Any]:
             podmirror.wait_mirroring(lab, agent, pod, proc)
         work.start_servers(web, iperf=False)
         work.start_servers(ext, iperf=False, body=args.tls_mb * 1_000_000)
-        base = wait_quiet(agent)
+        base = agent.wait_quiet(timeout=30.0)
         sensor_dump = capture.start_tcpdump(lab, sensor.ns, "eth0", out / "sensor.pcap", "udp port 4789")
         truth_dump = capture.start_tcpdump(lab, client.ns, "eth0", out / "truth.pcap",
                                            f"not (ip dst host {agent.ip} and ip proto 17)")
@@ -103,7 +90,7 @@ def run(args: argparse.Namespace, out: Path) -> dict[str, Any]:
         done = work.client(client, web, rounds=args.rounds)
         done["tls_bulk"] = tls_bulk(lab, client, ext.ip, work.cert)
         probes(lab, node.ns, web.ip, args.probes)
-        st = wait_quiet(agent)
+        st = agent.wait_quiet(timeout=30.0)
         capture.stop_tcpdump(lab, truth_dump, out / "truth.pcap")
         capture.stop_tcpdump(lab, sensor_dump, out / "sensor.pcap")
         sensor_after = lab.counters(sensor.ns, "eth0")

@@ -63,6 +63,18 @@ class Agent:
     def pod(self, pod: Pod) -> dict[str, Any]:
         return self.status().get("pods", {}).get(pod.key, {})  # type: ignore[no-any-return]
 
+    def wait_quiet(self, settle: float = 0.5, timeout: float = 20.0) -> dict[str, Any]:
+        """Poll ``/status`` until ``received`` has not moved for ``settle`` seconds; that status."""
+        deadline, last, since = time.monotonic() + timeout, -1, time.monotonic()
+        while time.monotonic() < deadline:
+            st = self.status()
+            if st["received"] != last:
+                last, since = st["received"], time.monotonic()
+            elif time.monotonic() - since >= settle:
+                return st
+            time.sleep(0.1)
+        raise LabError(f"the agent kept receiving for {timeout}s: a mirror loop?")
+
     def wait_ready(self, timeout: float = 20.0) -> dict[str, Any]:
         deadline = time.monotonic() + timeout
         while True:

@@ -18,7 +18,6 @@ cannot pair the IPv6 copies of a dual-stack pod (see the pipeline report). Names
 from __future__ import annotations
 
 import sys
-import time
 from pathlib import Path
 from typing import Any
 
@@ -34,18 +33,6 @@ pytestmark = [pytest.mark.needs_root, pytest.mark.usefixtures("podmirror_ready")
 WHOLE = {"cutoff": {"enabled": False}}
 """Compare payload bytes: the encrypted-flow cutoff is tested in unit tests."""
 VIP = "10.96.0.10"
-
-
-def wait_quiet(agent: podmirror.Agent, settle: float = 0.5, timeout: float = 20.0) -> dict[str, Any]:
-    deadline, last, since = time.monotonic() + timeout, -1, time.monotonic()
-    while time.monotonic() < deadline:
-        st = agent.status()
-        if st["received"] != last:
-            last, since = st["received"], time.monotonic()
-        elif time.monotonic() - since >= settle:
-            return st
-        time.sleep(0.1)
-    raise AssertionError("the agent kept receiving")
 
 
 def http_via_vip(lab: Lab, client: Pod, count: int) -> None:
@@ -105,12 +92,12 @@ def test_same_node_pair_with_clusterip_is_forwarded_once_from_the_client_vantage
             podmirror.wait_mirroring(lab, agent, p, sidecars[p.name])
         work = Workload(lab, tmp_path)
         work.start_servers(web, iperf=False)
-        wait_quiet(agent)
+        agent.wait_quiet()
         dumps = truth_dumps(lab, tmp_path, [client, web], [agent.ip])
         result = work.client(client, web, rounds=2, ipv6=False)
         http_via_vip(lab, client, 3)
         udp_to_closed_port(lab, client, web, 3)
-        status = wait_quiet(agent)
+        status = agent.wait_quiet()
         truth = stop_truth(lab, tmp_path, dumps)
         for p in (client, web):
             assert lab.ns.stop(sidecars[p.name], timeout=10) == 0
@@ -161,10 +148,10 @@ def test_cross_node_pair_is_forwarded_by_exactly_one_node(tmp_path: Path) -> Non
         work = Workload(lab, tmp_path)
         work.start_servers(web, iperf=False)
         for agent in agents:
-            wait_quiet(agent)
+            agent.wait_quiet()
         dumps = truth_dumps(lab, tmp_path, [client, web], [a.ip for a in agents])
         result = work.client(client, web, rounds=2, ipv6=False)
-        statuses = [wait_quiet(agent) for agent in agents]
+        statuses = [agent.wait_quiet() for agent in agents]
         truth = stop_truth(lab, tmp_path, dumps)
         for p in (client, web):
             assert lab.ns.stop(sidecars[p.name], timeout=10) == 0

@@ -11,7 +11,6 @@ payload bytes per direction, everything else packet by packet).
 from __future__ import annotations
 
 import dataclasses
-import time
 from pathlib import Path
 from typing import Any
 
@@ -58,20 +57,6 @@ def pod_state(lab: Lab, pod: Pod) -> str:
     return "\n".join(out)
 
 
-def wait_quiet(agent: podmirror.Agent, settle: float = 0.5, timeout: float = 20.0) -> dict[str, Any]:
-    """Poll /status until ``received`` stops moving for ``settle`` seconds."""
-    deadline = time.monotonic() + timeout
-    last, since = -1, time.monotonic()
-    while time.monotonic() < deadline:
-        st = agent.status()
-        if st["received"] != last:
-            last, since = st["received"], time.monotonic()
-        elif time.monotonic() - since >= settle:
-            return st
-        time.sleep(0.1)
-    raise AssertionError("the agent kept receiving: a mirror loop?")
-
-
 def run_mirrored(lab: Lab, tmp: Path, mode: str) -> tuple[Result, dict[str, tuple[str, str]]]:
     raised = ["--tunnel-mtu", str(lab.node_mtu)] if lab.node_mtu >= 1550 else []
     node = lab.add_node()
@@ -93,7 +78,7 @@ def run_mirrored(lab: Lab, tmp: Path, mode: str) -> tuple[Result, dict[str, tupl
         podmirror.wait_mirroring(lab, agent, p, sidecars[p.key])
     work.start_servers(web)
     work.start_servers(ext, iperf=False)
-    wait_quiet(agent)
+    agent.wait_quiet()
     tunnel = f"not (ip dst host {agent.ip} and ip proto 17)"
     dumps = {p.key: capture.start_tcpdump(lab, p.ns, "eth0", tmp / f"truth-{p.name}.pcap", tunnel)
              for p in monitored}
@@ -102,7 +87,7 @@ def run_mirrored(lab: Lab, tmp: Path, mode: str) -> tuple[Result, dict[str, tupl
     for k, v in work.client(egress, ext, rounds=2).items():
         traffic[k] += v
     iperf = work.iperf(client, web, seconds=2, bitrate=IPERF_RATE)
-    status = wait_quiet(agent)
+    status = agent.wait_quiet()
     for p in monitored:
         capture.stop_tcpdump(lab, dumps[p.key], tmp / f"truth-{p.name}.pcap")
         assert capture.captured_all(tmp / f"truth-{p.name}.pcap"), "the ground truth itself lost packets"
