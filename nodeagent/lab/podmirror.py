@@ -152,6 +152,18 @@ def probe(lab: Lab, pod: Pod) -> None:
         sock.sendto(b"podmirror-lab-probe", (pod.node.gateway, 9))
 
 
+def wait_log(log: Path, needle: str, timeout: float = 20.0, what: str = "") -> str:
+    """Poll ``log`` until it contains ``needle``; its text. LabError naming ``what`` on timeout."""
+    deadline = time.monotonic() + timeout
+    while True:
+        text = log.read_text(errors="replace") if log.exists() else ""
+        if needle in text:
+            return text
+        if time.monotonic() > deadline:
+            raise LabError(f"{what or repr(needle)} not in {log.name} after {timeout}s: {tail(log)}")
+        time.sleep(0.1)
+
+
 def wait_mirroring(lab: Lab, agent: Agent, pod: Pod, sidecar: subprocess.Popen[bytes],
                    timeout: float = 20.0) -> None:
     """Probe from ``pod`` until the agent counts packets from it (the sidecar is mirroring)."""

@@ -32,12 +32,8 @@ CONFIG = {"cutoff": {"enabled": False}, "dedup": {"enabled": False}}
 OTHER = {str(TLS_PORT), str(DNS_PORT)}
 
 
-def wait_installed(log: Path, timeout: float = 20.0) -> None:
-    deadline = time.monotonic() + timeout
-    while "installed" not in (log.read_text(errors="replace") if log.exists() else ""):
-        if time.monotonic() > deadline:
-            raise AssertionError(f"the sidecar never installed the pushed program: {podmirror.tail(log)}")
-        time.sleep(0.1)
+def wait_installed(log: Path) -> None:
+    podmirror.wait_log(log, "installed", what="the sidecar's pushed program")
 
 
 def wait_http_mirrored(lab: Lab, agent: podmirror.Agent, client: Pod, web: Pod,

@@ -10,7 +10,6 @@ the tc classifier (kernel) and the socket filter (sniff). Namespaces ``pmpl-*``.
 
 from __future__ import annotations
 
-import time
 from pathlib import Path
 
 import pytest
@@ -25,13 +24,9 @@ CONFIG = {"cutoff": {"enabled": False}, "filters": {"rules": [{"name": "no-dns",
                                                                "ports": [53]}]}}
 
 
-def wait_installed(log: Path, timeout: float = 20.0) -> None:
-    deadline = time.monotonic() + timeout
-    while "push-down version" not in (log.read_text(errors="replace") if log.exists() else ""):
-        if time.monotonic() > deadline:
-            raise AssertionError(f"the sidecar never installed the pushed program: {podmirror.tail(log)}")
-        time.sleep(0.1)
-    assert "installed" in log.read_text(errors="replace")
+def wait_installed(log: Path) -> None:
+    text = podmirror.wait_log(log, "push-down version", what="the sidecar's pushed program")
+    assert "installed" in text
 
 
 def is_dns(key: tuple[str, ...]) -> bool:
