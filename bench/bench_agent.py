@@ -186,7 +186,7 @@ async def _bulk_receive(conn: Any, output: str, segments: bool, gso: bool) -> No
     from nodeagent.adapters.pcap_out import PcapOutput
     from nodeagent.adapters.receiver import DropLog, Receiver
     from nodeagent.adapters.vxlan_out import VxlanOutput
-    from nodeagent.pods import PodIndex
+    from nodeagent.pods.index import PodIndex
     from nodeagent.stats import Stats
     from nodeagent.wire.normalize import Normalizer
 
@@ -322,7 +322,7 @@ async def _agent_receive(conn: Any, default_pipeline: bool, recvmmsg: bool) -> N
     from nodeagent.adapters.outputs import Fanout
     from nodeagent.adapters.receiver import DropLog, Receiver
     from nodeagent.pipeline import Pipeline
-    from nodeagent.pods import PodIndex
+    from nodeagent.pods.index import PodIndex
     from nodeagent.stats import Stats
     from nodeagent.wire.normalize import Normalizer
 
@@ -476,7 +476,7 @@ def breakdown(calls: int = 100_000) -> None:
     from nodeagent import app, settings
     from nodeagent.adapters.outputs import Fanout
     from nodeagent.pipeline import Pipeline
-    from nodeagent.pods import PodIndex
+    from nodeagent.pods.index import PodIndex
     from nodeagent.stats import Stats
     from nodeagent.wire import headers
     from nodeagent.wire.normalize import Normalizer

@@ -31,14 +31,14 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__)))) 
 from scapy.layers.inet import ICMP, IP, TCP, UDP  # noqa: E402
 from scapy.layers.l2 import Ether
 
-from nodeagent import filters
-from nodeagent.cutoff import Cutoff
-from nodeagent.dedup import DedupWindow
 from nodeagent.pipeline import Pipeline
-from nodeagent.pods import PodIndex, PodInfo
+from nodeagent.pods.index import PodIndex, PodInfo
 from nodeagent.settings import load
+from nodeagent.stages import filters
+from nodeagent.stages.cutoff import Cutoff
+from nodeagent.stages.dedup import DedupWindow
+from nodeagent.stages.vantage import Vantage
 from nodeagent.stats import Stats
-from nodeagent.vantage import Vantage
 from nodeagent.verdict import Forward
 from nodeagent.wire import vxlan
 

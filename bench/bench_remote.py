@@ -29,8 +29,8 @@ import trustme
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))   # run from a checkout
 
-from nodeagent.collector.labkit import LabCollector, start_collector
 from nodeagent.lab import podmirror
+from nodeagent.lab.collector import LabCollector, start_collector
 from nodeagent.lab.podmirror import Agent
 from nodeagent.lab.topology import Host, Lab
 from nodeagent.lab.workload import Workload
@@ -134,11 +134,11 @@ def cpu_per_packet(n: int = 50_000) -> None:
     from scapy.layers.inet import IP, TCP
     from scapy.layers.l2 import Ether
 
-    from nodeagent import framing
     from nodeagent.adapters.transport_out import TransportOptions, TransportOutput, client_context
     from nodeagent.adapters.vxlan_out import VxlanOutput
-    from nodeagent.pods import PodInfo
+    from nodeagent.pods.index import PodInfo
     from nodeagent.settings import SensorSettings
+    from nodeagent.transport import compression
     from nodeagent.verdict import Direction, Forward
     from nodeagent.wire import headers
 
@@ -156,7 +156,7 @@ def cpu_per_packet(n: int = 50_000) -> None:
         out.ship()
         offer = (time.process_time() - t0) / n
         link = next(iter(out.links.values()))
-        zstd, t0, raw, wire = framing.StreamCompressor(), time.process_time(), 0, 0
+        zstd, t0, raw, wire = compression.StreamCompressor(), time.process_time(), 0, 0
         while (item := link.outbox.next_batch()) is not None:
             raw += len(item.raw)
             wire += len(zstd.compress(item.raw))

@@ -35,18 +35,18 @@ from typing import Any
 
 from aiohttp import web
 
-from nodeagent import filters
 from nodeagent.adapters.outputs import Fanout, Output
 from nodeagent.adapters.pcap_out import PcapOutput
 from nodeagent.adapters.receiver import DropLog, Receiver
 from nodeagent.adapters.vxlan_out import VxlanOutput
-from nodeagent.cutoff import Cutoff
-from nodeagent.dedup import DedupWindow
 from nodeagent.pipeline import Pipeline
-from nodeagent.pods import PodIndex, PodInfo
+from nodeagent.pods.index import PodIndex, PodInfo
 from nodeagent.settings import Settings
+from nodeagent.stages import filters
+from nodeagent.stages.cutoff import Cutoff
+from nodeagent.stages.dedup import DedupWindow
+from nodeagent.stages.vantage import Vantage
 from nodeagent.stats import Stats
-from nodeagent.vantage import Vantage
 from nodeagent.web import metrics, status
 from nodeagent.wire.normalize import Normalizer
 

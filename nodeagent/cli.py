@@ -2,7 +2,9 @@
 
 Adding a subcommand (``lab``, ``inject``, ``collect``): in your module write
 ``register(subparsers) -> None`` that adds a parser and sets ``func=<callable(args) -> int>``
-with ``set_defaults``; then add one import and one call to ``_register_all`` below.
+with ``set_defaults``; then add its name and module to ``SUBCOMMANDS`` below. Only the module of
+the subcommand being run is imported (``nodeagent run`` never loads the lab, the webhook or the
+collector); ``nodeagent --help`` imports them all.
 
 Exit codes: 0 success (also after SIGTERM), 1 runtime failure, 2 bad usage or configuration
 (the message names the field, e.g. ``outputs.pcap.max_bytes must be > 0``).
@@ -12,26 +14,29 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import importlib
 import logging
 import os
 import sys
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from nodeagent import inject_cmd
 from nodeagent import settings as settings_mod
-from nodeagent.collector import main as collector_main
-from nodeagent.lab import runner as lab_runner
 from nodeagent.settings import ConfigError, Settings
-from nodeagent.webhook import cli as webhook_cli
+
+SUBCOMMANDS = {
+    "run": "nodeagent.cli",
+    "inject": "nodeagent.webhook.inject_cmd",
+    "webhook": "nodeagent.webhook.cli",
+    "lab": "nodeagent.lab.runner",
+    "collect": "nodeagent.collector.main",
+}
+"""Subcommand -> the module whose ``register(subparsers)`` defines it (imported on demand)."""
 
 
-def _register_all(subparsers: Any) -> None:
+def register(subparsers: Any) -> None:
+    """``nodeagent run``."""
     _register_run(subparsers)
-    inject_cmd.register(subparsers)
-    webhook_cli.register(subparsers)
-    lab_runner.register(subparsers)
-    collector_main.register(subparsers)
 
 
 def _register_run(subparsers: Any) -> None:
@@ -116,15 +121,19 @@ def _run(args: argparse.Namespace) -> int:
     return asyncio.run(app.run(settings))
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(only: str | None = None) -> argparse.ArgumentParser:
+    """The parser with every subcommand, or with ``only`` that one (its module alone imported)."""
     parser = argparse.ArgumentParser(prog="nodeagent", description="podmirror node agent")
     subparsers = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    _register_all(subparsers)
+    for name, module in SUBCOMMANDS.items():
+        if only is None or name == only:
+            importlib.import_module(module).register(subparsers)
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    argv = sys.argv[1:] if argv is None else list(argv)
+    args = build_parser(argv[0] if argv and argv[0] in SUBCOMMANDS else None).parse_args(argv)
     try:
         return int(args.func(args))
     except ConfigError as exc:

@@ -8,12 +8,12 @@ lookup and never a parse:
 1. sender: the source address must be a monitored pod on this node, and the VNI its own;
 2. decode: VXLAN, then the inner Ethernet/IP/transport headers; with a container selection
    (``PodInfo.ports``), packets of the pod's other containers go (``OTHER_CONTAINER``,
-   ``containerports``);
+   ``stages.containers``);
 3. vantage (``vantage``): a flow seen from two vantages is kept from one (``OTHER_VANTAGE``), a
    flow between two nodes' monitored pods from one node (``NOT_OWNER``);
 4. filters (``filters``): ordered rules from the copy's own vantage (``FILTERED``), maybe a snap
    length;
-5. dedup (``flowkey`` + ``dedup``): another vantage's copy of a packet forwarded moments ago
+5. dedup (``digest`` + ``dedup``): another vantage's copy of a packet forwarded moments ago
    (``DUPLICATE``); after the filters, so a copy one vantage's rules exclude does not hide the
    other vantage's copy;
 6. cutoff (``cutoff``): encrypted flows past their budget are cut to headers or dropped
@@ -33,14 +33,14 @@ from __future__ import annotations
 
 from typing import Any
 
-from nodeagent import containerports, flowkey
-from nodeagent import cutoff as cutoff_mod
-from nodeagent.cutoff import Cutoff
-from nodeagent.dedup import DedupWindow
-from nodeagent.filters import EXCLUDE, FilterSet
-from nodeagent.pods import PodIndex, PodInfo
+from nodeagent.pods.index import PodIndex, PodInfo
+from nodeagent.stages import containers, digest
+from nodeagent.stages import cutoff as cutoff_mod
+from nodeagent.stages.cutoff import Cutoff
+from nodeagent.stages.dedup import DedupWindow
+from nodeagent.stages.filters import EXCLUDE, FilterSet
+from nodeagent.stages.vantage import Vantage
 from nodeagent.stats import UNKNOWN_POD, Counters, Stats
-from nodeagent.vantage import Vantage
 from nodeagent.verdict import Direction, Drop, Forward, Verdict
 from nodeagent.wire import Malformed, headers, vxlan
 from nodeagent.wire.headers import PacketMeta
@@ -144,12 +144,12 @@ class Pipeline:
                 counters: Counters, size: int, now: float) -> memoryview | Drop:
         """The optional stages: a ``Drop`` (counted), or the frame to forward (maybe cut)."""
         stats = self._stats
-        if pod.ports and not containerports.selected(inner, meta, pod, direction):
+        if pod.ports and not containers.selected(inner, meta, pod, direction):
             return self._drop(counters, Drop.OTHER_CONTAINER, size, FILTER)
         peer = self._peer(meta, direction) if self._needs_peer else None
         if self._vantage is not None:
             # A peer whose container selection excludes this flow forwards none of it: not a vantage.
-            seen = peer if peer is None or not peer.ports or containerports.peer_sees(meta, peer) else None
+            seen = peer if peer is None or not peer.ports or containers.peer_sees(meta, peer) else None
             reason = self._vantage.decide(meta, pod, seen, now)
             if reason is not None:
                 return self._drop(counters, reason, size, DEDUP)
@@ -158,7 +158,7 @@ class Pipeline:
             keep = self._filters.decide(inner, meta, pod, peer, direction)
             if keep == EXCLUDE:
                 return self._drop(counters, Drop.FILTERED, size, FILTER)
-        if self._dedup is not None and self._dedup.check_and_add(flowkey.digest(meta, inner), pod.addr, now):
+        if self._dedup is not None and self._dedup.check_and_add(digest.compute(meta, inner), pod.addr, now):
             return self._drop(counters, Drop.DUPLICATE, size, DEDUP)
         if self._cutoff is not None:
             cut = self._cutoff.apply(meta, inner, now)

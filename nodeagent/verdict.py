@@ -9,7 +9,7 @@ from __future__ import annotations
 import enum
 from typing import NamedTuple
 
-from nodeagent.pods import PodInfo
+from nodeagent.pods.index import PodInfo
 from nodeagent.wire.headers import PacketMeta
 
 
@@ -30,7 +30,7 @@ class Drop(enum.StrEnum):
     """An exclude rule (or the default action) matched."""
     OTHER_CONTAINER = "other_container"
     """The pod's monitored containers were selected (``PodInfo.ports``) and this packet belongs to
-    none of them (``containerports``)."""
+    none of them (``stages.containers``)."""
     CUT_OFF = "cut_off"
     """An encrypted flow past its cutoff, configured to forward nothing."""
     INTERNAL_ERROR = "internal_error"

@@ -2,7 +2,7 @@
 
 The official ``kubernetes`` client is synchronous, so each watch runs in a worker thread that only
 *hands* events to the loop with ``call_soon_threadsafe``; the loop thread alone touches the table
-(``kubepods.PodTable``, pure). Two watches (see ``kubepods``): this node's pods (field selector
+(``pods.kube.PodTable``, pure). Two watches (see ``pods.kube``): this node's pods (field selector
 ``spec.nodeName``) and the cluster's monitored pods (label selector), never every pod.
 
 Per watch, the thread loops: list (paged) -> hand a RESYNC -> watch from the list's
@@ -30,7 +30,7 @@ import urllib3
 from kubernetes.client.exceptions import ApiException
 from kubernetes.watch.watch import iter_resp_lines
 
-from nodeagent.kubepods import LOCAL, MONITORED_LABEL, PEERS, PodTable
+from nodeagent.pods.kube import LOCAL, MONITORED_LABEL, PEERS, PodTable
 from nodeagent.settings import ConfigError
 from nodeagent.stats import Counters
 

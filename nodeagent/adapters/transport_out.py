@@ -1,13 +1,13 @@
 """Batched output to collectors: zstd batches over TLS, flow affinity, bounded memory.
 
-Model: one ``_Link`` per collector, each with its own ``Batcher`` (open batch), ``framing.Outbox``
+Model: one ``_Link`` per collector, each with its own ``Batcher`` (open batch), ``outbox.Outbox``
 (closed batches until acknowledged, bounded in bytes) and connection task. ``offer`` picks the link
-by the symmetric flow hash on a consistent ring (``flowhash``), so both directions of a connection
+by the symmetric flow hash on a consistent ring (``transport.affinity``), so both directions of a connection
 reach one collector and a collector that goes down moves only its own flows, which come back when
 it reconnects. ``offer`` never blocks and never awaits: it copies the frame, appends to the batch
 and, when the batch closes, encodes it and pushes it to the outbox (evicting the oldest batches
 when the outbox is full). The connection task alone touches the socket; it compresses each batch
-as it sends it, in the connection's zstd stream (see ``framing``).
+as it sends it, in the connection's zstd stream (see ``transport.compression``).
 
 Accounting, per link and in total, at every instant:
 ``offered == delivered + sum(dropped.values()) + queued_packets + open_packets``
@@ -36,9 +36,10 @@ import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from nodeagent import flowhash, framing
-from nodeagent.batcher import Batch, Batcher, Record
 from nodeagent.settings import TransportSettings
+from nodeagent.transport import affinity, compression, messages, outbox, records
+from nodeagent.transport.batcher import Batch, Batcher
+from nodeagent.transport.records import Record
 from nodeagent.verdict import Forward
 from nodeagent.wire import Malformed
 
@@ -106,10 +107,10 @@ class _Link:
         self._ctx, self._opts, self._stream, self._agent = ctx, opts, stream, agent
         self._on_health = on_health
         self.batcher = Batcher(max_bytes=opts.batch_bytes, max_delay=opts.max_delay)
-        self.outbox = framing.Outbox(opts.queue_bytes)
+        self.outbox = outbox.Outbox(opts.queue_bytes)
         self._wake = asyncio.Event()
         self._lock = asyncio.Lock()
-        self._out: tuple[asyncio.StreamWriter, framing.StreamCompressor] | None = None
+        self._out: tuple[asyncio.StreamWriter, compression.StreamCompressor] | None = None
         """The live connection's writer and zstd stream (None while down)."""
         self._timer: asyncio.TimerHandle | None = None
         self.status = "connecting"
@@ -140,7 +141,7 @@ class _Link:
             self._timer = loop.call_at(self.batcher.deadline, self._on_timer)
 
     def ship(self, batch: Batch) -> None:
-        raw = framing.encode_records(batch.records)
+        raw = records.encode_records(batch.records)
         self.raw_bytes += len(raw)
         self.dropped[QUEUE_FULL] += self.outbox.push(raw, len(batch.records))
         # Straight to the socket when the connection is up: waiting for the sender task's next
@@ -162,7 +163,7 @@ class _Link:
             item = self.outbox.next_batch()
             if item is None:
                 return
-            msg = framing.encode_batch(item.seq, item.packets, len(item.raw), zstd.compress(item.raw))
+            msg = messages.encode_batch(item.seq, item.packets, len(item.raw), zstd.compress(item.raw))
             writer.write(msg)
             self.batches += 1
             self.bytes_sent += len(msg)
@@ -222,8 +223,8 @@ class _Link:
         ), opts.connect_timeout)
         acks: asyncio.Task[None] | None = None
         try:
-            writer.write(framing.encode_hello(self._stream, self._agent))
-            wire = framing.Reader()
+            writer.write(messages.encode_hello(self._stream, self._agent))
+            wire = messages.Reader()
             welcome = await asyncio.wait_for(self._first(reader, wire), opts.connect_timeout)
             self.delivered += self.outbox.on_welcome(welcome.acked)
             self.status, self.last_error = "up", ""
@@ -245,25 +246,25 @@ class _Link:
             with contextlib.suppress(*_FAULTS):
                 await asyncio.wait_for(writer.wait_closed(), 1.0)
 
-    async def _first(self, reader: asyncio.StreamReader, wire: framing.Reader) -> framing.Welcome:
+    async def _first(self, reader: asyncio.StreamReader, wire: messages.Reader) -> messages.Welcome:
         while True:
             data = await reader.read(65536)
             if not data:
                 raise EOFError("collector closed before WELCOME")
             msgs = wire.feed(data)
             if msgs:
-                if not isinstance(msgs[0], framing.Welcome) or len(msgs) > 1:
+                if not isinstance(msgs[0], messages.Welcome) or len(msgs) > 1:
                     raise Malformed("expected a single WELCOME")
                 return msgs[0]
 
-    async def _read_acks(self, reader: asyncio.StreamReader, wire: framing.Reader) -> None:
+    async def _read_acks(self, reader: asyncio.StreamReader, wire: messages.Reader) -> None:
         loop = asyncio.get_running_loop()
         while True:
             data = await reader.read(65536)
             if not data:
                 raise EOFError("collector closed the connection")
             for msg in wire.feed(data):
-                if not isinstance(msg, framing.Ack):
+                if not isinstance(msg, messages.Ack):
                     raise Malformed("expected ACK")
                 self.delivered += self.outbox.on_ack(msg.seq)
                 self._last_progress = loop.time()
@@ -272,7 +273,7 @@ class _Link:
         loop = asyncio.get_running_loop()
         self._last_progress = loop.time()
         timeout = self._opts.ack_timeout
-        self._out = (writer, framing.StreamCompressor(self._opts.level))   # one stream per connection
+        self._out = (writer, compression.StreamCompressor(self._opts.level))   # one stream per connection
         try:
             while not acks.done():
                 if self.outbox.unsent == 0:
@@ -325,7 +326,7 @@ class TransportOutput:
             f"{h}:{p}": _Link(h, p, ctx, self._opts, self._stream, agent, self._health_changed)
             for h, p in collectors
         }
-        self._ring = flowhash.Ring(self._links)
+        self._ring = affinity.Ring(self._links)
         self._epoch = time.time() - time.monotonic()
         """Wall clock minus the loop clock (asyncio's default loop clock is time.monotonic)."""
         self._tasks: list[asyncio.Task[None]] = []
@@ -339,7 +340,7 @@ class TransportOutput:
 
     def offer(self, fwd: Forward) -> None:
         frame = fwd.frame
-        link = self._links[self._ring.lookup(flowhash.flow_hash(fwd.meta, frame))]
+        link = self._links[self._ring.lookup(affinity.flow_hash(fwd.meta, frame))]
         ts_ns = int((fwd.now + self._epoch) * 1e9)
         link.add(Record(ts_ns, fwd.wire_len, fwd.pod.key, fwd.vni, int(fwd.direction), bytes(frame)),
                  fwd.now)

@@ -9,7 +9,7 @@ The VNI is the sender's (the pod's identity travels to the sensor) unless the se
 fix one.
 
 Flow affinity (issue 5): each packet goes to *one* sensor, chosen by the symmetric flow hash on a
-consistent ring (``flowhash``): both directions of a connection reach the same sensor (a Zeek
+consistent ring (``transport.affinity``): both directions of a connection reach the same sensor (a Zeek
 cluster needs that), and a sensor that goes down moves only its own flows. The outer UDP source
 port follows the same hash: each sensor has a small pool of connected sockets, each bound to its
 own ephemeral port, indexed by the hash, so receivers that balance on the outer header keep flows
@@ -50,9 +50,9 @@ import struct
 from collections.abc import Sequence
 from typing import Any
 
-from nodeagent import flowhash
 from nodeagent.adapters import mmsg
 from nodeagent.settings import SensorSettings
+from nodeagent.transport import affinity
 from nodeagent.verdict import Forward
 from nodeagent.wire import vxlan
 
@@ -250,7 +250,7 @@ class VxlanOutput:
     def __init__(self, sensors: Sequence[SensorSettings], name: str = "vxlan") -> None:
         self.name = name
         self.sensors = [Sensor(s) for s in sensors]
-        self._ring = flowhash.Ring(str(i) for i in range(len(self.sensors))) if self.sensors else None
+        self._ring = affinity.Ring(str(i) for i in range(len(self.sensors))) if self.sensors else None
         self._down: dict[int, float] = {}
         """Sensor index -> ``now`` when its hold-down ends (inf while a probe says it is down)."""
 
@@ -294,7 +294,7 @@ class VxlanOutput:
 
     def _pick(self, fwd: Forward) -> tuple[int, int]:
         """(sensor index, flow hash) for this packet's flow."""
-        h = flowhash.flow_hash(fwd.meta, fwd.frame)
+        h = affinity.flow_hash(fwd.meta, fwd.frame)
         if self._down:
             self._revive(fwd.now)
         return (int(self._ring.lookup(h)) if len(self.sensors) > 1 and self._ring else 0), h

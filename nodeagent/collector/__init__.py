@@ -1,7 +1,7 @@
 """The collector (``nodeagent collect``): receives batches from many agents and hands them to a sensor.
 
-Runs beside the sensor. Agents connect over TLS (``framing``: HELLO/WELCOME, BATCH/ACK); for each
-batch the collector checks the stream's sequence (``framing.Streams``: a retransmitted batch is
+Runs beside the sensor. Agents connect over TLS (``transport``: HELLO/WELCOME, BATCH/ACK); for each
+batch the collector checks the stream's sequence (``streams.Streams``: a retransmitted batch is
 acknowledged again but never delivered twice), decompresses it, delivers every record to each
 configured sink, and only then acknowledges it. So an ACK means "written to the sinks" and the
 agent's resume after a broken connection loses and duplicates nothing.

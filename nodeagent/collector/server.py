@@ -18,8 +18,8 @@ import time
 from collections.abc import Sequence
 from typing import Any
 
-from nodeagent import framing
 from nodeagent.collector.sinks import Sink
+from nodeagent.transport import compression, messages, streams
 from nodeagent.wire import Malformed
 
 log = logging.getLogger(__name__)
@@ -64,7 +64,7 @@ class Collector:
         self.sinks = list(sinks)
         self.ctx = ctx
         self.stats = CollectorStats()
-        self.streams = framing.Streams()
+        self.streams = streams.Streams()
         self._server: asyncio.Server | None = None
         self._writers: set[asyncio.StreamWriter] = set()
 
@@ -105,8 +105,8 @@ class Collector:
             with contextlib.suppress(*_FAULTS):
                 await asyncio.wait_for(writer.wait_closed(), 1.0)
 
-    def deliver(self, stream: bytes, agent: str, msg: framing.BatchMsg,
-                zstd: framing.StreamDecompressor) -> int:
+    def deliver(self, stream: bytes, agent: str, msg: messages.BatchMsg,
+                zstd: compression.StreamDecompressor) -> int:
         """Deliver one batch if new; returns the cumulative sequence to acknowledge."""
         stats = self.stats
         stats.wire_bytes += len(msg.payload)
@@ -153,8 +153,8 @@ class Collector:
 class _Session:
     def __init__(self, owner: Collector, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         self._owner, self._reader, self._writer = owner, reader, writer
-        self._wire = framing.Reader()
-        self._zstd = framing.StreamDecompressor()
+        self._wire = messages.Reader()
+        self._zstd = compression.StreamDecompressor()
 
     async def serve(self) -> None:
         stream: bytes | None = None
@@ -165,13 +165,13 @@ class _Session:
                 return
             for msg in self._wire.feed(data):
                 if stream is None:
-                    if not isinstance(msg, framing.Hello):
+                    if not isinstance(msg, messages.Hello):
                         raise Malformed("expected HELLO first")
                     stream, agent = msg.stream, msg.name
-                    self._writer.write(framing.encode_welcome(self._owner.streams.hello(stream)))
-                elif isinstance(msg, framing.BatchMsg):
+                    self._writer.write(messages.encode_welcome(self._owner.streams.hello(stream)))
+                elif isinstance(msg, messages.BatchMsg):
                     acked = self._owner.deliver(stream, agent, msg, self._zstd)
-                    self._writer.write(framing.encode_ack(acked))
+                    self._writer.write(messages.encode_ack(acked))
                 else:
                     raise Malformed(f"unexpected {type(msg).__name__}")
             await self._writer.drain()

@@ -18,9 +18,9 @@ import time
 from collections.abc import Sequence
 from typing import Any, Protocol
 
-from nodeagent import flowhash
-from nodeagent.batcher import Record
 from nodeagent.collector import pcapng
+from nodeagent.transport import affinity
+from nodeagent.transport.records import Record
 from nodeagent.wire import Malformed, headers
 
 _VXLAN = struct.Struct("!B3xI")
@@ -35,7 +35,7 @@ class Sink(Protocol):
 
 def _flow(frame: bytes) -> int:
     try:
-        return flowhash.flow_hash(headers.decode(frame), frame)
+        return affinity.flow_hash(headers.decode(frame), frame)
     except Malformed:
         return 0
 

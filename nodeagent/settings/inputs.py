@@ -54,7 +54,7 @@ class SenderSettings:
     namespace: str
     name: str
     ports: tuple[int, ...] = ()
-    """Container selection: only traffic on these pod-side ports (``nodeagent.containerports``);
+    """Container selection: only traffic on these pod-side ports (``nodeagent.stages.containers``);
     empty: the whole pod. Text form: an optional 4th field ``PORT[+PORT...]``."""
 
     @classmethod

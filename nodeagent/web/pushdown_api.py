@@ -1,6 +1,6 @@
 """``GET /v1/pushdown?ip=<pod ip>&vni=<vni>&mode=<kernel|sniff>``: a sidecar fetches its filter.
 
-Answers ``{"version": "<opaque>", "bpf": [[code, jt, jf, k], ...] | null}`` (``nodeagent.pushdown``):
+Answers ``{"version": "<opaque>", "bpf": [[code, jt, jf, k], ...] | null}`` (``nodeagent.stages.pushdown``):
 the classic BPF program the sidecar installs (non-zero: mirror the frame; null: mirror all). The
 sidecar polls and re-installs only when ``version`` changes; it adds its own tunnel exclusion.
 The reported ``mode`` is recorded (``Agent.report_mode``) and shown in ``/status`` per pod.
@@ -18,9 +18,9 @@ from typing import Any, Protocol
 
 from aiohttp import web
 
-from nodeagent import filters, pushdown
-from nodeagent.pods import PodIndex
+from nodeagent.pods.index import PodIndex
 from nodeagent.settings import Settings
+from nodeagent.stages import filters, pushdown
 
 PATH = "/v1/pushdown"
 _CACHE_LIMIT = 1024

@@ -30,7 +30,7 @@ import dataclasses
 from collections.abc import Mapping
 from typing import Any
 
-from nodeagent.kubepods import (
+from nodeagent.pods.kube import (
     CONTAINERS_ANNOTATION,
     MODE_ANNOTATION,
     MONITOR_ANNOTATION,

@@ -218,7 +218,7 @@ async def test_a_stalled_disk_drops_and_counts_instead_of_growing_or_blocking(tm
     import threading
 
     from nodeagent.adapters.pcap_out import PcapOutput
-    from nodeagent.pods import PodInfo
+    from nodeagent.pods.index import PodInfo
     from nodeagent.settings import PcapSettings
     from nodeagent.verdict import Direction, Forward
 

@@ -8,7 +8,7 @@ import asyncio
 
 from prometheus_client.parser import text_string_to_metric_families
 
-from nodeagent import bpf
+from nodeagent.stages import bpfexpr
 from tests.component.agent_kit import (
     KNOWN,
     accounted,
@@ -45,7 +45,7 @@ async def test_selected_ports_at_the_agent_in_the_push_down_and_in_metrics() -> 
     async with running(settings) as agent:
         code, body = await fetch(agent, f"ip={KNOWN}&vni=5&mode=sniff")
         assert code == 200 and body["bpf"] is not None
-        match = bpf.to_function(tuple(tuple(insn) for insn in body["bpf"]))
+        match = bpfexpr.to_function(tuple(tuple(insn) for insn in body["bpf"]))
         assert match(tcp_from_pod(8080, 1)) and not match(tcp_from_pod(9090, 1))
 
         sock = sender(KNOWN)

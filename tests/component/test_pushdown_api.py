@@ -7,9 +7,9 @@ import json
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
-from nodeagent import bpf
 from nodeagent.app import Agent
 from nodeagent.settings import Settings
+from nodeagent.stages import bpfexpr
 from nodeagent.web import pushdown_api
 from tests.component.agent_kit import (
     KNOWN,
@@ -55,7 +55,7 @@ async def test_sidecar_gets_a_program_and_its_mode_is_recorded() -> None:
         program = tuple(tuple(insn) for insn in body["bpf"])
         dns = udp_frame(src=KNOWN, dst="10.96.0.10", dport=53)
         ntp = udp_frame(src=KNOWN, dst="10.96.0.10", dport=123)
-        assert bpf.to_function(program)(dns) == 0 and bpf.to_function(program)(ntp) != 0
+        assert bpfexpr.to_function(program)(dns) == 0 and bpfexpr.to_function(program)(ntp) != 0
         again = await fetch(agent, f"ip={KNOWN}&vni=0x5&mode=kernel")
         assert again[1]["version"] == body["version"]
         status = await get_status(agent)

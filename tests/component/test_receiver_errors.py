@@ -13,7 +13,7 @@ from scapy.layers.l2 import Ether
 
 from nodeagent.adapters.receiver import DropLog, Receiver
 from nodeagent.pipeline import Pipeline
-from nodeagent.pods import PodIndex, PodInfo
+from nodeagent.pods.index import PodIndex, PodInfo
 from nodeagent.settings import ListenSettings
 from nodeagent.stats import Stats
 from nodeagent.verdict import Forward

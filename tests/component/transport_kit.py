@@ -17,9 +17,9 @@ import trustme
 from scapy.layers.inet import IP, TCP, UDP
 from scapy.layers.l2 import Ether
 
-from nodeagent.batcher import Record
 from nodeagent.collector.server import Collector, server_context
-from nodeagent.pods import PodInfo
+from nodeagent.pods.index import PodInfo
+from nodeagent.transport.records import Record
 from nodeagent.verdict import Direction, Forward
 from nodeagent.wire import headers
 

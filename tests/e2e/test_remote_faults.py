@@ -21,8 +21,8 @@ from typing import Any
 import pytest
 import trustme
 
-from nodeagent.collector.labkit import LabCollector, start_collector
 from nodeagent.lab import netns, podmirror
+from nodeagent.lab.collector import LabCollector, start_collector
 from nodeagent.lab.topology import Host, Lab
 from nodeagent.lab.workload import Workload
 from tests.component.transport_kit import pcapng_packets

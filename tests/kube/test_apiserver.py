@@ -36,8 +36,8 @@ import pytest
 import yaml
 
 from nodeagent.adapters.kube import Gone, KubeWatcher, PodStream, WatchSpec, watch_specs
-from nodeagent.kubepods import LOCAL, PodTable
-from nodeagent.pods import PodIndex
+from nodeagent.pods.index import PodIndex
+from nodeagent.pods.kube import LOCAL, PodTable
 from nodeagent.webhook.inject import SIDECAR_NAME
 from tests.kube import controlplane
 from tests.kube.conftest import eventually

@@ -14,8 +14,8 @@ import pytest
 import yaml
 
 from nodeagent import settings
-from nodeagent.inject_cmd import inject_object
 from nodeagent.webhook.inject import SIDECAR_NAME, InjectConfig
+from nodeagent.webhook.inject_cmd import inject_object
 from tests.kube.patching import validate
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]

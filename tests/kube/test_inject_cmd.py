@@ -10,8 +10,8 @@ from typing import Any
 
 import yaml
 
-from nodeagent.inject_cmd import inject_stream
 from nodeagent.webhook.inject import SIDECAR_NAME, InjectConfig
+from nodeagent.webhook.inject_cmd import inject_stream
 from tests.kube.patching import validate
 
 MIXED = pathlib.Path(__file__).resolve().parents[1] / "data" / "manifests" / "mixed.yaml"

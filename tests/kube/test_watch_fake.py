@@ -9,8 +9,8 @@ import kubernetes.client
 import pytest
 
 from nodeagent.adapters.kube import Backoff, KubeWatcher, watch_specs
-from nodeagent.kubepods import PodTable
-from nodeagent.pods import PodIndex
+from nodeagent.pods.index import PodIndex
+from nodeagent.pods.kube import PodTable
 from tests.fakes.kubeapi import label_matcher, pod
 from tests.kube.conftest import eventually
 

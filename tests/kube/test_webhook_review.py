@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from nodeagent import kubepods
+from nodeagent.pods import kube
 from nodeagent.webhook.inject import SIDECAR_NAME, InjectConfig, patch_for, sidecar_container
 from nodeagent.webhook.review import BadReview, respond
 from sidecar_lite import settings as sidecar_settings
@@ -39,7 +39,7 @@ def sidecar(pod: dict[str, Any]) -> dict[str, Any]:
 def test_annotated_pod_gets_sidecar_label_env_and_a_valid_spec() -> None:
     pod, answer = injected("annotated_pod")
     assert answer["response"]["patchType"] == "JSONPatch"
-    assert pod["metadata"]["labels"] == {"app": "web", kubepods.MONITORED_LABEL: "true"}
+    assert pod["metadata"]["labels"] == {"app": "web", kube.MONITORED_LABEL: "true"}
     container = sidecar(pod)
     env = {e["name"]: e.get("value") or e["valueFrom"]["fieldRef"]["fieldPath"] for e in container["env"]}
     assert env["PODMIRROR_AGENT"].endswith(":14789") and env["PODMIRROR_VNI"] == "auto"
@@ -55,11 +55,11 @@ def test_annotated_pod_gets_sidecar_label_env_and_a_valid_spec() -> None:
 def test_kernel_mode_adds_net_admin_and_containers_become_declared_ports() -> None:
     pod, answer = injected("kernel_mode_containers")
     assert sidecar(pod)["securityContext"]["capabilities"] == {"add": ["NET_ADMIN"]}
-    assert pod["metadata"]["annotations"][kubepods.PORTS_ANNOTATION] == "8080/TCP,8081/UDP,9090/TCP"
+    assert pod["metadata"]["annotations"][kube.PORTS_ANNOTATION] == "8080/TCP,8081/UDP,9090/TCP"
     assert "warnings" not in answer["response"]
     validate(pod)
     pod["status"] = {"podIP": "10.9.0.4"}
-    info = kubepods.pod_info(pod, node="")
+    info = kube.pod_info(pod, node="")
     assert info is not None and info.ports == (8080, 8081, 9090)  # what the agent reads back
 
 

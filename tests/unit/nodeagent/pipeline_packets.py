@@ -13,7 +13,7 @@ from scapy.layers.inet6 import IPv6
 from scapy.layers.l2 import ARP, Dot1Q, Ether
 from scapy.packet import Packet, Raw
 
-from nodeagent.pods import PodInfo
+from nodeagent.pods.index import PodInfo
 from nodeagent.wire import headers, vxlan
 
 CLIENT_IP, SERVER_IP, VIP, NODE_IP, REMOTE_IP = "10.0.0.5", "10.0.0.9", "10.96.0.10", "10.0.0.1", "10.1.0.7"

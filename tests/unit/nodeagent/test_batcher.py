@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from nodeagent.batcher import RECORD_OVERHEAD, Batcher, Record
+from nodeagent.transport.batcher import Batcher
+from nodeagent.transport.records import RECORD_OVERHEAD, Record
 
 
 def rec(n: int = 100, pod: str = "ns/a") -> Record:

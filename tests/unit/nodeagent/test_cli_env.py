@@ -6,8 +6,9 @@ from pathlib import Path
 
 import pytest
 
-from nodeagent import cli, filters
+from nodeagent import cli
 from nodeagent.settings import ConfigError
+from nodeagent.stages import filters
 
 PRESET = "filters: {presets: [drop-health-probes]}\n"
 

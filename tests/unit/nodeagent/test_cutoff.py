@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from nodeagent import cutoff
-from nodeagent.cutoff import Cutoff
+from nodeagent.stages import cutoff
+from nodeagent.stages.cutoff import Cutoff
 from tests.unit.nodeagent.pipeline_packets import meta, tcp, udp
 
 TLS_HELLO = b"\x16\x03\x01\x00\xc8" + b"\x01" * 200

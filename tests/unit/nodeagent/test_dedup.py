@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from nodeagent.dedup import DedupWindow
-from nodeagent.flowtable import FlowTable
+from nodeagent.stages.dedup import DedupWindow
+from nodeagent.stages.flowtable import FlowTable
 
 A, B = b"\x0a\x00\x00\x05", b"\x0a\x00\x00\x09"
 

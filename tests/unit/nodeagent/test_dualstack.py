@@ -5,13 +5,14 @@ from __future__ import annotations
 import dataclasses
 import ipaddress
 
-from nodeagent import bpf, filters, kubepods, pushdown
-from nodeagent.kubepods import LOCAL, PodTable
 from nodeagent.pipeline import Pipeline
-from nodeagent.pods import PodIndex, PodInfo
+from nodeagent.pods import kube
+from nodeagent.pods.index import PodIndex, PodInfo
+from nodeagent.pods.kube import LOCAL, PodTable
 from nodeagent.settings import load
+from nodeagent.stages import bpfexpr, filters, pushdown
+from nodeagent.stages.vantage import Vantage
 from nodeagent.stats import Stats
-from nodeagent.vantage import Vantage
 from nodeagent.verdict import Drop, Forward
 from tests.fakes.kubeapi import pod
 from tests.unit.nodeagent.pipeline_packets import CLIENT, REMOTE, SERVER, TCP, IPv6, datagram, eth
@@ -37,10 +38,10 @@ def dual(name: str, v4: str, v6: str, node: str = "node-a") -> dict:  # type: ig
     return raw
 
 
-def test_kubepods_fills_the_other_addresses_from_pod_ips() -> None:
-    info = kubepods.pod_info(dual("web", "10.0.0.9", SERVER6), node="node-a")
+def test_pod_table_fills_the_other_addresses_from_pod_ips() -> None:
+    info = kube.pod_info(dual("web", "10.0.0.9", SERVER6), node="node-a")
     assert info is not None and info.ips == (SERVER6,) and info.all_ips == ("10.0.0.9", SERVER6)
-    assert kubepods.pod_info(pod("v4", ip="10.0.0.8", labels=MON), node="node-a").ips == ()
+    assert kube.pod_info(pod("v4", ip="10.0.0.8", labels=MON), node="node-a").ips == ()
 
 
 def test_index_finds_a_pod_by_either_address_and_forgets_both() -> None:
@@ -89,13 +90,13 @@ def test_direction_rules_hold_for_the_other_family_at_the_agent_and_in_the_push_
     out, into = tcp6(SERVER6, REMOTE6, sport=80, dport=40000), tcp6(REMOTE6, SERVER6)
     assert isinstance(pipe.process(datagram(out, DS_SERVER), SERVER.ip, 1.0), Forward)
     assert pipe.process(datagram(into, DS_SERVER), SERVER.ip, 1.0) == Drop.FILTERED
-    match = bpf.to_function(pushdown.plan(rules, DS_SERVER).program or bpf.REJECT_ALL)
+    match = bpfexpr.to_function(pushdown.plan(rules, DS_SERVER).program or bpfexpr.REJECT_ALL)
     assert match(out) and not match(into)
 
 
 def test_peer_cidr_rules_are_pushed_for_each_family() -> None:
     rules = filters.compile(load({"filters": {"rules": [{"action": "exclude",
                                                          "peer": ["fd00:1::/64", "10.1.0.0/16"]}]}}).filters)
-    match = bpf.to_function(pushdown.plan(rules, DS_SERVER).program or bpf.ACCEPT_ALL)
+    match = bpfexpr.to_function(pushdown.plan(rules, DS_SERVER).program or bpfexpr.ACCEPT_ALL)
     assert not match(tcp6(SERVER6, REMOTE6)) and not match(tcp6(REMOTE6, SERVER6))
     assert match(tcp6(SERVER6, "fd00:2::1"))

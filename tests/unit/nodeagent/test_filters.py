@@ -6,8 +6,8 @@ from typing import Any
 
 import pytest
 
-from nodeagent import filters
 from nodeagent.settings import ConfigError, load
+from nodeagent.stages import filters
 from nodeagent.verdict import Direction
 from tests.unit.nodeagent.pipeline_packets import (
     CLIENT,

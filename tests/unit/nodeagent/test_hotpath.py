@@ -7,7 +7,7 @@ from scapy.layers.inet import IP, UDP
 from scapy.layers.l2 import Ether
 
 from nodeagent.pipeline import Pipeline
-from nodeagent.pods import PodIndex, PodInfo
+from nodeagent.pods.index import PodIndex, PodInfo
 from nodeagent.stats import UNKNOWN_POD, Stats
 from nodeagent.verdict import Drop, Forward
 from nodeagent.wire import vxlan
@@ -66,7 +66,7 @@ def test_a_first_fragment_past_the_cutoff_is_cut_not_raised():
     raise ``struct.error`` from ``headers_only``, which aborted the receiver's batch."""
     from scapy.layers.inet import TCP
 
-    from nodeagent.cutoff import Cutoff, headers_only
+    from nodeagent.stages.cutoff import Cutoff, headers_only
     from nodeagent.wire import headers
 
     cutoff = Cutoff(budget=100)

@@ -8,7 +8,7 @@ from scapy.layers.inet6 import IPv6
 from scapy.layers.l2 import Ether
 
 from nodeagent.pipeline import Pipeline
-from nodeagent.pods import PodIndex, PodInfo
+from nodeagent.pods.index import PodIndex, PodInfo
 from nodeagent.stats import UNKNOWN_POD, Stats
 from nodeagent.verdict import Direction, Drop, Forward
 from nodeagent.wire import vxlan

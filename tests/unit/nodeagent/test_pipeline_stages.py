@@ -4,14 +4,14 @@ from __future__ import annotations
 
 from typing import Any
 
-from nodeagent import filters
-from nodeagent.cutoff import Cutoff
-from nodeagent.dedup import DedupWindow
 from nodeagent.pipeline import Pipeline
-from nodeagent.pods import PodIndex
+from nodeagent.pods.index import PodIndex
 from nodeagent.settings import load
+from nodeagent.stages import filters
+from nodeagent.stages.cutoff import Cutoff
+from nodeagent.stages.dedup import DedupWindow
+from nodeagent.stages.vantage import Vantage
 from nodeagent.stats import Stats
-from nodeagent.vantage import Vantage
 from nodeagent.verdict import Drop, Forward
 from tests.unit.nodeagent.pipeline_packets import (
     CLIENT,

@@ -6,7 +6,7 @@ import ipaddress
 
 import pytest
 
-from nodeagent.pods import PodIndex, PodInfo
+from nodeagent.pods.index import PodIndex, PodInfo
 
 
 def _pod(ip: str, name: str = "web", local: bool = True, vni: int = 5) -> PodInfo:

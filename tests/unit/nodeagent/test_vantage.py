@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from nodeagent.vantage import Vantage
+from nodeagent.stages.vantage import Vantage
 from nodeagent.verdict import Drop
 from tests.unit.nodeagent.pipeline_packets import (
     CLIENT,

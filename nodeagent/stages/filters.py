@@ -14,7 +14,7 @@ Conditions (a rule holds any subset; all must match):
 - ``peer_namespace``, ``peer_labels``: the other end is a known monitored pod that matches;
 - ``protocol``; ``ports`` (either port, TCP/UDP/SCTP only; a non-first fragment has none);
 - ``bpf``: a tcpdump expression over the Ethernet frame, compiled once with libpcap and run as
-  generated Python (``bpf.to_function``); a bad one is a ``ConfigError`` naming the rule.
+  generated Python (``bpfexpr.to_function``); a bad one is a ``ConfigError`` naming the rule.
 
 Which rules apply to a pod depends only on the pod (namespace, name, labels), so the rule list is
 narrowed once per pod object and cached. ``decide`` returns ``EXCLUDE`` (-1), ``INCLUDE`` (0) or a
@@ -27,9 +27,9 @@ import dataclasses
 import ipaddress
 from collections.abc import Callable, Mapping, Sequence
 
-from nodeagent import bpf
-from nodeagent.pods import PodInfo
+from nodeagent.pods.index import PodInfo
 from nodeagent.settings import ConfigError, FilterSettings, RuleSettings
+from nodeagent.stages import bpfexpr
 from nodeagent.verdict import Direction
 from nodeagent.wire.headers import PacketMeta
 
@@ -54,7 +54,7 @@ class Rule:
     outcome: int
     """EXCLUDE, INCLUDE or a snap length."""
     checks: tuple[Check, ...]
-    program: bpf.Program | None
+    program: bpfexpr.Program | None
 
 
 def compile(settings: FilterSettings) -> FilterSet:  # noqa: A001 - the verb the style guide uses
@@ -88,9 +88,9 @@ def _compile_rule(path: str, spec: RuleSettings) -> Rule:
     program = None
     if spec.bpf is not None:
         try:
-            program = bpf.compile_expression(spec.bpf)
-            matcher = bpf.to_function(program)
-        except bpf.BpfError as exc:
+            program = bpfexpr.compile_expression(spec.bpf)
+            matcher = bpfexpr.to_function(program)
+        except bpfexpr.BpfError as exc:
             raise ConfigError(f"filters.{path}.bpf", f"invalid BPF in rule {name!r}: {exc}") from None
         checks.append(lambda f, m, d, a, p: matcher(f) != 0)
     outcome = EXCLUDE if spec.action == "exclude" else (spec.snaplen or INCLUDE)

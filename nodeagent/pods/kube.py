@@ -33,7 +33,7 @@ import ipaddress
 from collections.abc import Iterable, Mapping
 from typing import Any
 
-from nodeagent.pods import PodIndex, PodInfo
+from nodeagent.pods.index import PodIndex, PodInfo
 from sidecar_lite.identity import vni_for_address
 
 MONITOR_ANNOTATION = "podmirror.io/monitor"

@@ -18,7 +18,7 @@ pushing down never loses traffic; the agent still enforces every rule itself. Pe
   are not pushed: an exclude rule holding one is skipped (the agent applies it), and an include
   rule holding one ends the fold with "mirror" (a frame reaching it might be included).
 
-A container selection (``PodInfo.ports``, see ``containerports``) is and-ed in front of the rules.
+A container selection (``PodInfo.ports``, see ``containers``) is and-ed in front of the rules.
 
 First match wins, so the fold runs backwards from the default: an include rule gives
 ``C or (rest)``, an exclude rule ``not C and (rest)``, with constant folding so a rule set with
@@ -35,9 +35,9 @@ import json
 from collections.abc import Sequence
 from typing import NamedTuple
 
-from nodeagent import bpf, containerports, filters
-from nodeagent.pods import PodInfo
+from nodeagent.pods.index import PodInfo
 from nodeagent.settings import RuleSettings
+from nodeagent.stages import bpfexpr, containers, filters
 
 MODES = ("kernel", "sniff")
 _TRUE, _FALSE = "1", "0"
@@ -46,7 +46,7 @@ _TRUE, _FALSE = "1", "0"
 
 class PushdownPlan(NamedTuple):
     version: str
-    program: bpf.Program | None
+    program: bpfexpr.Program | None
     expression: str | None
     """The tcpdump expression compiled (None: mirror everything); for logs and tests."""
 
@@ -71,7 +71,7 @@ def expression(filterset: filters.FilterSet, pod: PodInfo) -> str:
             rest = _and(_not(cond), rest)
         else:
             rest = _or(cond, rest)
-    ports = containerports.expression(pod)  # the container selection holds whatever the rules say
+    ports = containers.expression(pod)  # the container selection holds whatever the rules say
     return rest if ports is None else _and(ports, rest)
 
 
@@ -80,7 +80,7 @@ def plan(filterset: filters.FilterSet, pod: PodInfo) -> PushdownPlan:
     text = expression(filterset, pod)
     if text == _TRUE:
         return PushdownPlan(version(None), None, None)
-    program = bpf.REJECT_ALL if text == _FALSE else bpf.compile_expression(text)
+    program = bpfexpr.REJECT_ALL if text == _FALSE else bpfexpr.compile_expression(text)
     return PushdownPlan(version(program), program, text)
 
 
@@ -132,7 +132,7 @@ def _pushable(spec: RuleSettings) -> bool:
     return spec.peer_namespace is None and spec.peer_labels is None
 
 
-def version(program: Sequence[bpf.Instruction] | None) -> str:
+def version(program: Sequence[bpfexpr.Instruction] | None) -> str:
     blob = json.dumps(None if program is None else [list(i) for i in program]).encode()
     return hashlib.sha256(blob).hexdigest()[:16]
 

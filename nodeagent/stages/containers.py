@@ -3,7 +3,7 @@
 Model. The containers of a pod share one network namespace (one eth0, one address), so a sidecar
 cannot mirror one container alone: the webhook turns a container selection
 (``podmirror.io/containers``) into those containers' declared ports (``podmirror.io/ports``), which
-reach ``PodInfo.ports`` (``kubepods``, or a static sender's 4th field). A non-empty ``ports`` means:
+reach ``PodInfo.ports`` (``pods.kube``, or a static sender's 4th field). A non-empty ``ports`` means:
 forward only the packets that belong to a selected container, i.e. whose port *on the pod's side*
 is one of ``ports``:
 
@@ -37,7 +37,7 @@ from __future__ import annotations
 import ipaddress
 import struct
 
-from nodeagent.pods import PodInfo
+from nodeagent.pods.index import PodInfo
 from nodeagent.verdict import Direction
 from nodeagent.wire.headers import IPPROTO_ICMP, IPPROTO_ICMPV6, PacketMeta
 

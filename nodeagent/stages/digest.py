@@ -5,7 +5,7 @@ eth0 and entering the receiver's. The two copies differ in everything the node r
 way: TTL / hop limit, MAC addresses, the IP and L4 checksums, and with a Service (kube-proxy DNAT)
 the destination address and port of requests (the client's copy shows ClusterIP:port, the
 server's copy podIP:targetPort) and the source of replies; with SNAT (masquerade, hairpin) the
-source of requests too. ``digest`` therefore hashes only what no node rewrites:
+source of requests too. ``compute`` therefore hashes only what no node rewrites:
 
 ==========================  =================================================================
 compared                    ignored
@@ -32,7 +32,7 @@ GSO: both copies of a TCP super-packet normally carry the same segmentation (vet
 path re-segments one copy, the digests differ and both are forwarded (never lost): the
 flow-consistent vantage rule (``vantage``) removes those duplicates for flows it can identify.
 
-Pure: ``digest`` reads the frame through the offsets of ``PacketMeta``; no copies beyond the
+Pure: ``compute`` reads the frame through the offsets of ``PacketMeta``; no copies beyond the
 slices it hashes, no scapy. Python's ``hash`` (SipHash, per-process key) is enough: digests never
 leave the process.
 """
@@ -58,7 +58,7 @@ _ICMP4_ERRORS = frozenset({3, 4, 5, 11, 12})
 _ICMP6_ERRORS = frozenset({1, 2, 3, 4})
 
 
-def digest(meta: PacketMeta, frame: memoryview | bytes) -> int:
+def compute(meta: PacketMeta, frame: memoryview | bytes) -> int:
     """The NAT-invariant digest of one decoded frame (see the module table)."""
     if meta.version == 0:
         return _non_ip(meta, frame)

@@ -37,8 +37,8 @@ Pure: the caller passes the peer ``PodInfo`` (or None) and ``now``.
 
 from __future__ import annotations
 
-from nodeagent.flowtable import FlowTable
-from nodeagent.pods import PodInfo
+from nodeagent.pods.index import PodInfo
+from nodeagent.stages.flowtable import FlowTable
 from nodeagent.verdict import Drop
 from nodeagent.wire.headers import (
     IPPROTO_ICMP,

@@ -9,7 +9,7 @@ from scapy.layers.inet import ICMP, IP, TCP, UDP
 from scapy.layers.inet6 import IPv6
 from scapy.layers.l2 import ARP, Ether
 
-from nodeagent import flowhash
+from nodeagent.transport import affinity
 from nodeagent.wire import headers
 
 
@@ -30,43 +30,43 @@ def meta(pkt):  # type: ignore[no-untyped-def]
     ],
 )
 def test_both_directions_of_a_connection_hash_alike(fwd, rev) -> None:  # type: ignore[no-untyped-def]
-    assert flowhash.flow_hash(*meta(fwd)) == flowhash.flow_hash(*meta(rev))
+    assert affinity.flow_hash(*meta(fwd)) == affinity.flow_hash(*meta(rev))
 
 
 def test_different_flows_usually_hash_apart() -> None:
     hashes = {
-        flowhash.flow_hash(*meta(IP(src="10.0.0.5", dst="10.0.0.9") / TCP(sport=p, dport=80)))
+        affinity.flow_hash(*meta(IP(src="10.0.0.5", dst="10.0.0.9") / TCP(sport=p, dport=80)))
         for p in range(30000, 31000)
     }
     assert len(hashes) > 990
 
 
 def test_protocol_is_part_of_the_flow() -> None:
-    tcp = flowhash.flow_hash(*meta(IP(src="10.0.0.5", dst="10.0.0.9") / TCP(sport=53, dport=53)))
-    udp = flowhash.flow_hash(*meta(IP(src="10.0.0.5", dst="10.0.0.9") / UDP(sport=53, dport=53)))
+    tcp = affinity.flow_hash(*meta(IP(src="10.0.0.5", dst="10.0.0.9") / TCP(sport=53, dport=53)))
+    udp = affinity.flow_hash(*meta(IP(src="10.0.0.5", dst="10.0.0.9") / UDP(sport=53, dport=53)))
     assert tcp != udp
 
 
 def test_all_fragments_of_a_datagram_hash_alike() -> None:
     first = IP(src="10.0.0.5", dst="10.0.0.9", flags="MF", id=7) / UDP(sport=1, dport=2) / (b"x" * 64)
     later = IP(src="10.0.0.5", dst="10.0.0.9", frag=10, id=7, proto=17) / (b"y" * 64)
-    assert flowhash.flow_hash(*meta(first)) == flowhash.flow_hash(*meta(later))
+    assert affinity.flow_hash(*meta(first)) == affinity.flow_hash(*meta(later))
 
 
 def test_non_ip_frames_hash_on_the_unordered_mac_pair() -> None:
     a = bytes(Ether(src="02:00:00:00:00:01", dst="02:00:00:00:00:02") / ARP())
     b = bytes(Ether(src="02:00:00:00:00:02", dst="02:00:00:00:00:01") / ARP(op=2))
-    assert flowhash.flow_hash(headers.decode(a), a) == flowhash.flow_hash(headers.decode(b), b)
+    assert affinity.flow_hash(headers.decode(a), a) == affinity.flow_hash(headers.decode(b), b)
 
 
 def test_icmp_hashes_without_error() -> None:
-    assert 0 <= flowhash.flow_hash(*meta(IP(src="10.0.0.5", dst="10.0.0.9") / ICMP())) < 2**32
+    assert 0 <= affinity.flow_hash(*meta(IP(src="10.0.0.5", dst="10.0.0.9") / ICMP())) < 2**32
 
 
 def test_source_port_is_in_the_rfc7348_range_and_follows_the_hash() -> None:
-    ports = {flowhash.source_port(h) for h in range(0, 2**32, 2**20)}
+    ports = {affinity.source_port(h) for h in range(0, 2**32, 2**20)}
     assert min(ports) >= 49152 and max(ports) <= 65535
-    assert flowhash.source_port(12345) == flowhash.source_port(12345)
+    assert affinity.source_port(12345) == affinity.source_port(12345)
 
 
 def _hashes(n: int) -> list[int]:
@@ -76,7 +76,7 @@ def _hashes(n: int) -> list[int]:
 
 @pytest.mark.parametrize("n", [2, 3, 5, 8])
 def test_removing_one_of_n_sensors_moves_only_its_flows(n: int) -> None:
-    ring = flowhash.Ring([f"s{i}" for i in range(n)])
+    ring = affinity.Ring([f"s{i}" for i in range(n)])
     hashes = _hashes(20000)
     before = [ring.lookup(h) for h in hashes]
     ring.set_down({"s0"})
@@ -91,13 +91,13 @@ def test_removing_one_of_n_sensors_moves_only_its_flows(n: int) -> None:
 
 
 def test_load_is_spread_evenly() -> None:
-    ring = flowhash.Ring(["a", "b", "c", "d"])
-    counts = flowhash.spread(ring, _hashes(40000))
+    ring = affinity.Ring(["a", "b", "c", "d"])
+    counts = affinity.spread(ring, _hashes(40000))
     assert all(8000 < c < 12000 for c in counts.values()), counts
 
 
 def test_all_members_down_falls_back_to_the_full_ring() -> None:
-    ring = flowhash.Ring(["a", "b"])
+    ring = affinity.Ring(["a", "b"])
     before = [ring.lookup(h) for h in _hashes(100)]
     ring.set_down({"a", "b"})
     assert [ring.lookup(h) for h in _hashes(100)] == before
@@ -105,4 +105,4 @@ def test_all_members_down_falls_back_to_the_full_ring() -> None:
 
 def test_empty_ring_is_refused() -> None:
     with pytest.raises(ValueError):
-        flowhash.Ring([])
+        affinity.Ring([])

@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import struct
 
-from nodeagent.flowtable import FlowTable
+from nodeagent.stages.flowtable import FlowTable
 from nodeagent.wire import normalize
 from nodeagent.wire.headers import IPPROTO_TCP, IPPROTO_UDP, TCP_FIN, TCP_RST, TCP_SYN, PacketMeta
 

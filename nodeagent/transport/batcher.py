@@ -13,26 +13,8 @@ Invariants: a record is in exactly one batch; a batch is never empty; no record 
 from __future__ import annotations
 
 import dataclasses
-from typing import NamedTuple
 
-RECORD_OVERHEAD = 32
-"""Bytes counted per record besides its frame (the fixed header in ``framing``), so that many
-tiny packets still close a batch by size."""
-
-
-class Record(NamedTuple):
-    """One forwarded packet, as the batched transport carries it."""
-
-    ts_ns: int
-    """Capture time, nanoseconds since the Unix epoch."""
-    wire_len: int
-    """Original length of the frame (pcap orig_len); ``len(frame)`` may be shorter if sliced."""
-    pod: str
-    """``namespace/name`` of the sender pod."""
-    vni: int
-    direction: int
-    """``verdict.Direction`` value: 0 unknown, 1 egress, 2 ingress."""
-    frame: bytes
+from nodeagent.transport.records import RECORD_OVERHEAD, Record
 
 
 @dataclasses.dataclass(slots=True)

@@ -1,6 +1,6 @@
 """Per-packet deduplication: drop another vantage's copy of a packet already forwarded.
 
-Model: ``DedupWindow`` remembers, for ``window`` seconds, the digest (``flowkey.digest``) of every
+Model: ``DedupWindow`` remembers, for ``window`` seconds, the digest (``digest.compute``) of every
 packet it let through and the vantage (the sender pod's packed address) it came from.
 ``check_and_add(digest, vantage, now)`` answers True ("duplicate") only when the same digest was
 seen from a *different* vantage within the window. The same digest from the *same* vantage is a
@@ -21,7 +21,7 @@ is lost). Pure: ``now`` comes from the caller.
 
 from __future__ import annotations
 
-from nodeagent.flowtable import FlowTable
+from nodeagent.stages.flowtable import FlowTable
 
 
 class DedupWindow:

@@ -8,13 +8,13 @@ import struct
 
 import pytest
 
-from nodeagent import bpf
+from nodeagent.stages import bpfexpr
 from tests.unit.nodeagent.pipeline_packets import ARP, ICMP, IP, UDP, Dot1Q, IPv6, eth, tcp, udp
 
 M32 = 0xFFFFFFFF
 
 
-def reference(program: bpf.Program, pkt: bytes) -> int:
+def reference(program: bpfexpr.Program, pkt: bytes) -> int:
     """A straightforward interpreter of the kernel's classic BPF semantics (one opcode at a time)."""
     a = x = pc = 0
     mem = [0] * 16
@@ -116,8 +116,8 @@ def packets() -> tuple[bytes, ...]:
 
 @pytest.mark.parametrize("expression", EXPRESSIONS)
 def test_generated_code_agrees_with_reference_interpreter(expression: str) -> None:
-    program = bpf.compile_expression(expression)
-    fast = bpf.to_function(program)
+    program = bpfexpr.compile_expression(expression)
+    fast = bpfexpr.to_function(program)
     results = [(fast(p), reference(program, p)) for p in packets()]
     assert all(f == r for f, r in results)
     assert any(f for f, _ in results) or expression in ("greater 100",)  # the corpus exercises matches
@@ -131,11 +131,11 @@ def test_handwritten_programs_cover_scratch_memory_division_and_txa() -> None:
         (0x3C, 0, 0, 0),       # A /= X  (division by zero: return 0)
         (0x16, 0, 0, 0),       # ret A
     )
-    fast = bpf.to_function(program)
+    fast = bpfexpr.to_function(program)
     assert fast(b"abc") == reference(program, b"abc") == 0
     program = ((0x80, 0, 0, 0), (0x07, 0, 0, 0), (0x87, 0, 0, 0), (0x02, 0, 0, 1),
                (0x60, 0, 0, 1), (0x94, 0, 0, 7), (0x16, 0, 0, 0))
-    fast = bpf.to_function(program)
+    fast = bpfexpr.to_function(program)
     for size in range(20):
         assert fast(bytes(size)) == reference(program, bytes(size)) == size % 7
 
@@ -147,24 +147,24 @@ def test_long_chains_of_joins_compile_without_hitting_indentation_limits() -> No
         body.append((0x30, 0, 0, i % 60))             # A = p[i % 60]
         body.append((0x15, 0, 0, i % 256))            # if A == i: fall through either way (joins)
     body.append((0x06, 0, 0, 1))
-    fast = bpf.to_function(tuple(body))
+    fast = bpfexpr.to_function(tuple(body))
     assert fast(bytes(60)) == 1 and fast(bytes(10)) == 0
 
 
 def test_a_syntax_error_is_a_bpf_error() -> None:
-    with pytest.raises(bpf.BpfError, match="syntax error"):
-        bpf.compile_expression("tcp portx 80")
+    with pytest.raises(bpfexpr.BpfError, match="syntax error"):
+        bpfexpr.compile_expression("tcp portx 80")
 
 
 @pytest.mark.parametrize("program", [(), ((0x15, 5, 0, 1), (0x06, 0, 0, 0)), ((0x30, 0, 0, 0),),
                                      ((0x20, 0, 0, 0xFFFFF004), (0x06, 0, 0, 1))])
-def test_invalid_programs_are_rejected(program: bpf.Program) -> None:
-    with pytest.raises(bpf.BpfError):
-        bpf.to_function(program)
+def test_invalid_programs_are_rejected(program: bpfexpr.Program) -> None:
+    with pytest.raises(bpfexpr.BpfError):
+        bpfexpr.to_function(program)
 
 
 def test_accepts_memoryview_and_bytes_alike() -> None:
-    fast = bpf.to_function(bpf.compile_expression("tcp dst port 80"))
+    fast = bpfexpr.to_function(bpfexpr.compile_expression("tcp dst port 80"))
     frame = bytes(tcp("10.0.0.5", "10.0.0.9"))
     assert fast(frame) == fast(memoryview(frame)) != 0
     assert struct.calcsize("!I") == 4

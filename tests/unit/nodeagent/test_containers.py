@@ -9,12 +9,12 @@ from scapy.layers.inet import ICMP, IP, UDP, IPerror, UDPerror
 from scapy.layers.inet6 import ICMPv6EchoRequest, ICMPv6PacketTooBig, IPv6
 from scapy.layers.l2 import ARP
 
-from nodeagent import bpf, containerports, filters, pushdown
 from nodeagent.pipeline import Pipeline
-from nodeagent.pods import PodIndex, PodInfo
+from nodeagent.pods.index import PodIndex, PodInfo
 from nodeagent.settings import ConfigError, PeerSettings, SenderSettings, load
+from nodeagent.stages import bpfexpr, containers, filters, pushdown
+from nodeagent.stages.vantage import Vantage
 from nodeagent.stats import Stats
-from nodeagent.vantage import Vantage
 from nodeagent.verdict import Direction, Drop, Forward
 from tests.unit.nodeagent.pipeline_packets import (
     CLIENT,
@@ -68,24 +68,24 @@ CASES = [
 
 @pytest.mark.parametrize(("frame", "expected"), [c[1:] for c in CASES], ids=[c[0] for c in CASES])
 def test_selection_by_pod_side_port(frame: bytes, expected: bool) -> None:
-    assert containerports.selected(frame, meta(frame), WEB, direction(frame, WEB)) is expected
+    assert containers.selected(frame, meta(frame), WEB, direction(frame, WEB)) is expected
 
 
 def test_icmpv6_error_quoting_a_selected_flow_of_a_dual_stack_pod() -> None:
     pod = dataclasses.replace(WEB, ips=("fd00::9",))
     quoted = IPv6(src="fd00::9", dst="fd00::77") / UDP(sport=8080, dport=999) / b"q"
     too_big = bytes(eth() / IPv6(src="fd00::77", dst="fd00::9") / ICMPv6PacketTooBig(mtu=1280) / quoted)
-    assert containerports.selected(too_big, meta(too_big), pod, Direction.INGRESS)
+    assert containers.selected(too_big, meta(too_big), pod, Direction.INGRESS)
     echo = bytes(eth() / IPv6(src="fd00::77", dst="fd00::9") / ICMPv6EchoRequest())
-    assert not containerports.selected(echo, meta(echo), pod, Direction.INGRESS)
+    assert not containers.selected(echo, meta(echo), pod, Direction.INGRESS)
 
 
 def test_peer_sees_only_its_selected_ports() -> None:
     to_selected = meta(tcp(CLIENT_IP, SERVER_IP, dport=8080))
     to_other = meta(tcp(CLIENT_IP, SERVER_IP, dport=9090))
-    assert containerports.peer_sees(to_selected, WEB)
-    assert not containerports.peer_sees(to_other, WEB)
-    assert containerports.peer_sees(to_other, SERVER)  # no selection: the whole pod
+    assert containers.peer_sees(to_selected, WEB)
+    assert not containers.peer_sees(to_other, WEB)
+    assert containers.peer_sees(to_other, SERVER)  # no selection: the whole pod
 
 
 def pipeline(*pods: PodInfo) -> tuple[Pipeline, Stats]:
@@ -134,10 +134,10 @@ def frames() -> list[bytes]:
 def test_pushed_program_mirrors_every_frame_the_agent_keeps_and_no_other_tcp_or_udp() -> None:
     plan = pushdown.plan(filters.compile(load({}).filters), WEB)
     assert plan.program is not None
-    match = bpf.to_function(plan.program)
+    match = bpfexpr.to_function(plan.program)
     for frame in frames():
         m = meta(frame)
-        keep = containerports.selected(frame, m, WEB, direction(frame, WEB))
+        keep = containers.selected(frame, m, WEB, direction(frame, WEB))
         if keep:
             assert match(frame), frame.hex()
         elif m.proto in (6, 17) and m.l4 >= 0:
@@ -146,7 +146,7 @@ def test_pushed_program_mirrors_every_frame_the_agent_keeps_and_no_other_tcp_or_
 
 def test_push_down_ands_the_selection_with_the_rules() -> None:
     rules = filters.compile(load({"filters": {"rules": [{"action": "exclude", "ports": [53]}]}}).filters)
-    match = bpf.to_function(pushdown.plan(rules, WEB).program or bpf.ACCEPT_ALL)
+    match = bpfexpr.to_function(pushdown.plan(rules, WEB).program or bpfexpr.ACCEPT_ALL)
     assert match(bytes(tcp(CLIENT_IP, SERVER_IP, dport=8080)))
     assert not match(bytes(udp(CLIENT_IP, SERVER_IP, dport=53)))  # selected, excluded by a rule
     assert not match(bytes(tcp(CLIENT_IP, SERVER_IP, dport=9090)))  # included by default, not selected

@@ -1,44 +1,44 @@
-"""kubepods: API pod objects -> PodInfo, the two-source table, silence (pure, no API)."""
+"""pods.kube: API pod objects -> PodInfo, the two-source table, silence (pure, no API)."""
 
 from __future__ import annotations
 
-from nodeagent import kubepods
-from nodeagent.kubepods import LOCAL, PEERS, PodTable
-from nodeagent.pods import PodIndex
+from nodeagent.pods import kube
+from nodeagent.pods.index import PodIndex
+from nodeagent.pods.kube import LOCAL, PEERS, PodTable
 from tests.fakes.kubeapi import pod
 
 MON = {"podmirror.io/monitored": "true"}
 
 
 def test_monitored_by_label_or_annotation_only() -> None:
-    assert kubepods.is_monitored(pod("a", labels=MON))
-    assert kubepods.is_monitored(pod("a", annotations={"podmirror.io/monitor": "true"}))
-    assert not kubepods.is_monitored(pod("a", annotations={"podmirror.io/monitor": "false"}))
-    assert not kubepods.is_monitored(pod("a"))
+    assert kube.is_monitored(pod("a", labels=MON))
+    assert kube.is_monitored(pod("a", annotations={"podmirror.io/monitor": "true"}))
+    assert not kube.is_monitored(pod("a", annotations={"podmirror.io/monitor": "false"}))
+    assert not kube.is_monitored(pod("a"))
 
 
 def test_pod_info_carries_identity_vni_ports_and_locality() -> None:
     raw = pod("web", ip="10.1.2.3", node="node-a", namespace="shop", labels={**MON, "app": "web"},
               annotations={"podmirror.io/ports": "8080/TCP, 53/UDP,bogus,70000"})
-    info = kubepods.pod_info(raw, node="node-a")
+    info = kube.pod_info(raw, node="node-a")
     assert info is not None
     assert (info.ip, info.vni, info.key, info.node, info.local) == ("10.1.2.3", 0x010203, "shop/web",
                                                                    "node-a", True)
     assert info.labels["app"] == "web"
     assert info.ports == (53, 8080)
-    assert kubepods.pod_info(raw, node="node-b").local is False
+    assert kube.pod_info(raw, node="node-b").local is False
 
 
 def test_pods_without_ip_finished_or_on_host_network_are_left_out() -> None:
-    assert kubepods.pod_info(pod("a", labels=MON), node="node-a") is None
-    assert kubepods.pod_info(pod("a", ip="10.0.0.1", labels=MON, phase="Succeeded"), node="node-a") is None
+    assert kube.pod_info(pod("a", labels=MON), node="node-a") is None
+    assert kube.pod_info(pod("a", ip="10.0.0.1", labels=MON, phase="Succeeded"), node="node-a") is None
     host = pod("a", ip="192.168.1.1", labels=MON)
     host["spec"]["hostNetwork"] = True
-    assert kubepods.pod_info(host, node="node-a") is None
+    assert kube.pod_info(host, node="node-a") is None
 
 
 def test_vnis_of_a_node_pod_cidr_never_collide() -> None:
-    vnis = {kubepods.pod_info(pod(f"p{i}", ip=f"10.244.{i // 256}.{i % 256}", labels=MON),
+    vnis = {kube.pod_info(pod(f"p{i}", ip=f"10.244.{i // 256}.{i % 256}", labels=MON),
                               node="node-a").vni for i in range(1024)}
     assert len(vnis) == 1024
 
