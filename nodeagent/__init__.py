@@ -5,9 +5,11 @@ only those sent by a known monitored pod with its VNI, decodes each inner frame,
 pure pipeline (dedup, filters, slicing) and hands what is kept to the outputs (pcap files, VXLAN to
 sensors, batched transport to a collector).
 
-Layering (checked by import-linter): ``app`` -> ``web`` | ``adapters`` -> ``pipeline`` ->
-(``dedup``, ``filters``, ``pods``, ``batcher``) -> ``wire``. The core modules take bytes and ``now``
-and return decisions; they never touch sockets, clocks or the Kubernetes API.
+Layering (import-linter's ``layers`` contract in ``pyproject.toml``): ``cli`` -> ``app`` |
+``collector`` | ``webhook`` | ``lab`` -> ``web`` | ``adapters`` -> ``pipeline`` -> ``stages`` |
+``transport`` -> ``stats`` -> ``verdict`` -> ``pods`` -> ``settings`` | ``wire``. The core
+(``wire``, ``pods``, ``verdict``, ``stats``, ``stages``, ``pipeline``, ``transport``) takes bytes and
+``now`` and returns decisions; it never touches sockets, clocks or the Kubernetes API.
 
 Invariant: every datagram the receiver hands to the pipeline is counted exactly once as
 ``received``, and exactly once either as ``forwarded`` or under one drop reason, so that
