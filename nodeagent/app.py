@@ -35,9 +35,10 @@ from typing import Any
 
 from aiohttp import web
 
+from nodeagent.adapters.droplog import DropLog
 from nodeagent.adapters.outputs import Fanout, Output
 from nodeagent.adapters.pcap_out import PcapOutput
-from nodeagent.adapters.receiver import DropLog, Receiver
+from nodeagent.adapters.receiver import Receiver
 from nodeagent.adapters.vxlan_out import VxlanOutput
 from nodeagent.pipeline import Pipeline
 from nodeagent.pods.index import PodIndex, PodInfo
