@@ -59,6 +59,8 @@ def _register_run(subparsers: Any) -> None:
     p.add_argument("--collector-ca", metavar="FILE", help="CA that signs the collectors' certificates")
     p.add_argument("--dedup-vantage", choices=("client", "server"),
                    help="which vantage of a local flow is kept")
+    p.add_argument("--workers", metavar="N|auto",
+                   help="worker processes (default auto: one per CPU the agent may use)")
     p.add_argument("--log-level", choices=("DEBUG", "INFO", "WARNING", "ERROR"))
     p.add_argument("--node-name", metavar="NAME", help="take the pod table from Kubernetes for this node")
     p.add_argument("--kubeconfig", metavar="FILE", help="with --node-name (default: in-cluster account)")
@@ -88,6 +90,8 @@ def run_overrides(args: argparse.Namespace) -> dict[str, Any]:
         over.setdefault("outputs", {}).setdefault("transport", {})["ca_file"] = args.collector_ca
     if args.dedup_vantage:
         over["dedup"] = {"vantage": args.dedup_vantage}
+    if args.workers:
+        over["workers"] = {"count": args.workers}
     if args.log_level:
         over["log"] = {"level": args.log_level}
     if args.node_name or args.kubeconfig:

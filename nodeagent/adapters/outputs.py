@@ -80,6 +80,15 @@ class Fanout:
         many = getattr(output, "offer_segments", None) if self.segments else None
         self._many.append((output, many))
 
+    def remove(self, name: str) -> Output | None:
+        """Take the output named ``name`` out of the fanout (it is not flushed or closed here)."""
+        for i, output in enumerate(self.outputs):
+            if output.name == name:
+                del self.outputs[i]
+                del self._many[i]
+                return output
+        return None
+
     def offer(self, fwd: Forward) -> None:
         if not self.outputs:
             return  # nothing consumes the frame: no reason to normalize it

@@ -44,6 +44,7 @@ from nodeagent.settings.inputs import (
     PeerSettings,
     SenderSettings,
     StatusSettings,
+    WorkersSettings,
 )
 from nodeagent.settings.outputs import (
     CollectorEndpointSettings,
@@ -83,6 +84,7 @@ __all__ = [
     "StatusSettings",
     "TUNNEL_PORT",
     "TransportSettings",
+    "WorkersSettings",
     "convert",
     "load",
     "load_file",
@@ -106,6 +108,7 @@ class Settings:
     cutoff: CutoffSettings = CutoffSettings()
     log: LogSettings = LogSettings()
     kube: KubeSettings = KubeSettings()
+    workers: WorkersSettings = WorkersSettings()
 
     _unique: ClassVar[tuple[str, ...]] = ("senders", "peers")
 

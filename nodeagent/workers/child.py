@@ -1,0 +1,166 @@
+"""A worker process: ``python -m nodeagent.workers.child --index I --count N --tunnel-fd F
+--control-fd C --tap-fd T``, started by ``WorkerPool`` with the settings pickled on its stdin.
+
+The three descriptors are inherited: ``F`` its member of the reuseport group (bound by the
+supervisor, which keeps its own copy open, so the socket, its index in the group and the datagrams
+queued in it survive this process), ``C`` the control channel (``channel``), ``T`` a stream of
+capture records (``relay``). Nothing here listens on the network.
+
+Order: read the settings; wait for ``start`` (the pod table); build the ``Worker`` and its
+extensions; open the outputs; read the socket; say ``ready``; serve control messages and run the
+outputs' tasks until ``stop``, SIGTERM/SIGINT or the end of the channel (the supervisor is gone);
+then stop reading, flush and close the outputs, send the final snapshot (``stopped``) and exit 0.
+An output task that raises ends the worker with exit code 1, after the same flush: the pool
+restarts it. Logs go to the inherited stderr, each line marked with the worker's index.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import pickle
+import signal
+import socket
+import struct
+import sys
+from typing import Any
+
+from nodeagent.pods.index import PodIndex
+from nodeagent.settings import Settings
+from nodeagent.transport.records import Record, encode_records
+from nodeagent.workers.channel import Channel, ChannelClosed, Message, pod_from_json
+from nodeagent.workers.relay import CaptureFilter
+from nodeagent.workers.worker import Worker, install_extensions
+
+log = logging.getLogger("nodeagent.workers.child")  # not __main__ when run with -m
+
+TAP_HEADER = struct.Struct("!II")
+"""Each capture message on the tap stream: its length and the subscription id, then one record in
+the transport's record encoding (``records.encode_records``)."""
+TAP_BUFFER = 8 << 20
+"""Bytes of capture records waiting for the supervisor before new ones are dropped (counted)."""
+
+
+def tap_message(sub_id: int, record: Record) -> bytes:
+    body = encode_records([record])
+    return TAP_HEADER.pack(len(body), sub_id) + body
+
+
+class Session:
+    """The worker's side of the channel: applies the supervisor's messages to the ``Worker``."""
+
+    def __init__(self, worker: Worker, channel: Channel, tap: asyncio.StreamWriter) -> None:
+        self.worker, self.channel, self._tap = worker, channel, tap
+
+    def emit(self, sub_id: int, record: Record) -> bool:
+        """Queue one record for the supervisor; False (the tap counts a drop) when ``TAP_BUFFER``
+        bytes already wait: a slow subscriber never slows the worker down."""
+        if self._tap.is_closing() or self._tap.transport.get_write_buffer_size() > TAP_BUFFER:
+            return False
+        self._tap.write(tap_message(sub_id, record))
+        return True
+
+    async def serve(self) -> None:
+        """Answer messages until ``stop`` (returns) or the end of the channel (ChannelClosed)."""
+        while True:
+            message = await self.channel.receive()
+            if message.get("op") == "stop":
+                return
+            self.handle(message)
+            await self.channel.drain()
+
+    def handle(self, message: Message) -> None:
+        op, worker = message.get("op"), self.worker
+        if op == "status":
+            self.channel.send({"id": message["id"], **self.report()})
+        elif op == "pods":
+            for ip in message.get("remove", ()):
+                worker.pods.remove(ip)
+            for pod in message.get("add", ()):
+                worker.pods.add(pod_from_json(pod))
+        elif op == "tap":
+            worker.tap(message["sub"], CaptureFilter.from_json(message["filter"]), self.emit)
+        elif op == "untap":
+            worker.untap(message["sub"])
+        else:
+            log.error("unknown control message %r", op)
+
+    def report(self) -> dict[str, Any]:
+        return {"status": self.worker.snapshot(), "last_seen": self.worker.last_seen(),
+                "usage": self.worker.usage()}
+
+
+async def run(settings: Settings, index: int, count: int, fds: tuple[int, int, int]) -> int:
+    tunnel = socket.socket(fileno=fds[0])
+    channel = await Channel.open(socket.socket(fileno=fds[1]))
+    _, tap = await asyncio.open_unix_connection(sock=socket.socket(fileno=fds[2]))
+    loop = asyncio.get_running_loop()
+    stop = asyncio.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    try:
+        start = await channel.receive()
+    except ChannelClosed:
+        return 0  # the supervisor went away before we started: nothing to flush
+    worker = Worker(settings, PodIndex(pod_from_json(p) for p in start["pods"]), index=index, count=count)
+    install_extensions(worker)
+    session = Session(worker, channel, tap)
+    for sub_id, capture in start.get("taps", []):
+        worker.tap(sub_id, CaptureFilter.from_json(capture), session.emit)
+    code = 0
+    try:
+        await worker.open()
+        worker.start(loop, tunnel)
+        channel.send({"op": "ready"})
+        code = await _supervise(worker, session, stop)
+    finally:
+        worker.stop_receiving()
+        await worker.close()
+        log.info("worker %d stopped: %s", index, worker.final_line())
+        try:
+            channel.send({"op": "stopped", **session.report()})
+            await channel.drain()
+        except ChannelClosed:
+            pass
+        channel.close()
+        tunnel.close()
+        tap.close()
+    return code
+
+
+async def _supervise(worker: Worker, session: Session, stop: asyncio.Event) -> int:
+    """Run the outputs' tasks and the control session; 1 when an output task failed, else 0."""
+    tasks = {asyncio.create_task(factory(), name=name) for name, factory in worker.tasks().items()}
+    control = asyncio.create_task(session.serve(), name="control")
+    stopper = asyncio.create_task(stop.wait(), name="signal")
+    code = 0
+    try:
+        while True:
+            done, _ = await asyncio.wait(tasks | {control, stopper}, return_when=asyncio.FIRST_COMPLETED)
+            if control in done or stopper in done:
+                return code
+            for task in done:
+                tasks.discard(task)
+                if not task.cancelled() and task.exception() is not None:
+                    log.error("task %s failed; stopping", task.get_name(), exc_info=task.exception())
+                    return 1
+    finally:
+        for pending in (*tasks, control, stopper):
+            pending.cancel()
+        await asyncio.gather(*tasks, control, stopper, return_exceptions=True)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m nodeagent.workers.child")
+    for name in ("--index", "--count", "--tunnel-fd", "--control-fd", "--tap-fd"):
+        parser.add_argument(name, type=int, required=True)
+    args = parser.parse_args(argv)
+    settings: Settings = pickle.load(sys.stdin.buffer)  # from our own supervisor, over a private pipe
+    logging.basicConfig(level=settings.log.level.upper(),
+                        format=f"%(asctime)s %(levelname)s worker{args.index} %(name)s: %(message)s")
+    return asyncio.run(run(settings, args.index, args.count, (args.tunnel_fd, args.control_fd, args.tap_fd)))
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
