@@ -1,9 +1,9 @@
-"""``recvmmsg(2)`` and ``sendmmsg(2)`` through ctypes, which Python's socket module lacks.
+"""Many datagrams per system call: ``recvmmsg(2)`` and ``sendmmsg(2)`` through ctypes.
 
-Shared by the receiver (many tunnel datagrams per system call, ``BatchReader``), the VXLAN output
-(a GSO super-packet's segments in one call) and the lab's load generator (``SendBatch``: prepared
-datagrams sent with no per-call Python work). Layouts follow ``<sys/socket.h>`` and ``<bits/uio.h>``
-on Linux.
+The ctypes declarations are the sidecar's (``sidecar_lite.mmsg``: standard library only, one copy
+for both programs). Used by the receiver (many tunnel datagrams per system call,
+``BatchReader``), the VXLAN output (a GSO super-packet's segments in one call) and the lab's load
+generator (``SendBatch``: prepared datagrams sent with no per-call Python work).
 
 ``BatchReader`` model: ``count`` preallocated 64 KiB buffers (GSO super-packets arrive whole, up to
 65,234 bytes) and a sockaddr slot each; one ``recvmmsg`` fills up to ``count`` of them. ``read``
@@ -16,13 +16,15 @@ is built per packet; other families go through ``source`` (``inet_ntop`` once pe
 from __future__ import annotations
 
 import ctypes
-import ctypes.util
 import errno
 import os
 import socket
 import sys
 from collections.abc import Iterator, Sequence
-from typing import Any
+
+from sidecar_lite.mmsg import IOVec, MMsgHdr, MsgHdr, libc_function, sendmmsg
+
+__all__ = ["BatchReader", "IOVec", "MMsgHdr", "MsgHdr", "SendBatch", "address_text", "libc_function"]
 
 BUFFER_SIZE = 65536
 """Bytes per receive buffer: the largest UDP payload over IPv4/IPv6 without jumbograms, rounded up."""
@@ -36,34 +38,6 @@ _MSG_DONTWAIT = 0x40
 _V4_MAPPED = bytes(10) + b"\xff\xff"
 _AF_INET = int(socket.AF_INET)
 """A plain int: comparing with the IntEnum member costs ~0.1 us per datagram more (measured)."""
-
-
-class IOVec(ctypes.Structure):
-    _fields_ = [("base", ctypes.c_void_p), ("len", ctypes.c_size_t)]
-
-
-class MsgHdr(ctypes.Structure):
-    _fields_ = [
-        ("name", ctypes.c_void_p), ("namelen", ctypes.c_uint32), ("iov", ctypes.c_void_p),
-        ("iovlen", ctypes.c_size_t), ("control", ctypes.c_void_p), ("controllen", ctypes.c_size_t),
-        ("flags", ctypes.c_int),
-    ]
-
-
-class MMsgHdr(ctypes.Structure):
-    _fields_ = [("hdr", MsgHdr), ("len", ctypes.c_uint)]
-
-
-def libc_function(name: str, argtypes: list[Any]) -> Any:
-    """The C library's ``name`` with ``argtypes`` and an ``int`` result (errno kept), or None when the
-    C library lacks it (the callers then fall back to one datagram per system call)."""
-    try:
-        func = getattr(ctypes.CDLL(ctypes.util.find_library("c"), use_errno=True), name)
-    except (OSError, AttributeError):
-        return None
-    func.argtypes = argtypes
-    func.restype = ctypes.c_int
-    return func
 
 
 def _raise_errno() -> None:
@@ -173,8 +147,7 @@ class SendBatch:
     """
 
     def __init__(self, datagrams: Sequence[bytes]) -> None:
-        self._sendmmsg = libc_function(
-            "sendmmsg", [ctypes.c_int, ctypes.c_void_p, ctypes.c_uint, ctypes.c_int])
+        self._sendmmsg = sendmmsg()
         if self._sendmmsg is None:
             raise OSError(errno.ENOSYS, "sendmmsg is not available")
         self.count = len(datagrams)
