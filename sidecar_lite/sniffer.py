@@ -64,6 +64,8 @@ class Counters:
     oversize: int = 0
     kernel_drops: int = 0
     """Frames the kernel dropped because we fell behind (PACKET_STATISTICS)."""
+    blocks: int = 0
+    """Ring blocks read (the ring path; frames per block = captured / blocks)."""
 
     def line(self) -> str:
         return " ".join(f"{k}={v}" for k, v in dataclasses.asdict(self).items())
@@ -152,7 +154,8 @@ class Sniffer:
                     values = []
             if values:
                 sender.send(values, c)
-            ring.release()  # only now: the iovecs pointed into the block until the sends returned
+            ring.release()
+            c.blocks += 1  # only now: the iovecs pointed into the block until the sends returned
 
     def _run_socket(self, should_stop: Callable[[], bool], tick: Callable[[float], None]) -> None:
         buf = bytearray(BUFFER)

@@ -72,9 +72,9 @@ def test_a_ring_that_overflows_counts_every_frame_it_lost(podlab: PodLab) -> Non
     proc, log = podlab.start_sidecar("sniff", "--sniff-io", "ring")
     podlab.client("udp", NODE_IP, 53, count=3)
     podlab.wait_quiet()
-    os.kill(proc.pid, signal.SIGSTOP)  # the ring (4 MiB) fills; the kernel then drops and counts
+    os.kill(proc.pid, signal.SIGSTOP)  # the ring (8 MiB) fills; the kernel then drops and counts
     try:
-        podlab.client("udp", NODE_IP, 53, count=4000, size=1400)
+        podlab.client("udp", NODE_IP, 53, count=8000, size=1400)
     finally:
         os.kill(proc.pid, signal.SIGCONT)
     podlab.wait_quiet()
@@ -83,6 +83,6 @@ def test_a_ring_that_overflows_counts_every_frame_it_lost(podlab: PodLab) -> Non
     assert c["kernel_drops"] > 1000, c
     captured = c["captured_in"] + c["captured_out"]
     assert c["sent"] + c["send_errors"] == captured
-    # Every frame is mirrored or counted lost: the probes' 6 and the burst's 8,000 (4,000 queries,
-    # 4,000 answers), and at most a neighbour exchange (ARP, 2 frames each way) besides.
-    assert 6 + 8000 <= captured + c["kernel_drops"] <= 6 + 8000 + 4, c
+    # Every frame is mirrored or counted lost: the probes' 6 and the burst's 16,000 (8,000 queries,
+    # 8,000 answers), and at most a neighbour exchange (ARP, 2 frames each way) besides.
+    assert 6 + 16000 <= captured + c["kernel_drops"] <= 6 + 16000 + 4, c
