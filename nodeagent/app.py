@@ -49,7 +49,7 @@ from nodeagent.settings import Settings
 from nodeagent.stats import Counters
 from nodeagent.web import metrics, status
 from nodeagent.workers import cores
-from nodeagent.workers.pool import WorkerPool
+from nodeagent.workers.pool import WorkerPool, table_entries
 from nodeagent.workers.relay import Relay
 from nodeagent.workers.worker import Worker, install_extensions, static_pods
 
@@ -174,6 +174,7 @@ class Agent:
         return {"index": 0, "state": "running" if self.worker.is_ready() else "stopped", "restarts": 0,
                 "received": snap.received, "forwarded": snap.forwarded, "dropped": sum(snap.drops.values()),
                 "kernel_drops": sock.get("kernel_drops", 0), "rx_queue_bytes": sock.get("rx_queue_bytes", 0),
+                "table_entries": table_entries({"pipeline": self.worker.pipeline.state()}),
                 **self.worker.usage()}
 
     # ---- lifecycle ----

@@ -78,7 +78,7 @@ def configure(p: argparse.ArgumentParser) -> None:
     p.add_argument("--iperf-rate", default="500M",
                    help="iperf3 bitrate (default 500M, no loss to pcap + VXLAN; 0 = unlimited)")
     p.add_argument("--workers", default="auto",
-                   help="the agent's worker processes (default auto: one per CPU; see nodeagent run --workers)")
+                   help="the agent's worker processes (default auto: one per CPU, nodeagent run --workers)")
     p.add_argument("--pod-table", choices=("static", "apiserver"), default="static",
                    help="where the agent learns its pods: --sender flags (static), or a real kube-apiserver "
                         "in the agent's namespace (apiserver; see nodeagent/lab/kubelab.py)")

@@ -152,6 +152,7 @@ WORKER_COUNTERS = (
 WORKER_GAUGES = (
     ("rss_bytes", "podmirror_worker_resident_memory_bytes", "Resident memory of the worker's process."),
     ("rx_queue_bytes", "podmirror_worker_socket_queue_bytes", "Bytes waiting in the worker's socket."),
+    ("table_entries", "podmirror_worker_table_entries", "Entries in the worker's pipeline tables."),
 )
 
 

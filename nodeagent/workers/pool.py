@@ -350,6 +350,7 @@ class WorkerPool:
                 "kernel_drops": sock.get("kernel_drops", 0), "rx_queue_bytes": sock.get("rx_queue_bytes", 0),
                 "cpu_seconds": round(w.cpu_retired + float(w.usage.get("cpu_seconds", 0.0)), 3),
                 "rss_bytes": w.usage.get("rss_bytes", 0),
+                "table_entries": table_entries(w.snapshot or {}),
             })
         return out
 
@@ -361,6 +362,11 @@ class WorkerPool:
                 before = out.get(key)
                 out[key] = seen if before is None or (seen is not None and seen > before) else before
         return out
+
+
+def table_entries(snapshot: dict[str, Any]) -> int:
+    """Entries in a worker's pipeline tables (flows, digests): what its memory grows with."""
+    return sum(int(t.get("entries", 0)) for t in (snapshot.get("pipeline") or {}).values())
 
 
 def _no_install(sub_id: int, capture: CaptureFilter) -> None:
