@@ -20,14 +20,11 @@ from __future__ import annotations
 import argparse
 import json
 import multiprocessing as mp
-import re
 import socket
 import struct
-import subprocess
 import sys
 import tempfile
 import time
-import urllib.request
 from pathlib import Path
 from typing import Any
 
@@ -35,6 +32,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a check
 
 from nodeagent.adapters import mmsg  # noqa: E402
 from nodeagent.lab import loadgen  # noqa: E402
+from nodeagent.lab.loopback import LoopbackAgent  # noqa: E402
 from nodeagent.wire import vxlan  # noqa: E402
 
 CLIENT, SERVER = "127.0.0.10", "127.0.0.11"
@@ -72,40 +70,22 @@ def run(workers: int, config: dict[str, Any], data: list[bytes], rate: float, tm
     path = tmp / "agent.json"
     path.write_text(json.dumps({"senders": [f"{CLIENT},auto,bench/client", f"{SERVER},auto,bench/server"],
                                 **config}))
-    log = tmp / "agent.log"
-    with open(log, "wb") as out:
-        agent = subprocess.Popen(
-            [sys.executable, "-m", "nodeagent", "run", "--config", str(path), "--workers", str(workers),
-             "--listen", "127.0.0.1:0", "--status", "127.0.0.1:0"],
-            stdout=out, stderr=subprocess.STDOUT, cwd=Path(__file__).resolve().parents[1])
+    agent = LoopbackAgent(["--config", str(path), "--workers", str(workers)])
     try:
-        deadline = time.monotonic() + 90
-        while "status on http://" not in (text := log.read_text()):
-            if agent.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError(text[-2000:])
-            time.sleep(0.1)
-        port = int(re.findall(r"receiving tunnels on 127\.0\.0\.1:(\d+)", text)[0])
-        url = "http://" + re.findall(r"status on http://([\d.:]+)/status", text)[0] + "/status"
-        before = _status(url)
+        before = agent.status()
         parent, child = mp.get_context("fork").Pipe()
-        gen = mp.get_context("fork").Process(target=_generate, args=(data, port, rate, child))
+        gen = mp.get_context("fork").Process(target=_generate, args=(data, agent.target[1], rate, child))
         gen.start()
         sent = parent.recv()
         gen.join()
-        after, last = _status(url), -1
+        after, last = agent.status(), -1
         while after["received"] != last:  # until the workers have read everything queued
             last = after["received"]
             time.sleep(0.5)
-            after = _status(url)
+            after = agent.status()
         return {"sent": sent, "before": before, "after": after}
     finally:
-        agent.terminate()
-        agent.wait(60)
-
-
-def _status(url: str) -> dict[str, Any]:
-    with urllib.request.urlopen(url, timeout=10) as answer:
-        return json.loads(answer.read())  # type: ignore[no-any-return]
+        agent.stop()
 
 
 def main() -> int:

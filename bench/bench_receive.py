@@ -30,7 +30,6 @@ import ctypes
 import json
 import multiprocessing as mp
 import os
-import re
 import select
 import shutil
 import socket
@@ -38,7 +37,6 @@ import subprocess
 import sys
 import tempfile
 import time
-import urllib.request
 import uuid
 from collections.abc import Callable
 from pathlib import Path
@@ -48,6 +46,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a check
 
 from nodeagent.adapters import mmsg, steering  # noqa: E402
 from nodeagent.lab import loadgen, measure  # noqa: E402
+from nodeagent.lab.loopback import LoopbackAgent  # noqa: E402
 from nodeagent.settings import ListenSettings  # noqa: E402
 
 PODS = [(f"127.0.0.{10 + i}", 10 + i) for i in range(4)]
@@ -95,41 +94,18 @@ class Bare:
         self.proc.join()
 
 
-class Agent:
+class Agent(LoopbackAgent):
     """``nodeagent run --workers N``: the default pipeline and a pcap output."""
 
     def __init__(self, workers: int) -> None:
         self.name = f"agent workers={workers}"
-        self.dir = Path(tempfile.mkdtemp(prefix="pmbr-"))
-        log = self.dir / "agent.log"
+        self._pcap = tempfile.mkdtemp(prefix="pmbr-")
         senders = [arg for i, (ip, _) in enumerate(PODS) for arg in ("--sender", f"{ip},auto,bench/pod{i}")]
-        with open(log, "wb") as out:
-            self.proc = subprocess.Popen(
-                [sys.executable, "-m", "nodeagent", "run", "--workers", str(workers),
-                 "--listen", "127.0.0.1:0", "--status", "127.0.0.1:0", "--pcap-dir", str(self.dir / "pcap"),
-                 *senders],
-                stdout=out, stderr=subprocess.STDOUT, cwd=Path(__file__).resolve().parents[1])
-        text = _wait_log(log, "status on http://", self.proc)
-        port = int(re.findall(r"receiving tunnels on 127\.0\.0\.1:(\d+)", text)[0])
-        self.target = ("127.0.0.1", port)
-        self.status_url = "http://" + re.findall(r"status on http://([\d.:]+)/status", text)[0] + "/status"
-
-    def status(self) -> dict[str, Any]:
-        with urllib.request.urlopen(self.status_url, timeout=10) as answer:
-            return json.loads(answer.read())  # type: ignore[no-any-return]
-
-    def count(self) -> tuple[int, int]:
-        st = self.status()
-        return st["received"], st["received_bytes"]
-
-    def cpu(self) -> float:
-        pids = [self.proc.pid, *measure.children(self.proc.pid)]
-        return sum(measure.cpu_seconds(p) for p in pids)
+        super().__init__(["--workers", str(workers), "--pcap-dir", self._pcap, *senders])
 
     def close(self) -> None:
-        self.proc.terminate()
-        self.proc.wait(60)
-        shutil.rmtree(self.dir, ignore_errors=True)
+        self.stop()
+        shutil.rmtree(self._pcap, ignore_errors=True)
 
 
 class KernelVxlan:
@@ -157,17 +133,6 @@ class KernelVxlan:
 
     def close(self) -> None:
         subprocess.run(["ip", "netns", "del", self.ns], check=False)
-
-
-def _wait_log(path: Path, needle: str, proc: subprocess.Popen[bytes], timeout: float = 90.0) -> str:
-    deadline = time.monotonic() + timeout
-    while True:
-        text = path.read_text(errors="replace")
-        if needle in text:
-            return text
-        if proc.poll() is not None or time.monotonic() > deadline:
-            raise RuntimeError(f"the agent did not start: {text[-2000:]}")
-        time.sleep(0.1)
 
 
 # ---- the generator ----
