@@ -225,6 +225,9 @@ def summarize(r: Run, args: argparse.Namespace) -> None:
           f"{ {k: v for k, v in st['drops'].items() if v} or 0}")
     coverage(r, st, sent)
     print(f"agent socket: {st.get('socket', {})} (kernel_drops: datagrams lost before the agent read them)")
+    for w in st.get("workers", []):
+        print(f"  worker {w['index']}: received {w['received']}, forwarded {w['forwarded']}, socket drops "
+              f"{w['kernel_drops']}, CPU {w['cpu_seconds']:.1f} s, RSS {w['rss_bytes'] / 2**20:.0f} MiB")
     norm = st.get("normalize", {})
     if norm:
         print(f"normalized for sensors: {norm['segmented']} GSO super-packets re-segmented into "
