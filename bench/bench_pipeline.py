@@ -28,7 +28,7 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout
 
 from nodeagent import settings as settings_mod  # noqa: E402
-from nodeagent.adapters.outputs import Fanout  # noqa: E402
+from nodeagent.adapters.outputs import Fanout, Output  # noqa: E402
 from nodeagent.adapters.pcap_out import PcapOutput  # noqa: E402
 from nodeagent.adapters.vxlan_out import VxlanOutput  # noqa: E402
 from nodeagent.lab import loadgen  # noqa: E402
@@ -105,9 +105,11 @@ async def outputs(fwds: list[Forward], repeats: int) -> list[tuple[str, float]]:
     for output in (pcap_out, vxlan_out):
         await output.open()
     rows = []
-    for name, outs, normalizer in (("fan-out: normalize only", [_Null()], Normalizer()),
-                                   ("fan-out: normalize + pcap", [pcap_out], Normalizer()),
-                                   ("fan-out: normalize + VXLAN", [vxlan_out], Normalizer())):
+    cases: list[tuple[str, list[Output], Normalizer]] = [
+        ("fan-out: normalize only", [_Null()], Normalizer()),
+        ("fan-out: normalize + pcap", [pcap_out], Normalizer()),
+        ("fan-out: normalize + VXLAN", [vxlan_out], Normalizer())]
+    for name, outs, normalizer in cases:
         fanout = Fanout(outs, normalizer)
 
         def step(offer: Callable[[Forward], None] = fanout.offer) -> int:
@@ -122,10 +124,27 @@ async def outputs(fwds: list[Forward], repeats: int) -> list[tuple[str, float]]:
 
 
 class _Null:
+    """An output that takes every packet and does nothing: the fan-out and normalization still run."""
+
     name = "null"
+
+    async def open(self) -> None:
+        return None
+
+    async def run(self) -> None:
+        return None
 
     def offer(self, fwd: Forward) -> None:
         return None
+
+    async def flush(self) -> None:
+        return None
+
+    async def close(self) -> None:
+        return None
+
+    def state(self) -> dict[str, Any]:
+        return {}
 
 
 def main() -> int:

@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import argparse
 import ctypes
+import functools
 import json
 import multiprocessing as mp
 import os
@@ -187,7 +188,7 @@ def run(rates: list[float], seconds: float, kernel: bool, workers: list[int]) ->
     makers: list[tuple[str, Callable[[], Any]]] = [("bare recvmmsg", Bare)]
     if kernel:
         makers.append(("kernel vxlan", KernelVxlan))
-    makers += [(f"agent workers={n}", lambda n=n: Agent(n)) for n in workers]
+    makers += [(f"agent workers={n}", functools.partial(Agent, n)) for n in workers]
     rows = []
     for name, make in makers:
         receiver = make()

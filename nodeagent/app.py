@@ -211,7 +211,8 @@ class Agent:
         return True
 
     async def _supervise(self) -> int:
-        factories = dict(self.worker.tasks()) if self.worker is not None else {"workers": self._pool().run}
+        factories: dict[str, TaskFactory] = (dict(self.worker.tasks()) if self.worker is not None
+                                             else {"workers": self._pool().run})
         factories.update(self._tasks)
         tasks: set[asyncio.Task[None]] = {
             asyncio.create_task(_root(f), name=name) for name, f in factories.items()}

@@ -233,13 +233,13 @@ class _Fields(NamedTuple):
     ip_sum: int
     tcp_sum: int
     flags: tuple[int, int, int]
-    count: int
+    segments: int
     mss: int
 
 
 def _bits(fields: _Fields, index: int) -> int:
     first, middle, last = fields.flags
-    return first if index == 0 else last if index == fields.count - 1 else middle
+    return first if index == 0 else last if index == fields.segments - 1 else middle
 
 
 def _fill_rows(buf: bytearray, payload: memoryview, full: int, sums: list[int], f: _Fields) -> None:

@@ -24,6 +24,7 @@ import signal
 import socket
 import struct
 import sys
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from nodeagent.pods.index import PodIndex
@@ -131,7 +132,8 @@ async def run(settings: Settings, index: int, count: int, fds: tuple[int, int, i
 
 async def _supervise(worker: Worker, session: Session, stop: asyncio.Event) -> int:
     """Run the outputs' tasks and the control session; 1 when an output task failed, else 0."""
-    tasks = {asyncio.create_task(factory(), name=name) for name, factory in worker.tasks().items()}
+    tasks: set[asyncio.Task[None]] = {asyncio.create_task(_root(factory), name=name)
+                                      for name, factory in worker.tasks().items()}
     control = asyncio.create_task(session.serve(), name="control")
     stopper = asyncio.create_task(stop.wait(), name="signal")
     code = 0
@@ -149,6 +151,10 @@ async def _supervise(worker: Worker, session: Session, stop: asyncio.Event) -> i
         for pending in (*tasks, control, stopper):
             pending.cancel()
         await asyncio.gather(*tasks, control, stopper, return_exceptions=True)
+
+
+async def _root(factory: Callable[[], Awaitable[None]]) -> None:
+    await factory()
 
 
 def main(argv: list[str] | None = None) -> int:
