@@ -12,7 +12,6 @@ from __future__ import annotations
 import contextlib
 import os
 import socket
-import struct
 import threading
 import time
 from collections.abc import Sequence
@@ -21,9 +20,8 @@ from typing import Any, Protocol
 from nodeagent.collector import pcapng
 from nodeagent.transport import affinity
 from nodeagent.transport.records import Record
-from nodeagent.wire import Malformed, headers
+from nodeagent.wire import Malformed, headers, vxlan
 
-_VXLAN = struct.Struct("!B3xI")
 _DIRECTION_FLAGS = {1: pcapng.FLAG_OUTBOUND, 2: pcapng.FLAG_INBOUND}   # egress leaves the pod
 
 
@@ -129,7 +127,7 @@ class VxlanSink:
         for r in records:
             vni = r.vni if self.vni is None else self.vni
             try:
-                socks[_flow(r.frame) % n].sendto(_VXLAN.pack(0x08, vni << 8) + r.frame, addr)
+                socks[_flow(r.frame) % n].sendto(vxlan.header(vni) + r.frame, addr)
                 self.packets += 1
             except OSError as exc:      # ENOBUFS, ECONNREFUSED from an earlier ICMP: count, go on
                 self.errors += 1
