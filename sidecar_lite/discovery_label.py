@@ -7,21 +7,26 @@ in that namespace, instead of the seed's cluster-wide ``view`` binding. Among se
 candidates the one with the smallest name wins, so restarts pick the same agent.
 
 This is the only sidecar module that imports ``kubernetes``, and only when this mode is chosen.
+It raises ``NoAgent``; ``discovery.resolve``, its one caller, turns that into ``DiscoveryError`` (so
+the import goes one way: ``discovery`` -> ``discovery_label``).
 """
 
 from __future__ import annotations
 
 from typing import Any
 
-from sidecar_lite.discovery import DiscoveryError
 from sidecar_lite.settings import Settings
+
+
+class NoAgent(RuntimeError):
+    """No running agent pod with the label on this node can be found now; the caller retries."""
 
 
 def find_agent(settings: Settings) -> str:
     from kubernetes import client, config  # heavy: imported only in label mode
 
     if not settings.pod.node_name:
-        raise DiscoveryError("label discovery needs NODE_NAME (downward API spec.nodeName)")
+        raise NoAgent("label discovery needs NODE_NAME (downward API spec.nodeName)")
     try:
         config.load_incluster_config()  # type: ignore[no-untyped-call]
     except config.ConfigException:
@@ -35,7 +40,7 @@ def find_agent(settings: Settings) -> str:
             _request_timeout=10,
         )
     except Exception as exc:  # API errors, refused connections, timeouts: the caller retries
-        raise DiscoveryError(f"listing pods in {namespace}: {exc}") from exc
+        raise NoAgent(f"listing pods in {namespace}: {exc}") from exc
     return choose(pods.items, settings)
 
 
@@ -46,7 +51,7 @@ def choose(items: list[Any], settings: Settings) -> str:
         key=lambda p: p.metadata.name,
     )
     if not ready:
-        raise DiscoveryError(
+        raise NoAgent(
             f"no running pod with {settings.label_key}={settings.label_value} on node "
             f"{settings.pod.node_name} in namespace {settings.agent_namespace}"
         )
