@@ -20,8 +20,11 @@ from typing import Any, Protocol
 from nodeagent.collector import pcapng
 from nodeagent.transport import affinity
 from nodeagent.transport.records import Record
+from nodeagent.verdict import OutputDrop, send_failure
 from nodeagent.wire import Malformed, headers, vxlan
 
+SINK_DROPS = (OutputDrop.QUEUE_FULL, OutputDrop.UNREACHABLE, OutputDrop.SEND_ERROR)
+"""What a sending sink can lose a record to (``verdict.send_failure`` of the errno)."""
 _DIRECTION_FLAGS = {1: pcapng.FLAG_OUTBOUND, 2: pcapng.FLAG_INBOUND}   # egress leaves the pod
 
 
@@ -119,7 +122,8 @@ class VxlanSink:
             s.setblocking(False)
             s.bind(("::" if family == socket.AF_INET6 else "0.0.0.0", 0))
             self._socks.append(s)
-        self.packets = self.errors = 0
+        self.packets = 0
+        self.dropped = dict.fromkeys(SINK_DROPS, 0)
         self.last_error = ""
 
     def deliver(self, records: Sequence[Record], agent: str) -> None:
@@ -130,7 +134,7 @@ class VxlanSink:
                 socks[_flow(r.frame) % n].sendto(vxlan.header(vni) + r.frame, addr)
                 self.packets += 1
             except OSError as exc:      # ENOBUFS, ECONNREFUSED from an earlier ICMP: count, go on
-                self.errors += 1
+                self.dropped[send_failure(exc.errno)] += 1
                 self.last_error = str(exc)
 
     def close(self) -> None:
@@ -139,7 +143,7 @@ class VxlanSink:
 
     def state(self) -> dict[str, Any]:
         return {"kind": "vxlan", "sensor": f"{self.addr[0]}:{self.addr[1]}", "packets": self.packets,
-                "errors": self.errors, "last_error": self.last_error}
+                "dropped": dict(self.dropped), "last_error": self.last_error}
 
 
 class InterfaceSink:
@@ -155,7 +159,8 @@ class InterfaceSink:
         self._sock = socket.socket(socket.AF_PACKET, socket.SOCK_RAW)
         self._sock.setblocking(False)
         self._sock.bind((name, 0))
-        self.packets = self.errors = 0
+        self.packets = 0
+        self.dropped = dict.fromkeys(SINK_DROPS, 0)
         self.last_error = ""
 
     def _create(self) -> None:
@@ -182,7 +187,7 @@ class InterfaceSink:
                 send(r.frame)
                 self.packets += 1
             except OSError as exc:
-                self.errors += 1
+                self.dropped[send_failure(exc.errno)] += 1
                 self.last_error = str(exc)
 
     def close(self) -> None:
@@ -197,7 +202,7 @@ class InterfaceSink:
 
     def state(self) -> dict[str, Any]:
         return {"kind": "interface", "interface": self.name, "peer": self.peer, "packets": self.packets,
-                "errors": self.errors, "last_error": self.last_error}
+                "dropped": dict(self.dropped), "last_error": self.last_error}
 
 
 def _iproute() -> Any:

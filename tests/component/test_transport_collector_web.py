@@ -39,7 +39,7 @@ async def test_status_and_metrics_count_what_was_delivered(tmp_path: Path, aioht
         text = await (await client.get("/metrics")).text()
         assert "podmirror_collector_delay_seconds" in text
         state = out.state()
-        assert state["collectors_up"] == 1 and state["dropped_queue_full"] == 0
+        assert state["collectors_up"] == 1 and state["dropped"]["queue_full"] == 0
     finally:
         await out.close()
         runner.cancel()
