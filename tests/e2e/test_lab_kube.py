@@ -26,6 +26,7 @@ import pytest
 from nodeagent.lab import kubelab, netns, runner
 from nodeagent.lab.podmirror import ENV, SOURCE_ROOT
 from nodeagent.lab.topology import Lab
+from nodeagent.pods.kube import MONITOR_ANNOTATION, MONITORED_LABEL
 
 LAB_PODS = {"default/web", "default/client", "default/egress"}
 _missing = kubelab.missing() or (None if shutil.which("kubectl") else "needs kubectl")
@@ -75,8 +76,8 @@ def test_lab_agent_learns_its_pods_from_the_apiserver(tmp_path: Path,
     # The pods are API objects as kubectl made them: labelled, annotated, bound, with their IPs.
     for key in LAB_PODS:
         pod = stored[key]
-        assert pod["metadata"]["labels"][kubelab.MONITORED_LABEL] == "true"
-        assert pod["metadata"]["annotations"][kubelab.MONITOR_ANNOTATION] == "true"
+        assert pod["metadata"]["labels"][MONITORED_LABEL] == "true"
+        assert pod["metadata"]["annotations"][MONITOR_ANNOTATION] == "true"
         assert pod["spec"]["nodeName"] == "node1" and pod["status"]["podIP"].startswith("10.1.0.")
     # The agent authenticated as the shipped service account, not as the admin.
     conf = (tmp_path / "kube" / "agent.kubeconfig").read_text()
