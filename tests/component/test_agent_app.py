@@ -19,8 +19,8 @@ from tests.component.agent_kit import (
     sender,
     tcp_frame,
     tunnel_port,
-    wait_for,
 )
+from tests.waiting import wait_for
 
 
 class RecordingOutput:

@@ -29,9 +29,9 @@ from tests.component.agent_kit import (
     tcp_frame,
     tunnel_port,
     udp_frame,
-    wait_for,
     with_partial_checksum,
 )
+from tests.waiting import wait_for
 
 needs_tshark = pytest.mark.skipif(
     shutil.which("tshark") is None or shutil.which("capinfos") is None,

@@ -21,8 +21,8 @@ from tests.component.agent_kit import (
     sender,
     tcp_frame,
     tunnel_port,
-    wait_for,
 )
+from tests.waiting import wait_for
 
 
 @pytest.mark.parametrize("recvmmsg", [True, False], ids=["recvmmsg", "recvfrom_into"])

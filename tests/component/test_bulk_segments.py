@@ -26,9 +26,9 @@ from tests.component.agent_kit import (
     sender,
     tcp_frame,
     tunnel_port,
-    wait_for,
     with_partial_checksum,
 )
+from tests.waiting import wait_for
 
 PAYLOAD = bytes(i % 253 for i in range(20_000))
 """14 segments of 1460 bytes: 13 full and a last one of 1020."""

@@ -22,9 +22,9 @@ from tests.component.agent_kit import (
     tcp_frame,
     tunnel_port,
     udp_frame,
-    wait_for,
 )
 from tests.component.test_pushdown_api import fetch, running
+from tests.waiting import wait_for
 
 PEER = "10.0.0.9"
 

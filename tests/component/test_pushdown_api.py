@@ -21,8 +21,8 @@ from tests.component.agent_kit import (
     sender,
     tunnel_port,
     udp_frame,
-    wait_for,
 )
+from tests.waiting import wait_for
 
 RULES = {"rules": [{"action": "exclude", "ports": [53]}]}
 

@@ -9,7 +9,8 @@ from typing import Any
 
 from nodeagent.adapters.transport_out import TransportOptions, TransportOutput, client_context
 from nodeagent.collector import web
-from tests.component.transport_kit import Certs, RecordingSink, forward, frame, start_collector, wait_for
+from tests.component.transport_kit import Certs, RecordingSink, forward, frame, start_collector
+from tests.waiting import wait_for
 
 
 async def test_status_and_metrics_count_what_was_delivered(tmp_path: Path, aiohttp_client: Any) -> None:

@@ -17,8 +17,8 @@ from tests.component.transport_kit import (
     frame,
     free_port,
     pcapng_packets,
-    wait_for,
 )
+from tests.waiting import wait_for
 
 QUEUE = 256 * 1024
 

@@ -17,8 +17,8 @@ from tests.component.transport_kit import (
     forward,
     frame,
     start_collector,
-    wait_for,
 )
+from tests.waiting import wait_for
 
 FAST = TransportOptions(max_delay=0.01, backoff_initial=0.05, backoff_max=0.2, connect_timeout=2.0)
 

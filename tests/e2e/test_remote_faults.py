@@ -26,6 +26,7 @@ from nodeagent.lab.collector import LabCollector, start_collector
 from nodeagent.lab.topology import Host, Lab
 from nodeagent.lab.workload import Workload
 from tests.component.transport_kit import pcapng_packets
+from tests.waiting import poll
 
 pytestmark = [pytest.mark.needs_root, pytest.mark.usefixtures("podmirror_ready")]
 
@@ -52,14 +53,6 @@ def rss_kib(pid: int) -> int:
 def link(agent: podmirror.Agent) -> dict[str, Any]:
     (state,) = agent.status()["outputs"]["transport"]["collectors"].values()
     return state  # type: ignore[no-any-return]
-
-
-def poll(cond: Any, timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while not cond():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.1)
 
 
 def scenario(lab: Lab, tmp: Path, outage: float) -> dict[str, Any]:
