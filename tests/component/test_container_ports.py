@@ -11,9 +11,9 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from sidecar_lite import cbpf
 from tests import cbpf_reference
+from tests.books import assert_balanced
 from tests.component.agent_kit import (
     KNOWN,
-    accounted,
     get_status,
     http_get,
     make_settings,
@@ -61,7 +61,7 @@ async def test_selected_ports_at_the_agent_in_the_push_down_and_in_metrics() -> 
         sock.close()
 
         status = await get_status(agent)
-        assert accounted(status)
+        assert_balanced(status)
         assert status["forwarded"] == 10 and status["drops"]["other_container"] == 2
         assert status["pipeline"]["dedup"] == {"entries": 4, "evictions": 6}
 

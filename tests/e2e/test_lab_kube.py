@@ -27,6 +27,7 @@ from nodeagent.lab import kubelab, netns, runner
 from nodeagent.lab.podmirror import ENV, SOURCE_ROOT
 from nodeagent.lab.topology import Lab
 from nodeagent.pods.kube import MONITOR_ANNOTATION, MONITORED_LABEL
+from tests.books import assert_balanced
 
 LAB_PODS = {"default/web", "default/client", "default/egress"}
 _missing = kubelab.missing() or (None if shutil.which("kubectl") else "needs kubectl")
@@ -94,7 +95,7 @@ def test_lab_agent_learns_its_pods_from_the_apiserver(tmp_path: Path,
         assert counters["received"] > 0 and counters["forwarded"] > 0, (key, counters)
         assert counters["mode"] == "kernel", (key, counters)
     assert status["drops"].get("unknown_sender", 0) == 0, status["drops"]
-    assert status["received"] == status["forwarded"] + sum(status["drops"].values())
+    assert_balanced(status)
 
     text = capsys.readouterr().out
     assert "pod table: apiserver" in text and "synced=True, senders 3, peers 1" in text, text

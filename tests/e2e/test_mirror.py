@@ -19,6 +19,7 @@ import pytest
 from nodeagent.lab import capture, podmirror
 from nodeagent.lab.topology import TUNNEL_PORT, Lab, Pod
 from nodeagent.lab.workload import Workload
+from tests.books import assert_balanced
 
 pytestmark = [pytest.mark.needs_root, pytest.mark.usefixtures("podmirror_ready")]
 
@@ -144,7 +145,7 @@ def test_every_pod_packet_reaches_the_agent_once(mirrored: Any) -> None:
             continue
         assert r.received[key] == truth.frames, f"{key}: agent got {r.received[key]}, pod saw {truth.frames}"
     st = r.status
-    assert st["received"] == st["forwarded"] + sum(st["drops"].values())
+    assert_balanced(st)
     assert st["drops"].get("unknown_sender", 0) == 0 and st["drops"].get("malformed", 0) == 0
 
 

@@ -18,6 +18,7 @@ from scapy.layers.l2 import Ether
 
 from nodeagent import app, settings
 from nodeagent.wire import vxlan
+from tests.books import assert_balanced
 from tests.fakes.kubeapi import pod
 from tests.waiting import wait_for
 
@@ -65,7 +66,7 @@ async def test_agent_takes_senders_from_the_api_and_reports_silent_pods(fake_api
             sock.sendto(vxlan.encode(1, frame), tunnel)
             await wait_for(lambda: agent.stats.total.received == 2)
         status = await get_status(agent.status_address)
-        assert status["received"] == status["forwarded"] + sum(status["drops"].values())
+        assert_balanced(status)
         assert status["pods"]["default/talker"]["received"] == 1
         assert status["kube"]["synced"] is True and status["kube"]["local"] == 2
         assert status["pods"]["default/talker"]["silent"] is False
