@@ -56,10 +56,9 @@ def api_pods(r: runner.Run) -> dict[str, Any]:
 @pytest.mark.kube
 @pytest.mark.usefixtures("podmirror_ready")
 @pytest.mark.skipif(_missing is not None, reason=_missing or "")
-def test_lab_agent_learns_its_pods_from_the_apiserver(tmp_path: Path,
+def test_lab_agent_learns_its_pods_from_the_apiserver(lab: Lab, tmp_path: Path,
                                                       capsys: pytest.CaptureFixture[str]) -> None:
     args = lab_args(tmp_path)
-    lab = Lab("pmlk", workdir=tmp_path)
     try:
         r = runner.build(lab, args, tmp_path)
         runner.start(r, args)
@@ -69,7 +68,7 @@ def test_lab_agent_learns_its_pods_from_the_apiserver(tmp_path: Path,
         runner.summarize(r, args)
         runner.finish(r)
     finally:
-        lab.close()
+        lab.close()   # before the etcd data can go; the fixture's close is then a no-op
         kubelab.remove_data(tmp_path)
     assert netns.leftovers(lab.tag) == [], "namespaces left behind"
     assert not (tmp_path / "kube" / "etcd").exists()

@@ -20,6 +20,7 @@ from nodeagent.lab import capture, podmirror
 from nodeagent.lab.topology import TUNNEL_PORT, Lab, Pod
 from nodeagent.lab.workload import Workload
 from tests.books import assert_balanced
+from tests.e2e.conftest import open_lab
 
 pytestmark = [pytest.mark.needs_root, pytest.mark.usefixtures("podmirror_ready")]
 
@@ -118,14 +119,9 @@ def mirrored(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFa
              podmirror_ready: None) -> Any:
     """``kernel-mtu1500``: node-side MTU left at 1500, so full-size frames' tunnel copies fragment
     (and, past the agent, so do its VXLAN copies to the sensor: the sensor checks are skipped)."""
-    from nodeagent.lab import netns
     mode, _, mtu = request.param.partition("-mtu")
-    lab = Lab("pme2e", node_mtu=int(mtu or 1600))
-    try:
+    with open_lab(node_mtu=int(mtu or 1600)) as lab:
         yield (request.param, *run_mirrored(lab, tmp_path_factory.mktemp(request.param), mode))
-    finally:
-        lab.close()
-        assert netns.leftovers(lab.tag) == []
 
 
 def test_workload_really_ran(mirrored: Any) -> None:

@@ -21,7 +21,7 @@ from typing import Any
 import pytest
 import trustme
 
-from nodeagent.lab import netns, podmirror
+from nodeagent.lab import podmirror
 from nodeagent.lab.collector import LabCollector, start_collector
 from nodeagent.lab.topology import Host, Lab
 from nodeagent.lab.workload import Workload
@@ -109,13 +109,8 @@ def scenario(lab: Lab, tmp: Path, outage: float) -> dict[str, Any]:
     return out
 
 
-def run_outage(tmp: Path, outage: float) -> None:
-    lab = Lab("pmrs", workdir=tmp)
-    try:
-        r = scenario(lab, tmp, outage)
-    finally:
-        lab.close()
-        assert netns.leftovers(lab.tag) == []
+def run_outage(lab: Lab, tmp: Path, outage: float) -> None:
+    r = scenario(lab, tmp, outage)
     print(f"outage {outage} s: {r['final']} peak RSS growth {r['peak_growth_kib']} KiB "
           f"(baseline {r['baseline_kib']} KiB), written {r['written']}")
     assert "CERTIFICATE_VERIFY_FAILED" in r["refused"]["last_error"] and r["refused"]["delivered"] == 0
@@ -129,10 +124,10 @@ def run_outage(tmp: Path, outage: float) -> None:
     assert r["written"] >= f["delivered"]          # both lives together wrote every acknowledged packet
 
 
-def test_wrong_certificate_then_collector_killed_for_5_seconds(tmp_path: Path) -> None:
-    run_outage(tmp_path, 5.0)
+def test_wrong_certificate_then_collector_killed_for_5_seconds(lab: Lab, tmp_path: Path) -> None:
+    run_outage(lab, tmp_path, 5.0)
 
 
 @pytest.mark.slow
-def test_wrong_certificate_then_collector_killed_for_30_seconds(tmp_path: Path) -> None:
-    run_outage(tmp_path, 30.0)
+def test_wrong_certificate_then_collector_killed_for_30_seconds(lab: Lab, tmp_path: Path) -> None:
+    run_outage(lab, tmp_path, 30.0)
