@@ -1,4 +1,4 @@
-"""Find the node agent's address (issue 4): service, node-ip or label discovery.
+"""Find the node agent's address: service, node-ip or label discovery.
 
 - ``service``: the configured host, resolved with the system resolver (a Service name with
   ``internalTrafficPolicy: Local`` keeps the tunnel on the node: the kernel drops it if there is no

@@ -1,9 +1,11 @@
-"""The seed's discovery, made node-local: the agent pod on *this* node whose label has a value.
+"""The reference sidecar's discovery, made node-local: the agent pod on *this* node whose label has
+a value (docs/datapath.md "The reference sidecar").
 
 ``SENSOR=<value>`` selects pods with ``<PODMIRROR_LABEL_KEY>=<value>`` (key ``run`` by default, as
-in the seed) in one namespace (``PODMIRROR_AGENT_NAMESPACE``, default the pod's own) and on this
-node (field selector ``spec.nodeName=NODE_NAME``). It needs a namespaced Role allowing ``list pods``
-in that namespace, instead of the seed's cluster-wide ``view`` binding. Among several running
+the reference sidecar used) in one namespace (``PODMIRROR_AGENT_NAMESPACE``, default the pod's own)
+and on this node (field selector ``spec.nodeName=NODE_NAME``). It needs a namespaced Role allowing
+``list pods`` in that namespace, instead of the cluster-wide ``view`` binding the reference sidecar
+needed. Among several running
 candidates the one with the smallest name wins, so restarts pick the same agent.
 
 This is the only sidecar module that imports ``kubernetes``, and only when this mode is chosen.

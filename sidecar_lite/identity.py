@@ -27,7 +27,8 @@ def vni_for_address(ip: str) -> int:
 def parse_vni(text: str, *, hex_default: bool = False) -> int | None:
     """Parse a VNI: decimal, ``0x``-prefixed hex, or ``auto`` (returns None).
 
-    ``hex_default`` reads unprefixed digits as hexadecimal: the seed's ``VNI`` variable is hex.
+    ``hex_default`` reads unprefixed digits as hexadecimal: the reference sidecar's ``VNI`` variable
+    is hex (docs/datapath.md).
     """
     value = text.strip().lower()
     if value == AUTO:

@@ -8,7 +8,7 @@ Model: ``build(...)`` describes what kernel mode wants in the pod's namespace:
   our mark) running ``bpf.mirror_program`` in classic
   mode and, on a match, ``mirred egress mirror`` into the VXLAN device;
 - a clsact qdisc on the VXLAN device whose ingress drops everything (direct action): the device binds
-  the tunnel port inside the pod and would otherwise decapsulate injected VXLAN (DATAPLANE.md);
+  the tunnel port inside the pod and would otherwise decapsulate injected VXLAN (docs/datapath.md);
 - optionally a route to the agent with a locked MTU (``--tunnel-mtu``).
 
 ``diff(plan, observed)`` returns the ordered steps that turn ``observed`` into the plan; an empty

@@ -1,4 +1,4 @@
-"""Push-down: fetch the agent's classic BPF program for this pod (issue 3).
+"""Push-down: fetch the agent's classic BPF program for this pod.
 
 The agent answers ``GET <rules-url>?ip=<pod ip>&vni=<vni>&mode=<kernel|sniff>`` with
 ``{"version": "<opaque>", "bpf": [[code, jt, jf, k], ...] | null}``; ``null`` means mirror

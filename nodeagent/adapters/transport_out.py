@@ -60,7 +60,7 @@ class TransportOptions:
     batch_bytes: int = 256 * 1024
     """A batch closes at this many bytes of frames (plus per-record overhead)."""
     max_delay: float = 0.02
-    """Seconds a packet may wait in an open batch: bounds latency (issue 5: default <= 50 ms)."""
+    """Seconds a packet may wait in an open batch: bounds latency (required: <= 50 ms)."""
     queue_bytes: int = 32 * 1024 * 1024
     """Uncompressed batch bytes kept per collector until acknowledged; beyond it the oldest go."""
     level: int = 3

@@ -11,7 +11,7 @@ errno), so for each sensor: packets offered == ``packets`` + ``sum(dropped)``.
 The VNI is the sender's (the pod's identity travels to the sensor) unless the sensor's settings
 fix one.
 
-Flow affinity (issue 5): each packet goes to *one* sensor, chosen by the symmetric flow hash on a
+Flow affinity (docs/transport.md): each packet goes to *one* sensor, chosen by the symmetric flow hash on a
 consistent ring (``transport.affinity``): both directions of a connection reach the same sensor (a Zeek
 cluster needs that), and a sensor that goes down moves only its own flows. The outer UDP source
 port follows the same hash: each sensor has a small pool of connected sockets, each bound to its

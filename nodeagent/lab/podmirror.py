@@ -1,7 +1,7 @@
 """Start podmirror itself inside a lab: the node agent in its namespace, a sidecar in each pod.
 
 Both run as real processes through their console scripts, exactly as a user runs them
-(``nodeagent run ...``, ``sidecar-lite ...``, the command-line contract of issue 2), so the lab
+(``nodeagent run ...``, ``sidecar-lite ...``, the README's command-line contracts), so the lab
 and the end-to-end tests exercise the shipped entry points. Readiness is observed, never assumed:
 the agent is ready when ``/status`` answers; a sidecar is mirroring when a probe datagram sent
 from its pod shows up in the agent's per-pod counters.
@@ -129,7 +129,7 @@ def start_sidecar(lab: Lab, pod: Pod, logdir: Path, *, mode: str = "kernel", vni
                   rules: bool = False, extra: Sequence[str] = ()) -> subprocess.Popen[bytes]:
     """``sidecar-lite`` in the pod's namespace, with the downward-API environment a pod would have.
 
-    ``rules``: poll the agent's push-down endpoint (issue 3; the agent then shows the pod's mode).
+    ``rules``: poll the agent's push-down endpoint (``/v1/pushdown``; the agent then shows the pod's mode).
     Off by default in tests: the poll is pod traffic too, at times the test does not choose."""
     agent = pod.node.agent
     if agent is None:

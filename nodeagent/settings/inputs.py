@@ -77,7 +77,7 @@ class SenderSettings:
 
 @dataclasses.dataclass(frozen=True)
 class PeerSettings:
-    """A monitored pod on another node (issue 3: cross-node dedup ownership)."""
+    """A monitored pod on another node (cross-node dedup ownership, docs/dedup.md)."""
 
     ip: str
     namespace: str
@@ -119,7 +119,7 @@ class StatusSettings:
 
 @dataclasses.dataclass(frozen=True)
 class KubeSettings:
-    """The pod table from the Kubernetes API (issue 4, ``adapters/kube.py``); off while ``node_name``
+    """The pod table from the Kubernetes API (``adapters/kube.py``); off while ``node_name``
     is empty. In a cluster the DaemonSet passes ``--node-name=$(NODE_NAME)`` (downward API)."""
 
     node_name: str = ""

@@ -52,7 +52,7 @@ class SensorSettings:
     vni: int | str | None = None
     """VNI to send with; None keeps each sender's VNI."""
     probe_port: int | None = None
-    """TCP port probed every 2 s to decide the sensor's health (issue 5); without it, ICMP
+    """TCP port probed every 2 s to decide the sensor's health; without it, ICMP
     unreachable errors on sends mark the sensor down for a growing hold-down."""
     gso: bool = False
     """Send a GSO super-packet's segments with UDP GSO (``adapters/vxlan_out.py``: several times
@@ -94,7 +94,7 @@ class CollectorEndpointSettings:
 
 @dataclasses.dataclass(frozen=True)
 class TransportSettings:
-    """Batched, zstd-compressed output over TLS to collectors (issue 5). Off unless ``collectors``
+    """Batched, zstd-compressed output over TLS to collectors (docs/transport.md). Off unless ``collectors``
     is set. Each flow goes to one collector (symmetric hash, consistent ring)."""
 
     collectors: tuple[CollectorEndpointSettings, ...] = ()
@@ -109,7 +109,7 @@ class TransportSettings:
     batch_bytes: int = 256 << 10
     """A batch closes at this many frame bytes."""
     max_delay: float = 0.02
-    """Seconds a packet may wait in an open batch: bounds the latency (issue 5: <= 50 ms)."""
+    """Seconds a packet may wait in an open batch: bounds the latency (required: <= 50 ms)."""
     queue_bytes: int = 32 << 20
     """Compressed bytes kept per collector until acknowledged; the oldest batches go beyond it."""
     level: int = 3

@@ -14,7 +14,7 @@ from nodeagent.settings.base import (
 
 @dataclasses.dataclass(frozen=True)
 class DedupSettings:
-    """Issue 3's dedup (``nodeagent/dedup.py``, ``vantage.py``): on by default, flags or file."""
+    """Deduplication (``stages/vantage.py``, ``stages/dedup.py``, docs/dedup.md): on by default."""
 
     enabled: bool = True
     vantage: str = "client"

@@ -5,10 +5,10 @@ Model:
 - ``flow_hash(meta, frame)`` maps a packet to a 32-bit value that depends only on the *unordered*
   pair of endpoints ``{(src, sport), (dst, dport)}`` and the protocol. Both directions of a
   connection therefore get the same value, so they reach the same sensor, as a Zeek cluster
-  requires (REFERENCE.md). IP fragments are hashed with ports 0: a non-first fragment carries no
-  ports, and hashing every fragment the same way keeps all fragments of one datagram together
-  (a fragmented UDP flow may then differ from its unfragmented packets; TCP is rarely fragmented).
-  Non-IP frames (ARP...) hash on the unordered MAC pair.
+  requires (docs/transport.md, "Flow affinity"). IP fragments are hashed with ports 0: a non-first
+  fragment carries no ports, and hashing every fragment the same way keeps all fragments of one
+  datagram together (a fragmented UDP flow may then differ from its unfragmented packets; TCP is
+  rarely fragmented). Non-IP frames (ARP...) hash on the unordered MAC pair.
 - ``Ring`` places each sensor at ``VNODES`` pseudo-random points on a 2**32 circle; a flow goes to
   the first point clockwise from its hash whose sensor is up. Removing one of N sensors moves only
   the flows that sensor owned (about 1/N); when it comes back, exactly those flows return.

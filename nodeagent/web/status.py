@@ -2,7 +2,7 @@
 
 ``make_app`` takes a ``StatusSource`` (the agent) and returns an aiohttp application; ``serve``
 runs it with ``AppRunner(handle_signals=False)`` so that the agent, not aiohttp, owns SIGTERM.
-Extra routes (``Route`` tuples) come from other parts of the agent, e.g. issue 3's pushdown.
+Extra routes (``Route`` tuples) come from other parts of the agent, e.g. the push-down endpoint.
 
 ``/status`` is built by the source in one synchronous call on the loop thread, so the invariant
 ``received == forwarded + sum(drops)`` holds in every response. ``drops`` holds the pipeline's

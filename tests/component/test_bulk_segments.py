@@ -1,7 +1,7 @@
-"""Bulk TCP (issue 2): a GSO super-packet's segments reach each output in one ``offer_segments``
-call; VXLAN sends them with UDP GSO (one datagram per segment on the wire, fallback when refused),
-pcap appends them in one go (same records as one ``offer`` per segment), the receiver yields to
-the loop past its byte budget. Real loopback sockets, no root."""
+"""Bulk TCP (docs/datapath.md, "MTU, GSO and checksums"): a GSO super-packet's segments reach each
+output in one ``offer_segments`` call; VXLAN sends them with UDP GSO (one datagram per segment on
+the wire, fallback when refused), pcap appends them in one go (same records as one ``offer`` per
+segment), the receiver yields to the loop past its byte budget. Real loopback sockets, no root."""
 
 from __future__ import annotations
 

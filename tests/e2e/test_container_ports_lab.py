@@ -1,4 +1,4 @@
-"""Issue 4 in the lab: a container selection keeps only the selected containers' ports.
+"""Container selection in the lab: a container selection keeps only the selected containers' ports.
 
 One node, an unmonitored ``client`` and a monitored ``web`` whose selected container declares only
 the HTTP port (static sender with a 4th field, as ``podmirror.io/ports`` gives the agent in a

@@ -1,4 +1,4 @@
-"""Issue 3 in the lab: two monitored pods' traffic reaches the agent twice and leaves it once.
+"""Dedup in the lab: two monitored pods' traffic reaches the agent twice and leaves it once.
 
 Same node: ``client`` and ``web`` are both monitored on one node; client talks to web directly and
 through a ClusterIP (nftables DNAT in the node namespace, as kube-proxy does). Every packet between

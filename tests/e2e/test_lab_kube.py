@@ -1,4 +1,4 @@
-"""The lab's Kubernetes mode: the agent takes its pod table from a real kube-apiserver (issue 4).
+"""The lab's Kubernetes mode: the agent takes its pod table from a real kube-apiserver.
 
 The lab's own steps (``runner.build/start/drive/summarize/finish``) run in-process on a lab whose
 namespaces are ``pmlk-<random>-``, so the test reads the agent's ``/status`` while the agent still

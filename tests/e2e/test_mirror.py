@@ -1,4 +1,4 @@
-"""Issue 2 end to end: every packet of a monitored pod reaches the agent and the sensor exactly once.
+"""End to end: every packet of a monitored pod reaches the agent and the sensor exactly once.
 
 One lab per sidecar mode: pods ``client`` and ``egress`` are monitored, ``web`` (client's peer on
 the same node) is not, so "exactly once" does not depend on deduplication; ``ext`` is a server
@@ -25,7 +25,7 @@ from tests.e2e.conftest import open_lab
 pytestmark = [pytest.mark.needs_root, pytest.mark.usefixtures("podmirror_ready")]
 
 WHOLE_PACKETS = {"cutoff": {"enabled": False}}
-"""Issue 2 checks that every byte arrives: the encrypted-flow cutoff (issue 3, on by default) is off."""
+"""These tests check that every byte arrives, so the encrypted-flow cutoff (on by default) is off."""
 IPERF_RATE = "200M"
 """Bulk TCP the Python agent forwards to two outputs on a shared 2-core machine without loss."""
 

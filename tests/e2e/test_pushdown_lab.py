@@ -1,4 +1,4 @@
-"""Issue 3 in the lab: filters pushed to the sidecar keep filtered packets off the tunnel entirely.
+"""Push-down in the lab: filters pushed to the sidecar keep filtered packets off the tunnel entirely.
 
 One node, a monitored ``client`` and an unmonitored ``web``; the agent excludes DNS (``ports: [53]``)
 and the sidecar polls ``/v1/pushdown`` (``--rules-url``). Once the sidecar logs that the program is

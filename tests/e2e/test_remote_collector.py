@@ -1,4 +1,4 @@
-"""Issue 5 in the lab: the batched transport to collectors on remote hosts, checked against pods.
+"""The batched transport (docs/transport.md) in the lab: to collectors on remote hosts, checked against pods.
 
 ``client`` (monitored) talks to ``web`` (not monitored, so nothing depends on dedup) and ``egress``
 (monitored) to ``ext`` outside the node. The agent's only output is the batched TLS transport

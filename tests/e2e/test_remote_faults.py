@@ -1,4 +1,5 @@
-"""Issue 5 faults in the lab: a collector with the wrong certificate, a collector killed under load.
+"""Batched transport faults in the lab (docs/transport.md): a collector with the wrong certificate,
+a collector killed under load.
 
 One node, ``client`` (monitored) sends iperf3 TCP to ``web``; the agent's only output is the batched
 transport to a collector on a remote host. First the collector presents a certificate from a CA the

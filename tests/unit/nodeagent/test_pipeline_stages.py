@@ -1,4 +1,4 @@
-"""The whole pipeline with issue 3's stages: each drop reason, slicing, accounting, saved bytes."""
+"""The whole pipeline with its stages: each drop reason, slicing, accounting, saved bytes."""
 
 from __future__ import annotations
 
