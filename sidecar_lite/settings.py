@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import ipaddress
 from collections.abc import Mapping, Sequence
 
 from sidecar_lite import identity
@@ -112,14 +111,6 @@ def split_host_port(text: str, field: str) -> tuple[str | None, int]:
     return (host or None), number
 
 
-def _is_ip(text: str) -> bool:
-    try:
-        ipaddress.ip_address(text)
-    except ValueError:
-        return False
-    return True
-
-
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="sidecar-lite", description="Mirror this pod's traffic to its agent.")
     p.add_argument("--agent", help="agent HOST:PORT (env PODMIRROR_AGENT or SENSOR)")
@@ -142,7 +133,7 @@ def parse(argv: Sequence[str], env: Mapping[str, str]) -> Settings:
     agent_text = args.agent or env.get("PODMIRROR_AGENT", "").strip()
     discovery = args.discovery or env.get("PODMIRROR_DISCOVERY", "").strip()
     if not discovery:
-        discovery = "label" if sensor and not agent_text and not _is_ip(sensor) else "service"
+        discovery = "label" if sensor and not agent_text and not identity.is_ip(sensor) else "service"
     host, port = _agent(discovery, agent_text, sensor, env)
     pod = PodIdentity(*(env.get(k) or None for k in ("POD_IP", "POD_NAME", "POD_NAMESPACE",
                                                         "NODE_NAME", "NODE_IP")))

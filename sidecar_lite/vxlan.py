@@ -13,19 +13,20 @@ from __future__ import annotations
 
 import struct
 
+from sidecar_lite.identity import VNI_MAX
+
 HEADER = struct.Struct("!B3xI")
 """Flags, 3 reserved bytes, then the VNI in the high 24 bits of a word whose low byte is reserved."""
 FLAG_VNI_VALID = 0x08
 """The I flag: the VNI field is valid. A datagram without it is not ours to decode."""
-VNI_LIMIT = 1 << 24
 DEFAULT_PORT = 14789
 """Tunnel port to the node agent: not 4789 (Calico/Antrea), 8472 (flannel/Cilium) or 6081 (Geneve)."""
 
 
 def header(vni: int) -> bytes:
     """The 8-byte header carrying ``vni`` (0 <= vni < 2**24)."""
-    if not 0 <= vni < VNI_LIMIT:
-        raise ValueError(f"VNI {vni} is out of range 0..{VNI_LIMIT - 1}")
+    if not 0 <= vni <= VNI_MAX:
+        raise ValueError(f"VNI {vni} is out of range 0..{VNI_MAX}")
     return HEADER.pack(FLAG_VNI_VALID, vni << 8)
 
 

@@ -8,9 +8,8 @@ import dataclasses
 from nodeagent.settings.base import (
     COLLECTOR_PORT,
     SENSOR_PORT,
+    Endpoint,
     check,
-    is_ip,
-    parse_hostport,
     parse_vni,
 )
 
@@ -44,9 +43,10 @@ class PcapSettings:
 
 
 @dataclasses.dataclass(frozen=True)
-class SensorSettings:
+class SensorSettings(Endpoint):
     """A remote sensor that decapsulates VXLAN (Zeek, Suricata, Corelight)."""
 
+    DEFAULT_PORT = SENSOR_PORT
     host: str
     port: int = SENSOR_PORT
     vni: int | str | None = None
@@ -60,14 +60,8 @@ class SensorSettings:
     the kernel's software GSO before the driver): a virtual path (veth to a sensor on the same
     node) hands the unsegmented super-datagram to the sensor's sniffer."""
 
-    @classmethod
-    def from_text(cls, text: str) -> SensorSettings:
-        host, port = parse_hostport(text, SENSOR_PORT, "")
-        return cls(host=host, port=port)
-
     def __post_init__(self) -> None:
-        check(is_ip(self.host), "host", f"must be an IP address, got {self.host!r}")
-        check(0 < self.port < 65536, "port", "must be in 1..65535")
+        self.check_endpoint()
         if self.vni is not None:
             object.__setattr__(self, "vni", parse_vni(self.vni, "0.0.0.0", "vni"))
         if self.probe_port is not None:
@@ -76,20 +70,15 @@ class SensorSettings:
 
 
 @dataclasses.dataclass(frozen=True)
-class CollectorEndpointSettings:
+class CollectorEndpointSettings(Endpoint):
     """A collector the batched transport sends to (``IP[:PORT]``)."""
 
+    DEFAULT_PORT = COLLECTOR_PORT
     host: str
     port: int = COLLECTOR_PORT
 
-    @classmethod
-    def from_text(cls, text: str) -> CollectorEndpointSettings:
-        host, port = parse_hostport(text, COLLECTOR_PORT, "")
-        return cls(host=host, port=port)
-
     def __post_init__(self) -> None:
-        check(is_ip(self.host), "host", f"must be an IP address, got {self.host!r}")
-        check(0 < self.port < 65536, "port", "must be in 1..65535")
+        self.check_endpoint()
 
 
 @dataclasses.dataclass(frozen=True)
