@@ -18,7 +18,7 @@ import time
 from collections.abc import Sequence
 from typing import Any, Protocol
 
-from nodeagent.collector import pcapng
+from nodeagent.wire import pcapng
 from nodeagent.transport import affinity
 from nodeagent.transport.records import Record
 from nodeagent.wire import Malformed, headers
