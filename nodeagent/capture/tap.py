@@ -57,11 +57,13 @@ class Tap:
         self._readers: list[_Reader] = []
         self._opened = 0
         self.sessions_refused = 0
+        self._ended = {"delivered": 0, "dropped": 0}
+        """What the sessions already closed delivered and dropped (the totals stay monotonic)."""
 
     # ---- the capture API ----------------------------------------------------------------------
     def open_session(self, flt: capture_filter.CaptureFilter, queue_limit: int = QUEUE_LIMIT) -> Session:
         """A new session for ``flt`` (``CaptureError`` for a bad BPF expression)."""
-        self._readers = [r for r in self._readers if not r.session.closed]
+        self._prune()
         if len(self._readers) >= self.max_sessions:
             self.sessions_refused += 1
             raise TooManySessions(f"{self.max_sessions} capture sessions are open already")
@@ -70,6 +72,13 @@ class Tap:
         session = Session(flt, queue_limit, self.queue_bytes, ident=self._opened)
         self._readers.append(_Reader(session, matcher))
         return session
+
+    def _prune(self) -> None:
+        for reader in self._readers:
+            if reader.session.closed:
+                self._ended["delivered"] += reader.session.delivered
+                self._ended["dropped"] += reader.session.total_dropped
+        self._readers = [r for r in self._readers if not r.session.closed]
 
     @property
     def sessions(self) -> list[Session]:
@@ -131,10 +140,14 @@ class Tap:
     async def close(self) -> None:
         for reader in self._readers:
             reader.session.close()
-        self._readers = []
+        self._prune()
 
     def state(self) -> dict[str, Any]:
+        """``delivered``/``dropped``: records of every session so far (open and closed), for
+        ``/metrics``; ``open``: each open session's own counters."""
+        self._prune()
         sessions = [s.state() for s in self.sessions]
         return {"sessions": len(sessions), "sessions_opened": self._opened,
                 "sessions_refused": self.sessions_refused,
-                "dropped": sum(s["dropped"] for s in sessions), "open": sessions}
+                "delivered": self._ended["delivered"] + sum(s["delivered"] for s in sessions),
+                "dropped": self._ended["dropped"] + sum(s["dropped"] for s in sessions), "open": sessions}

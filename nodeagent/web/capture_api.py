@@ -159,10 +159,9 @@ def _error(status: int, message: str, headers: dict[str, str] | None = None) -> 
 async def serve(app: web.Application, address: tuple[str, int], ctx: ssl.SSLContext,
                 ) -> tuple[web.AppRunner, tuple[str, int]]:
     """Start the listener; the runner and the bound address (port 0 picks one)."""
-    runner = web.AppRunner(app, handle_signals=False, access_log=None)
+    runner = web.AppRunner(app, handle_signals=False, access_log=None, shutdown_timeout=2.0)
     await runner.setup()
-    site = web.TCPSite(runner, address[0], address[1], ssl_context=ctx, reuse_address=True,
-                       shutdown_timeout=2.0)
+    site = web.TCPSite(runner, address[0], address[1], ssl_context=ctx, reuse_address=True)
     try:
         await site.start()
     except OSError:
