@@ -15,8 +15,8 @@ from typing import Any
 from scapy.layers.inet import IP, TCP, UDP
 from scapy.layers.l2 import Ether
 
-from nodeagent import settings as settings_mod
 from nodeagent import app
+from nodeagent import settings as settings_mod
 from nodeagent.app import Agent
 from nodeagent.settings import Settings
 from nodeagent.wire import headers, normalize, vxlan

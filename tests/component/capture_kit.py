@@ -33,7 +33,8 @@ def make_certs(tmp: Path, *hosts: str) -> CaptureCerts:
     server = ca.issue_cert(*(hosts or ("127.0.0.1",)), "podmirror-agent.podmirror.svc")
     client, stranger = ca.issue_cert("alice@example"), other.issue_cert("mallory@example")
     paths = {}
-    for name, blob in (("ca", ca.cert_pem), ("cert", server.cert_chain_pems[0]), ("key", server.private_key_pem),
+    for name, blob in (("ca", ca.cert_pem), ("cert", server.cert_chain_pems[0]),
+                       ("key", server.private_key_pem),
                        ("client_cert", client.cert_chain_pems[0]), ("client_key", client.private_key_pem),
                        ("other_cert", stranger.cert_chain_pems[0]), ("other_key", stranger.private_key_pem)):
         path = tmp / f"capture-{name}.pem"

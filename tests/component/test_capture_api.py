@@ -109,7 +109,8 @@ async def test_stream_holds_exactly_what_the_pcap_output_got_for_the_selected_po
     rows = tshark_fields(path, "frame.interface_name", "frame.comment", "frame.packet_flags_direction",
                          "ip.src", "tcp.seq_raw")
     assert len(rows) == 20
-    assert {tuple(r[:4]) for r in rows} == {("default/web", "default/web egress", "0x00000002", WEB)}  # outbound
+    outbound = "0x00000002"
+    assert {tuple(r[:4]) for r in rows} == {("default/web", "default/web egress", outbound, WEB)}
     assert [int(r[4]) for r in rows] == list(range(1, 21))
 
 
@@ -125,7 +126,7 @@ async def test_stalled_reader_drops_are_counted_and_every_packet_is_still_forwar
                                rcvbuf=4096) as stream:
             assert stream.status == 200
             with sender(WEB) as web:
-                for i in range(0, sent, 100):
+                for _ in range(0, sent, 100):
                     send_tunnel(web, tunnel_port(agent), frame, vni=5, count=100)
                     await asyncio.sleep(0)  # let the agent drain its socket between bursts
             await wait_for(lambda: agent.stats.total.forwarded == sent, what="every packet forwarded")
