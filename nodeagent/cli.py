@@ -30,6 +30,8 @@ SUBCOMMANDS = {
     "webhook": "nodeagent.webhook.cli",
     "lab": "nodeagent.lab.runner",
     "collect": "nodeagent.collector.main",
+    "capture": "nodeagent.client.capture_cmd",
+    "status": "nodeagent.client.status_cmd",
 }
 """Subcommand -> the module whose ``register(subparsers)`` defines it (imported on demand)."""
 
