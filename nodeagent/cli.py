@@ -169,3 +169,21 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 1
     except KeyboardInterrupt:
         return 0
+
+
+PLUGIN_COMMANDS = ("capture", "status")
+
+
+def kubectl_plugin(argv: Sequence[str] | None = None) -> int:
+    """``kubectl-podmirror``: ``kubectl podmirror capture -n shop -l app=web`` runs ``nodeagent capture``.
+
+    kubectl runs any executable named ``kubectl-<name>`` on the PATH for ``kubectl <name> ...`` with
+    the remaining arguments; installing podmirror puts this one beside ``nodeagent``. It offers the
+    operator commands only. kubectl's own flags reach a plugin only after its name, so
+    ``--kubeconfig``/``--context`` go after the subcommand."""
+    args = list(sys.argv[1:] if argv is None else argv)
+    if not args or args[0] not in PLUGIN_COMMANDS:
+        print(f"usage: kubectl podmirror {{{'|'.join(PLUGIN_COMMANDS)}}} [options]   (--help after the command)",
+              file=sys.stderr)
+        return 0 if args and args[0] in ("-h", "--help") else 2
+    return main(args)
