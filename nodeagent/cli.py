@@ -183,7 +183,7 @@ def kubectl_plugin(argv: Sequence[str] | None = None) -> int:
     ``--kubeconfig``/``--context`` go after the subcommand."""
     args = list(sys.argv[1:] if argv is None else argv)
     if not args or args[0] not in PLUGIN_COMMANDS:
-        print(f"usage: kubectl podmirror {{{'|'.join(PLUGIN_COMMANDS)}}} [options]   (--help after the command)",
+        print(f"usage: kubectl podmirror {{{'|'.join(PLUGIN_COMMANDS)}}} [options] (--help after it)",
               file=sys.stderr)
         return 0 if args and args[0] in ("-h", "--help") else 2
     return main(args)
