@@ -182,9 +182,11 @@ class Reader:
 
     def blocks(self) -> Iterator[Block]:
         buf = self._buf
-        while len(buf) >= 12:
+        while len(buf) >= 8:
             kind, total = struct.unpack_from("<II", buf)
             if not self._started:
+                if len(buf) < 12:
+                    return
                 if kind != SHB or _U32.unpack_from(buf, 8)[0] != BYTE_ORDER_MAGIC:
                     raise Malformed("pcapng: not a little-endian section header")
                 self._started = True
