@@ -24,7 +24,8 @@ def stream() -> bytes:
     enc = StreamEncoder("node1")
     body = enc.start() + enc.records(records())
     body += enc.statistics({"shop/web": 3, "shop/db": 4}, {"shop/db": 1}, T0 + 10**9, T0)
-    return body + enc.statistics({"shop/web": 3, "shop/db": 4}, {"shop/db": 1}, T0 + 2 * 10**9, T0, final=True)
+    end = T0 + 2 * 10**9
+    return body + enc.statistics({"shop/web": 3, "shop/db": 4}, {"shop/db": 1}, end, T0, final=True)
 
 
 def test_reader_reads_back_packets_interfaces_and_statistics() -> None:
@@ -69,7 +70,10 @@ def test_tshark_and_capinfos_decode_the_stream(tmp_path: Path) -> None:
     assert "shop/db" in stats
 
 
-@pytest.mark.parametrize("data", [b"\x00" * 28, b"\x0a\x0d\x0d\x0a\x08\x00\x00\x00" + b"\x4d\x3c\x2b\x1a" * 5])
+BIG_ENDIAN_SHB = b"\x0a\x0d\x0d\x0a\x08\x00\x00\x00" + b"\x4d\x3c\x2b\x1a" * 5
+
+
+@pytest.mark.parametrize("data", [b"\x00" * 28, BIG_ENDIAN_SHB])
 def test_reader_refuses_what_is_not_a_little_endian_section(data: bytes) -> None:
     reader = pcapng.Reader()
     reader.feed(data)
