@@ -36,7 +36,8 @@ from tests.component.agent_kit import (
 )
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
-pytestmark = pytest.mark.skipif(CHROMIUM is None, reason="needs Debian's chromium package (scripts/setup.sh --test)")
+pytestmark = pytest.mark.skipif(CHROMIUM is None,
+                                reason="needs Debian's chromium package (scripts/setup.sh --test)")
 FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking", "--no-first-run",
          "--disable-component-update", "--disable-sync", "--disable-extensions", "--mute-audio",
          "--window-size=1280,1000", "--remote-debugging-port=0"]
@@ -167,7 +168,8 @@ async def test_status_page_shows_the_numbers_of_status_and_loads_nothing_else(tm
         while (await get_status(agent))["received"] < 33:
             await asyncio.sleep(0.05)
         assert agent.status_address is not None
-        url = "http://%s:%d/" % agent.status_address
+        host, port = agent.status_address
+        url = f"http://{host}:{port}/"
         shot = tmp_path / "page.png"
         shown = await asyncio.to_thread(_drive, url, tmp_path / "profile", shot)
         status = await get_status(agent)
@@ -181,7 +183,8 @@ async def test_status_page_shows_the_numbers_of_status_and_loads_nothing_else(tm
                    ["outputs", "pcap", "packets"], ["socket", "kernel_drops"]):
         assert json.dumps(needed) in paths, f"{needed} is not shown"
     for path, text in shown["fields"]:
-        assert shown_number(text) == lookup(status, path), f"{path}: page {text}, /status {lookup(status, path)}"
+        value = lookup(status, path)
+        assert shown_number(text) == value, f"{path}: page {text}, /status {value}"
     for path, text in shown["sums"]:
         assert shown_number(text) == sum(lookup(status, path).values()), path
     width, height, values = png_pixels(shot.read_bytes())
