@@ -202,7 +202,7 @@ class InterfaceSink:
 
 
 def _iproute() -> Any:
-    from pyroute2 import IPRoute  # type: ignore[import-untyped]  # only the interface sink needs it
+    from pyroute2 import IPRoute  # only the interface sink needs it
 
     return IPRoute()
 
