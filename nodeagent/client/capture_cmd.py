@@ -234,9 +234,9 @@ class Capture:
                 self.received[node] = self.received.get(node, 0) + 1
             elif block.kind == pcapng.ISB:
                 s = pcapng.read_statistics(block.body)
-                iface = ifaces.get(s.iface)
-                if iface is not None:
-                    self.stats[(node, iface.name)] = s
+                described = ifaces.get(s.iface)
+                if described is not None:
+                    self.stats[(node, described.name)] = s
 
     def emit(self, items: list[Item]) -> None:
         count = self.args.count
