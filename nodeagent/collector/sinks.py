@@ -18,10 +18,9 @@ import time
 from collections.abc import Sequence
 from typing import Any, Protocol
 
-from nodeagent.collector import pcapng
 from nodeagent.transport import affinity
 from nodeagent.transport.records import Record
-from nodeagent.wire import Malformed, headers
+from nodeagent.wire import Malformed, headers, pcapng
 
 _VXLAN = struct.Struct("!B3xI")
 _DIRECTION_FLAGS = {1: pcapng.FLAG_OUTBOUND, 2: pcapng.FLAG_INBOUND}   # egress leaves the pod
