@@ -109,7 +109,7 @@ class Pipeline:
             kept = self._stages(inner, meta, pod, direction, counters, size, now)
             if type(kept) is Drop:
                 return kept
-            frame = kept
+            frame = kept  # type: ignore[assignment]  # narrowed: ``type() is`` is the fast check (a Drop is a str)
         # Stats.forward, inlined: one call less per forwarded packet (~0.1 us, measured per call).
         counters.forwarded += 1
         counters.forwarded_bytes += size

@@ -16,9 +16,9 @@ import logging
 import socket
 from typing import Any
 
-from pyroute2.iproute.linux import IPRoute  # type: ignore[import-untyped]
-from pyroute2.netlink.exceptions import NetlinkError  # type: ignore[import-untyped]
-from pyroute2.netlink.rtnl.tcmsg import plugins as tc_plugins  # type: ignore[import-untyped]
+from pyroute2.iproute.linux import IPRoute
+from pyroute2.netlink.exceptions import NetlinkError
+from pyroute2.netlink.rtnl.tcmsg import plugins as tc_plugins
 from pyroute2.netlink.rtnl.tcmsg import sched_bpf
 
 from sidecar_lite import plan as planmod

@@ -17,11 +17,10 @@ import time
 from collections.abc import Sequence
 from typing import Any, Protocol
 
-from nodeagent.collector import pcapng
 from nodeagent.transport import affinity
 from nodeagent.transport.records import Record
 from nodeagent.verdict import OutputDrop, send_failure
-from nodeagent.wire import Malformed, headers, vxlan
+from nodeagent.wire import Malformed, headers, pcapng, vxlan
 
 SINK_DROPS = (OutputDrop.QUEUE_FULL, OutputDrop.UNREACHABLE, OutputDrop.SEND_ERROR)
 """What a sending sink can lose a record to (``verdict.send_failure`` of the errno)."""
@@ -206,7 +205,7 @@ class InterfaceSink:
 
 
 def _iproute() -> Any:
-    from pyroute2 import IPRoute  # type: ignore[import-untyped]  # only the interface sink needs it
+    from pyroute2 import IPRoute  # only the interface sink needs it
 
     return IPRoute()
 

@@ -12,11 +12,11 @@ from nodeagent.settings.base import (
     Endpoint,
     check,
     check_ports,
-    is_ip,
     parse_ports,
     parse_vni,
     split_pod,
 )
+from sidecar_lite.identity import is_ip
 
 
 @dataclasses.dataclass(frozen=True)

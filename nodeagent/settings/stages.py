@@ -8,8 +8,8 @@ import ipaddress
 from nodeagent.settings.base import (
     ConfigError,
     check,
-    is_ip,
 )
+from sidecar_lite.identity import is_ip
 
 
 @dataclasses.dataclass(frozen=True)

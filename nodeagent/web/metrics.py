@@ -30,6 +30,7 @@ class AgentCollector(Collector):
         yield from _outputs(status.get("outputs", {}))
         yield from _output_drops(status.get("outputs", {}))
         yield from _misc(status)
+        yield from _health(status)
         yield from _tables(status.get("pipeline", {}))
 
 
@@ -123,6 +124,25 @@ def _output_drops(outputs: dict[str, dict[str, Any]]) -> Iterator[Metric]:
         for reason, count in state.get("dropped", {}).items():
             family.add_metric([name, str(reason)], count)
     yield family
+
+
+def _health(s: dict[str, Any]) -> Iterator[Metric]:
+    """Gauges for alerts: each VXLAN sensor's health, the monitored pods whose sidecar is silent
+    (0 without a Kubernetes pod table), the agent's readiness."""
+    sensors = GaugeMetricFamily("podmirror_sensor_up", "1 while the output considers the sensor reachable.",
+                                labels=["output", "sensor"])
+    for name, state in s.get("outputs", {}).items():
+        for sensor in state.get("sensors", []) if isinstance(state, dict) else []:
+            up = 1 if sensor.get("state") == "up" else 0
+            sensors.add_metric([name, str(sensor.get("address", ""))], up)
+    yield sensors
+    silent = GaugeMetricFamily("podmirror_silent_pods",
+                               "Monitored pods of this node whose sidecar sends nothing.")
+    silent.add_metric([], len(s.get("silent") or []))
+    yield silent
+    ready = GaugeMetricFamily("podmirror_ready", "1 when the agent is ready (/readyz).")
+    ready.add_metric([], 1 if s.get("ready") else 0)
+    yield ready
 
 
 def _misc(s: dict[str, Any]) -> Iterator[Metric]:

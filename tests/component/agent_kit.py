@@ -14,6 +14,7 @@ from typing import Any
 from scapy.layers.inet import IP, TCP, UDP
 from scapy.layers.l2 import Ether
 
+from nodeagent import app
 from nodeagent import settings as settings_mod
 from nodeagent.app import Agent
 from nodeagent.settings import Settings
@@ -38,9 +39,12 @@ def make_settings(tmp_path: Any = None, **groups: Any) -> Settings:
 
 
 @contextlib.asynccontextmanager
-async def running(settings: Settings) -> AsyncIterator[Agent]:
-    """An agent running in this loop (no signal handlers); stopped and checked for exit 0 after."""
+async def running(settings: Settings, *, extensions: bool = False) -> AsyncIterator[Agent]:
+    """An agent running in this loop (no signal handlers); stopped and checked for exit 0 after.
+    ``extensions``: also install what ``nodeagent run`` installs (push-down, page, capture...)."""
     agent = Agent(settings)
+    if extensions:
+        app._install_extensions(agent)
     task = asyncio.create_task(agent.run(handle_signals=False), name="agent-under-test")
     try:
         await wait_for(lambda: agent.is_ready() or task.done(), what="agent ready")
