@@ -28,6 +28,7 @@ from urllib.parse import urlencode
 
 from nodeagent.pods.index import PodInfo
 from nodeagent.stages import bpfexpr
+from sidecar_lite import cbpf
 
 MAX_PODS = 256
 MAX_TEXT = 4096
@@ -171,7 +172,7 @@ class Matcher:
         if flt.bpf:
             try:
                 self.frame = bpfexpr.to_function(bpfexpr.compile_expression(flt.bpf))
-            except bpfexpr.BpfError as exc:
+            except cbpf.BpfError as exc:
                 raise CaptureError(f"bpf {flt.bpf!r}: {exc}") from None
         self.snaplen = flt.snaplen
 

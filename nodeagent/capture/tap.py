@@ -19,7 +19,7 @@ from nodeagent.capture import filter as capture_filter
 from nodeagent.capture.session import QUEUE_BYTES, QUEUE_LIMIT, Session, TooManySessions
 from nodeagent.pods.index import PodIndex, PodInfo
 from nodeagent.transport.records import Record
-from nodeagent.verdict import Direction, Forward
+from nodeagent.verdict import Direction, Forward, OutputDrop
 
 MAX_SESSIONS = 8
 
@@ -144,10 +144,12 @@ class Tap:
 
     def state(self) -> dict[str, Any]:
         """``delivered``/``dropped``: records of every session so far (open and closed), for
-        ``/metrics``; ``open``: each open session's own counters."""
+        ``/metrics``; a record a session's full queue (or a relay's upstream) lost is
+        ``OutputDrop.QUEUE_FULL``; ``open``: each open session's own counters."""
         self._prune()
         sessions = [s.state() for s in self.sessions]
+        lost = self._ended["dropped"] + sum(s["dropped"] for s in sessions)
         return {"sessions": len(sessions), "sessions_opened": self._opened,
                 "sessions_refused": self.sessions_refused,
                 "delivered": self._ended["delivered"] + sum(s["delivered"] for s in sessions),
-                "dropped": self._ended["dropped"] + sum(s["dropped"] for s in sessions), "open": sessions}
+                "dropped": {OutputDrop.QUEUE_FULL: lost}, "open": sessions}

@@ -90,8 +90,8 @@ def _outputs(st: dict[str, Any]) -> str:
     for name, state in (st.get("outputs") or {}).items():
         if name == "capture" or not isinstance(state, dict):
             continue
-        lost = {k: v for k, v in state.items() if isinstance(v, int) and v and
-                any(w in k for w in ("drop", "error", "lost", "failed"))}
+        dropped = state.get("dropped")  # {verdict.OutputDrop reason: packets}
+        lost = {k: v for k, v in dropped.items() if v} if isinstance(dropped, dict) else {}
         packets = state.get("packets", state.get("sent", state.get("delivered", "")))
         detail = f" ({', '.join(f'{k} {v}' for k, v in lost.items())})" if lost else ""
         parts.append(f"{name} {packets}{detail}")

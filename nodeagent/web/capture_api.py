@@ -31,6 +31,7 @@ from nodeagent.capture.filter import CaptureError, CaptureFilter, parse, stream_
 from nodeagent.capture.session import Session, TooManySessions
 from nodeagent.capture.stream import StreamEncoder
 from nodeagent.settings import CaptureSettings, ConfigError, Settings
+from nodeagent.web import status
 from nodeagent.web.capture_auth import Denied, Gate, KubeReviewer
 
 log = logging.getLogger(__name__)
@@ -156,21 +157,6 @@ def _error(status: int, message: str, headers: dict[str, str] | None = None) -> 
     return web.json_response({"error": message}, status=status, headers=headers)
 
 
-async def serve(app: web.Application, address: tuple[str, int], ctx: ssl.SSLContext,
-                ) -> tuple[web.AppRunner, tuple[str, int]]:
-    """Start the listener; the runner and the bound address (port 0 picks one)."""
-    runner = web.AppRunner(app, handle_signals=False, access_log=None, shutdown_timeout=2.0)
-    await runner.setup()
-    site = web.TCPSite(runner, address[0], address[1], ssl_context=ctx, reuse_address=True)
-    try:
-        await site.start()
-    except OSError:
-        await runner.cleanup()
-        raise
-    bound = runner.addresses[0]
-    return runner, (bound[0], bound[1])
-
-
 class CaptureAgent(CaptureHost, Protocol):
     settings: Settings
     capture_address: tuple[str, int] | None
@@ -217,7 +203,8 @@ def install(agent: CaptureAgent, kube_client: Callable[[], Any] | None = None) -
     app = make_app(agent, gate, name, s.queue_packets)
 
     async def run() -> None:
-        runner, agent.capture_address = await serve(app, address, ctx)
+        runner, agent.capture_address = await status.serve(app, *address, ssl_context=ctx,
+                                                           shutdown_timeout=2.0)
         log.info("capture on https://%s:%d%s (%s)", *agent.capture_address, PATH, ", ".join(gate.methods))
         try:
             await asyncio.Event().wait()  # until the supervisor cancels

@@ -139,7 +139,7 @@ async def test_stalled_reader_drops_are_counted_and_every_packet_is_still_forwar
     packets, _, stats = decode(body)
     final = stats[-1]
     assert final.received == sent
-    assert final.dropped == status["outputs"]["capture"]["dropped"] > 0
+    assert final.dropped == status["outputs"]["capture"]["dropped"]["queue_full"] > 0
     assert len(packets) + final.dropped == sent
     assert "fell behind" in final.comment
 

@@ -23,6 +23,7 @@ from nodeagent.lab import capture, podmirror
 from nodeagent.lab.topology import Lab, Pod
 from nodeagent.lab.workload import Workload
 from tests.component.capture_kit import make_certs, tshark_fields
+from tests.waiting import poll
 
 pytestmark = [pytest.mark.needs_root, pytest.mark.usefixtures("podmirror_ready")]
 
@@ -91,21 +92,19 @@ def test_nodeagent_capture_merges_two_nodes_exactly(lab: Lab, tmp_path: Path) ->
            "https://10.2.0.2:9479", "--cacert", certs.ca, "--cert", certs.client_cert, "--key",
            certs.client_key, "-n", "default", "web", "db", "-w", str(out)]
     proc = lab.ns.spawn(ops.ns, cmd, log=tmp_path / "capture.log", env=podmirror.ENV)
-    deadline = time.monotonic() + 20
-    while not all(a.status()["outputs"].get("capture", {}).get("sessions") == 1 for a in agents):
-        assert proc.poll() is None and time.monotonic() < deadline, podmirror.tail(tmp_path / "capture.log")
-        time.sleep(0.1)
+    poll(lambda: proc.poll() is not None
+         or all(a.status()["outputs"].get("capture", {}).get("sessions") == 1 for a in agents),
+         20, "a capture session at each agent")
+    assert proc.poll() is None, podmirror.tail(tmp_path / "capture.log")
     before = [a.status()["forwarded"] for a in agents]
 
     result = work.client(web, db, rounds=2, ipv6=False)
     udp_out(lab, db, ext.ip, 20)
     udp_out(lab, other, ext.ip, 20)
     after = [a.wait_quiet()["forwarded"] for a in agents]
-    deadline = time.monotonic() + 20
-    while not all(all(s["delivered"] == s["received"] for s in a.status()["outputs"]["capture"]["open"])
-                  for a in agents):  # every record handed to the socket
-        assert time.monotonic() < deadline, "the agents' streams did not drain"
-        time.sleep(0.1)
+    # every record handed to the socket
+    poll(lambda: all(all(s["delivered"] == s["received"] for s in a.status()["outputs"]["capture"]["open"])
+                     for a in agents), 20, "the agents' streams to drain")
     settle(out, 1.0)  # the merge holds each packet 0.5 s before writing it
     assert lab.ns.stop(proc, sig=signal.SIGINT, timeout=15) == 0, podmirror.tail(tmp_path / "capture.log")
     for agent in agents:

@@ -100,6 +100,9 @@ function scalarRows(obj, path) {
   for (const [k, v] of Object.entries(obj || {})) {
     if (typeof v === "number") rows.push([k, field("td", [...path, k], v)]);
     else if (typeof v === "string" || typeof v === "boolean") rows.push([k, el("td", {}, v === "" ? "-" : String(v))]);
+    else if (k === "dropped" && v && typeof v === "object") {  // an output's {OutputDrop reason: packets}
+      for (const [reason, n] of Object.entries(v)) rows.push([`dropped ${reason}`, field("td", [...path, k, reason], n)]);
+    }
   }
   return rows;
 }
