@@ -26,7 +26,10 @@ in ``_install_extensions``; parts that live in every worker are in ``workers.wor
 - ``add_status_hook(hook)`` / ``add_ready_check(check)``: a part's own ``/status`` fields, and a
   condition ``/readyz`` waits for (the pod table's first list);
 - ``last_seen()``: per pod, when its last datagram arrived (any worker);
-- ``relay.subscribe(CaptureFilter(...))``: every worker's forwarded packets (``workers.relay``);
+- ``open_capture(filter, queue_limit) -> capture.session.Session``: a live copy of what is
+  forwarded (``nodeagent/capture``), from the in-process worker's tap or relayed from every worker
+  process (``workers.relay``); ``close_captures()`` ends every open one (their streams then write
+  their final statistics);
 - ``pods``, ``settings``: the node's objects, loop thread only; with one worker also ``stats``,
   ``pipeline``, ``normalizer``, ``fanout``, ``receiver`` (that worker's).
 """
@@ -44,13 +47,14 @@ from typing import Any
 from aiohttp import web
 
 from nodeagent.adapters.outputs import Output
+from nodeagent.capture.filter import CaptureFilter
+from nodeagent.capture.session import QUEUE_LIMIT, Session
 from nodeagent.pods.index import PodIndex
 from nodeagent.settings import Settings
 from nodeagent.stats import Counters
 from nodeagent.web import metrics, status
 from nodeagent.workers import cores
 from nodeagent.workers.pool import WorkerPool, table_entries
-from nodeagent.workers.relay import Relay
 from nodeagent.workers.worker import Worker, install_extensions, static_pods
 
 log = logging.getLogger(__name__)
@@ -68,21 +72,25 @@ def _install_extensions(agent: Agent) -> None:
     kube.install(agent)
     if agent.worker is not None:
         install_extensions(agent.worker)
+    from nodeagent.web import capture_api, page  # the status page; live capture when configured
+
+    page.install(agent)
+    capture_api.install(agent, lambda: kube.api_client(agent.settings.kube.kubeconfig))
 
 
 class Agent:
     def __init__(self, settings: Settings, workers: int = 1) -> None:
         self.settings = settings
         self.pods = PodIndex(static_pods(settings))
-        self.relay = Relay()
         self.worker: Worker | None = None
         self.pool: WorkerPool | None = None
         if workers == 1:
             self.worker = worker = Worker(settings, self.pods)
             self.stats, self.pipeline, self.normalizer = worker.stats, worker.pipeline, worker.normalizer
-            self.fanout, self.receiver = worker.fanout, worker.receiver
+            self.fanout, self.receiver, self.tap = worker.fanout, worker.receiver, worker.tap
         else:
-            self.pool = WorkerPool(settings, workers, self.pods, self.relay)
+            self.pool = WorkerPool(settings, workers, self.pods)
+        self.capture_address: tuple[str, int] | None = None
         self.modes: dict[str, str] = {}
         self.registry = metrics.make_registry(self.status)
         self.status_address: tuple[str, int] | None = None
@@ -118,6 +126,19 @@ class Agent:
 
     def report_mode(self, pod_key: str, mode: str) -> None:
         self.modes[pod_key] = mode  # listed in /status with its mode even before its first packet
+
+    def open_capture(self, flt: CaptureFilter, queue_limit: int = QUEUE_LIMIT) -> Session:
+        """A capture session of the forwarded packets ``flt`` selects (see ``nodeagent.capture``):
+        the in-process worker's tap, or a session the pool feeds from every worker's tap."""
+        if self.worker is not None:
+            return self.worker.open_capture(flt, queue_limit)
+        return self._pool().open_capture(flt, queue_limit)
+
+    def close_captures(self) -> None:
+        if self.worker is not None:
+            self.worker.close_captures()
+        elif self.pool is not None:
+            self.pool.close_captures()
 
     def last_seen(self) -> dict[str, float | None]:
         """Per pod, the loop time of its latest datagram in any worker (None: none yet)."""
@@ -162,7 +183,6 @@ class Agent:
             ready=self.is_ready(),
             senders=sum(1 for p in self.pods.all() if p.local),
             workers=workers,
-            capture=self.relay.state(),
         )
         for hook in self._status_hooks:
             hook(snap)
@@ -199,16 +219,10 @@ class Agent:
 
     async def _start_work(self, loop: asyncio.AbstractEventLoop) -> None:
         if self.worker is not None:
-            worker = self.worker
-            await worker.open()
-            worker.start(loop)
-            self.relay.attach(lambda sub, capture: worker.tap(sub, capture, self._publish), worker.untap)
+            await self.worker.open()
+            self.worker.start(loop)
         else:
             await self._pool().start()
-
-    def _publish(self, sub_id: int, record: Any) -> bool:
-        self.relay.publish(sub_id, record)
-        return True
 
     async def _supervise(self) -> int:
         factories: dict[str, TaskFactory] = (dict(self.worker.tasks()) if self.worker is not None

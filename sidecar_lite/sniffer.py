@@ -33,6 +33,7 @@ import time
 from collections.abc import Callable, Sequence
 
 from sidecar_lite import bpf, mmsg, vxlan
+from sidecar_lite.cbpf import Instruction
 from sidecar_lite.ring import Ring
 
 log = logging.getLogger(__name__)
@@ -74,7 +75,7 @@ class Counters:
 class Sniffer:
     """Capture ``interface`` and send every frame to ``agent`` with ``vni`` (``io``: see above)."""
 
-    def __init__(self, interface: str, agent: tuple[str, int], vni: int, program: Sequence[bpf.Insn],
+    def __init__(self, interface: str, agent: tuple[str, int], vni: int, program: Sequence[Instruction],
                  io: str = "ring") -> None:
         self.counters = Counters()
         self._header = vxlan.header(vni)
@@ -98,7 +99,7 @@ class Sniffer:
         if self._ring is not None:
             self._tx.connect(agent)
 
-    def set_program(self, program: Sequence[bpf.Insn]) -> None:
+    def set_program(self, program: Sequence[Instruction]) -> None:
         """Replace the socket filter (push-down) without reopening the socket."""
         bpf.attach_socket_filter(self._rx, program)
 

@@ -1,7 +1,8 @@
 """Tunnel receiver: UDP socket -> ``Pipeline.process`` -> outputs. No packet logic here.
 
-Model: the socket is non-blocking and registered with ``loop.add_reader`` (asyncio's
-DatagramProtocol would add a callback and a ``bytes`` object per datagram). Each wake-up reads
+Model (docs/datapath.md "Receiving in Python"): the socket is non-blocking and registered with
+``loop.add_reader`` (asyncio's DatagramProtocol would add a callback and a ``bytes`` object per
+datagram). Each wake-up reads
 ``now`` once and drains up to ``batch`` datagrams from a reader: ``mmsg.BatchReader`` (recvmmsg,
 32 datagrams per system call, the default) or ``SingleReader`` (one ``recvfrom_into`` per datagram,
 ``listen.recvmmsg: false`` or a C library without recvmmsg). Both yield ``(datagram, sender)``

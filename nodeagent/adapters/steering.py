@@ -44,7 +44,8 @@ import socket
 import struct
 
 from nodeagent.settings import ListenSettings
-from sidecar_lite.bpf import Insn, pack
+from sidecar_lite import cbpf
+from sidecar_lite.cbpf import Instruction, pack
 
 SO_ATTACH_REUSEPORT_CBPF = 51
 """asm-generic/socket.h; Python 3.11's socket module does not export it."""
@@ -59,18 +60,21 @@ _ETHERTYPE, _L3 = 20, 22
 _V4_FRAG, _V4_PROTO = _L3 + 6, _L3 + 9
 _V6_NEXT, _V6_PORTS = _L3 + 6, _L3 + 40
 
-# Classic BPF opcodes (linux/filter.h) used below.
-_LDH, _LDB, _LDH_IND, _LDX_MSH = 0x28, 0x30, 0x48, 0xB1
-_ST, _LDX_MEM, _TXA = 0x02, 0x61, 0x87
-_JA, _JEQ, _JGT_X, _JSET = 0x05, 0x15, 0x2D, 0x45
-_LSH, _OR_X, _MUL, _RSH, _MOD = 0x64, 0x4C, 0x24, 0x74, 0x94
-_RET_A, _RET_K = 0x16, 0x06
+# The opcodes used below, in the project's one cBPF vocabulary (sidecar_lite.cbpf).
+_LDH, _LDB, _LDH_IND = cbpf.LD | cbpf.H | cbpf.ABS, cbpf.LD | cbpf.B | cbpf.ABS, cbpf.LD | cbpf.H | cbpf.IND
+_LDX_MSH, _LDX_MEM = cbpf.LDX | cbpf.B | cbpf.MSH, cbpf.LDX | cbpf.MEM
+_ST, _TXA = cbpf.ST, cbpf.MISC | cbpf.TXA
+_JA, _JEQ = cbpf.JMP | cbpf.JA, cbpf.JMP | cbpf.JEQ | cbpf.K
+_JGT_X, _JSET = cbpf.JMP | cbpf.JGT | cbpf.X, cbpf.JMP | cbpf.JSET | cbpf.K
+_LSH, _OR_X, _MUL = cbpf.ALU | cbpf.LSH | cbpf.K, cbpf.ALU | cbpf.OR | cbpf.X, cbpf.ALU | cbpf.MUL | cbpf.K
+_RSH, _MOD = cbpf.ALU | cbpf.RSH | cbpf.K, cbpf.ALU | cbpf.MOD | cbpf.K
+_RET_A, _RET_K = cbpf.RET | cbpf.A, cbpf.RET | cbpf.K
 
 
 _Row = tuple[str, int, str | int, str | int, str | int]
 
 
-def _assemble(lines: list[_Row]) -> tuple[Insn, ...]:
+def _assemble(lines: list[_Row]) -> tuple[Instruction, ...]:
     """(label, code, jt, jf, k) rows -> instructions; a jump target given as a label is resolved to
     the relative offset cBPF wants (forward only)."""
     where = {label: i for i, (label, *_rest) in enumerate(lines) if label}
@@ -80,11 +84,11 @@ def _assemble(lines: list[_Row]) -> tuple[Insn, ...]:
 
     out = []
     for i, (_label, code, jt, jf, k) in enumerate(lines):
-        out.append(Insn(code, rel(jt, i), rel(jf, i), rel(k, i) if code == _JA else int(k)))
-    return tuple(out)
+        out.append(Instruction(code, rel(jt, i), rel(jf, i), rel(k, i) if code == _JA else int(k)))
+    return cbpf.validate(out)
 
 
-def program(workers: int) -> tuple[Insn, ...]:
+def program(workers: int) -> tuple[Instruction, ...]:
     """The steering program for a group of ``workers`` sockets (see the module docstring)."""
     if not 1 <= workers <= 1024:
         raise ValueError(f"workers must be in 1..1024, got {workers}")
@@ -127,7 +131,7 @@ def program(workers: int) -> tuple[Insn, ...]:
     ])
 
 
-def attach(sock: socket.socket, insns: tuple[Insn, ...]) -> None:
+def attach(sock: socket.socket, insns: tuple[Instruction, ...]) -> None:
     """Install ``insns`` as the steering program of ``sock``'s reuseport group (before or after bind)."""
     code = pack(insns)
     buffer = ctypes.create_string_buffer(code, len(code))

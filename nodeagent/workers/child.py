@@ -22,45 +22,47 @@ import logging
 import pickle
 import signal
 import socket
-import struct
 import sys
 from collections.abc import Awaitable, Callable
 from typing import Any
+from urllib.parse import parse_qsl
 
+from nodeagent.capture import filter as capture_filter
+from nodeagent.capture.session import Session as CaptureSession
 from nodeagent.pods.index import PodIndex
 from nodeagent.settings import Settings
-from nodeagent.transport.records import Record, encode_records
+from nodeagent.workers import relay
 from nodeagent.workers.channel import Channel, ChannelClosed, Message, pod_from_json
-from nodeagent.workers.relay import CaptureFilter
 from nodeagent.workers.worker import Worker, install_extensions
 
 log = logging.getLogger("nodeagent.workers.child")  # not __main__ when run with -m
 
-TAP_HEADER = struct.Struct("!II")
-"""Each capture message on the tap stream: its length and the subscription id, then one record in
-the transport's record encoding (``records.encode_records``)."""
-TAP_BUFFER = 8 << 20
-"""Bytes of capture records waiting for the supervisor before new ones are dropped (counted)."""
-
-
-def tap_message(sub_id: int, record: Record) -> bytes:
-    body = encode_records([record])
-    return TAP_HEADER.pack(len(body), sub_id) + body
-
-
 class Session:
     """The worker's side of the channel: applies the supervisor's messages to the ``Worker``."""
 
-    def __init__(self, worker: Worker, channel: Channel, tap: asyncio.StreamWriter) -> None:
-        self.worker, self.channel, self._tap = worker, channel, tap
+    def __init__(self, worker: Worker, channel: Channel, captures: asyncio.StreamWriter) -> None:
+        self.worker, self.channel, self._captures = worker, channel, captures
+        self._forwarders: dict[int, tuple[CaptureSession, asyncio.Task[None]]] = {}
 
-    def emit(self, sub_id: int, record: Record) -> bool:
-        """Queue one record for the supervisor; False (the tap counts a drop) when ``TAP_BUFFER``
-        bytes already wait: a slow subscriber never slows the worker down."""
-        if self._tap.is_closing() or self._tap.transport.get_write_buffer_size() > TAP_BUFFER:
-            return False
-        self._tap.write(tap_message(sub_id, record))
-        return True
+    def capture(self, message: Message) -> None:
+        """Open this worker's side of a capture and forward its records (``relay.forward``)."""
+        flt = capture_filter.parse(parse_qsl(message["filter"], keep_blank_values=True))
+        session = self.worker.open_capture(flt, int(message["queue_limit"]))
+        task = asyncio.create_task(relay.forward(message["id"], session, self._captures),
+                                   name=f"capture-{message['id']}")
+        self._forwarders[message["id"]] = (session, task)
+        self.channel.send({"op": "capturing", "id": message["id"]})
+
+    def uncapture(self, capture: int) -> None:
+        session, _task = self._forwarders.pop(capture, (None, None))
+        if session is not None:
+            session.close()  # its forwarder sends what is queued, then ends
+
+    async def close(self) -> None:
+        for session, _task in self._forwarders.values():
+            session.close()
+        await asyncio.gather(*(task for _, task in self._forwarders.values()), return_exceptions=True)
+        self._forwarders.clear()
 
     async def serve(self) -> None:
         """Answer messages until ``stop`` (returns) or the end of the channel (ChannelClosed)."""
@@ -80,10 +82,10 @@ class Session:
                 worker.pods.remove(ip)
             for pod in message.get("add", ()):
                 worker.pods.add(pod_from_json(pod))
-        elif op == "tap":
-            worker.tap(message["sub"], CaptureFilter.from_json(message["filter"]), self.emit)
-        elif op == "untap":
-            worker.untap(message["sub"])
+        elif op == "capture":
+            self.capture(message)
+        elif op == "uncapture":
+            self.uncapture(message["id"])
         else:
             log.error("unknown control message %r", op)
 
@@ -95,7 +97,7 @@ class Session:
 async def run(settings: Settings, index: int, count: int, fds: tuple[int, int, int]) -> int:
     tunnel = socket.socket(fileno=fds[0])
     channel = await Channel.open(socket.socket(fileno=fds[1]))
-    _, tap = await asyncio.open_unix_connection(sock=socket.socket(fileno=fds[2]))
+    _, captures = await asyncio.open_unix_connection(sock=socket.socket(fileno=fds[2]))
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
@@ -106,9 +108,9 @@ async def run(settings: Settings, index: int, count: int, fds: tuple[int, int, i
         return 0  # the supervisor went away before we started: nothing to flush
     worker = Worker(settings, PodIndex(pod_from_json(p) for p in start["pods"]), index=index, count=count)
     install_extensions(worker)
-    session = Session(worker, channel, tap)
-    for sub_id, capture in start.get("taps", []):
-        worker.tap(sub_id, CaptureFilter.from_json(capture), session.emit)
+    session = Session(worker, channel, captures)
+    for message in start.get("captures", []):
+        session.capture(message)
     code = 0
     try:
         await worker.open()
@@ -117,6 +119,7 @@ async def run(settings: Settings, index: int, count: int, fds: tuple[int, int, i
         code = await _supervise(worker, session, stop)
     finally:
         worker.stop_receiving()
+        await session.close()
         await worker.close()
         log.info("worker %d stopped: %s", index, worker.final_line())
         try:
@@ -126,7 +129,7 @@ async def run(settings: Settings, index: int, count: int, fds: tuple[int, int, i
             pass
         channel.close()
         tunnel.close()
-        tap.close()
+        captures.close()
     return code
 
 

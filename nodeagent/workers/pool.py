@@ -36,15 +36,14 @@ import time
 from typing import Any
 
 from nodeagent.adapters import steering
+from nodeagent.capture.filter import CaptureFilter
+from nodeagent.capture.session import Session
 from nodeagent.pods.index import PodIndex, PodInfo
 from nodeagent.settings import Settings
 from nodeagent.stats import Stats
-from nodeagent.transport.records import decode_records
 from nodeagent.wire import Malformed
-from nodeagent.workers import merge
+from nodeagent.workers import merge, relay
 from nodeagent.workers.channel import Channel, ChannelClosed, Message, pod_changes, pod_to_json
-from nodeagent.workers.child import TAP_HEADER
-from nodeagent.workers.relay import CaptureFilter, Relay
 
 log = logging.getLogger(__name__)
 
@@ -89,13 +88,13 @@ class WorkerProcess:
 
 
 class WorkerPool:
-    def __init__(self, settings: Settings, count: int, pods: PodIndex, relay: Relay) -> None:
-        self.settings, self.count, self.pods, self.relay = settings, count, pods, relay
+    def __init__(self, settings: Settings, count: int, pods: PodIndex) -> None:
+        self.settings, self.count, self.pods = settings, count, pods
+        self.captures = relay.Captures(settings.capture.max_sessions, settings.capture.queue_bytes)
         self.workers: list[WorkerProcess] = []
         self.address: tuple[str, int] | None = None
         self._table: dict[str, PodInfo] = {}
         self._table_version = -1
-        self._taps: dict[int, CaptureFilter] = {}
         self._next_id = 0
         self._stopping = False
         self.started = False
@@ -107,7 +106,6 @@ class WorkerPool:
         self.address = socks[0].getsockname()[:2]
         self.workers = [WorkerProcess(i, sock) for i, sock in enumerate(socks)]
         self._table, self._table_version = {p.ip: p for p in self.pods.all()}, self.pods.version
-        self.relay.attach(self._install_tap, self._remove_tap)
         try:
             await asyncio.gather(*(self._spawn(w) for w in self.workers))
         except BaseException:
@@ -140,7 +138,6 @@ class WorkerPool:
         await asyncio.gather(*(self._reap(w) for w in self.workers))
         for w in self.workers:
             w.sock.close()
-        self.relay.attach(_no_install, _no_remove)
 
     # ---- one worker ----
     async def _spawn(self, w: WorkerProcess) -> None:
@@ -161,9 +158,9 @@ class WorkerPool:
         w.channel = await Channel.open(ctl_parent)
         w.state, w.started, w.ready = "starting", time.monotonic(), asyncio.Event()
         w.snapshot, w.usage = None, {"pid": w.proc.pid}
-        w.tap = asyncio.create_task(self._read_tap(tap_parent), name=f"worker{w.index}-capture")
+        w.tap = asyncio.create_task(self._read_captures(tap_parent), name=f"worker{w.index}-capture")
         w.channel.send({"op": "start", "pods": [pod_to_json(p) for p in self._table.values()],
-                        "taps": [(sub, f.to_json()) for sub, f in self._taps.items()]})
+                        "captures": [self.captures.message(i) for i in self.captures.sessions]})
         w.reader = asyncio.create_task(self._listen(w), name=f"worker{w.index}-channel")
         exited = asyncio.create_task(w.proc.wait())
         ready = asyncio.create_task(w.ready.wait())
@@ -188,6 +185,8 @@ class WorkerPool:
                 op = message.get("op")
                 if op == "ready":
                     w.ready.set()
+                elif op == "capturing":
+                    self.captures.serving(message["id"], w.index)
                 elif op == "stopped" or "id" in message:
                     self._absorb(w, message)
                     future = w.replies.pop(message.get("id", -1), None)
@@ -288,6 +287,8 @@ class WorkerPool:
         while True:
             await asyncio.sleep(POD_SYNC)
             self._sync_pods()
+            for capture in self.captures.prune():  # readers that went away
+                self._broadcast({"op": "uncapture", "id": capture})
             if time.monotonic() >= next_poll:
                 next_poll = time.monotonic() + POLL
                 await self.refresh()
@@ -307,23 +308,23 @@ class WorkerPool:
                     w.channel.send(message)
 
     # ---- capture relay ----
-    def _install_tap(self, sub_id: int, capture: CaptureFilter) -> None:
-        self._taps[sub_id] = capture
-        self._broadcast({"op": "tap", "sub": sub_id, "filter": capture.to_json()})
+    def open_capture(self, flt: CaptureFilter, queue_limit: int) -> Session:
+        """The reader's session, fed by every worker's tap (``relay``)."""
+        session = self.captures.open(flt, queue_limit)
+        self._broadcast(self.captures.message(session.ident))
+        return session
 
-    def _remove_tap(self, sub_id: int) -> None:
-        self._taps.pop(sub_id, None)
-        self._broadcast({"op": "untap", "sub": sub_id})
+    def close_captures(self) -> None:
+        self.captures.close_all()
 
-    async def _read_tap(self, sock: socket.socket) -> None:
-        """A worker's capture records (``child.tap_message`` frames) to the relay, until EOF."""
+    async def _read_captures(self, sock: socket.socket) -> None:
+        """A worker's capture stream (``relay.frame``s) into the readers' sessions, until EOF."""
         reader, writer = await asyncio.open_unix_connection(sock=sock)
         try:
             while True:
-                size, sub_id = TAP_HEADER.unpack(await reader.readexactly(TAP_HEADER.size))
-                for record in decode_records(await reader.readexactly(size)):
-                    self.relay.publish(sub_id, record)
-        except (asyncio.IncompleteReadError, ConnectionError, Malformed):
+                size, capture, kind = relay.FRAME.unpack(await reader.readexactly(relay.FRAME.size))
+                self.captures.receive(capture, kind, await reader.readexactly(size))
+        except (asyncio.IncompleteReadError, ConnectionError, Malformed, ValueError):
             pass
         finally:
             writer.close()
@@ -336,6 +337,8 @@ class WorkerPool:
         """The node's counters: every slot's, summed (see ``merge``); zeros before any report."""
         totals = [t for t in (w.total() for w in self.workers) if t is not None]
         merged: dict[str, Any] = merge.merge([Stats().snapshot(), *totals])
+        if self.captures.opened:  # what the readers got, not the workers' own sessions summed
+            merged.setdefault("outputs", {})["capture"] = self.captures.state()
         return merged
 
     def workers_state(self) -> list[dict[str, Any]]:
@@ -367,11 +370,3 @@ class WorkerPool:
 def table_entries(snapshot: dict[str, Any]) -> int:
     """Entries in a worker's pipeline tables (flows, digests): what its memory grows with."""
     return sum(int(t.get("entries", 0)) for t in (snapshot.get("pipeline") or {}).values())
-
-
-def _no_install(sub_id: int, capture: CaptureFilter) -> None:
-    raise RuntimeError("the agent is not running")
-
-
-def _no_remove(sub_id: int) -> None:
-    return None

@@ -1,188 +1,142 @@
-"""Capture relay: a subscriber gets the forwarded packets of every worker that match its filter.
+"""Live capture across worker processes: the reader's session, fed by every worker's tap.
 
-For a live capture (``GET /v1/capture``, pcapng out): ``Relay.subscribe(CaptureFilter(...))`` returns a
-``Subscription``, an async iterator of ``transport.records.Record`` (ts_ns, wire_len, pod, vni,
-direction, frame) with a bounded queue; ``close()`` ends it. The relay hides where the workers are:
+The capture API (``nodeagent.capture``, ``docs/capture.md``) is ``open_capture(filter,
+queue_limit) -> Session``. With worker processes the packets are in the workers, so:
 
-- one worker in this process: a ``Tap`` output in its ``Fanout`` calls ``Relay.publish`` directly;
-- N worker processes: the ``WorkerPool`` sends the filter to every worker (and to a restarted
-  one), each worker's ``Tap`` sends matching records over a datagram socketpair (one record per
-  message, never blocking: a full socket buffer is a drop counted by the worker as
-  ``capture.dropped``), and the pool hands them to ``publish``.
+- the supervisor (``Captures``) opens the reader's ``Session`` and tells every worker
+  ``capture {id, filter, queue_limit}`` (the filter as its query text, ``CaptureFilter.as_query``),
+  a worker started later too; when the reader closes its session, ``uncapture {id}``;
+- each worker opens a session of its own on its tap (``Worker.open_capture``), says so
+  (``capturing {id}``: the capture sees that worker's packets from then on) and a ``forward``
+  task moves its records, in batches, to the supervisor over the worker's capture stream, with
+  what its session dropped since the last batch;
+- the supervisor ``offer``s the records to the reader's session and adds the workers' losses with
+  ``count_dropped``, so the reader's statistics cover the whole path (worker queue, stream, its
+  own queue). Nothing waits on a slow reader: every queue is bounded and counts what it drops.
 
-The filter runs in the workers, so packets nobody asked for never leave them; the ``Tap`` is in the
-fanout only while a subscription exists (no cost per packet otherwise). A record is taken after
-normalization (what the outputs receive) and timestamped when offered, like the pcap output.
-
-Bounded: each subscription's queue holds ``queue_size`` records; when the subscriber is slower,
-new records are dropped and counted (``Subscription.dropped``), and the workers never wait.
+Stream frames (worker -> supervisor): ``FRAME`` (body length, capture id, kind) then the body:
+kind ``R`` records in the transport's record encoding (``records.encode_records``), kind ``D``
+JSON ``{pod: records dropped}``.
 """
 
 from __future__ import annotations
 
 import asyncio
-import dataclasses
-import time
-from collections.abc import AsyncIterator, Callable
+import json
+import struct
 from typing import Any
 
-from nodeagent.stages import bpfexpr
-from nodeagent.transport.records import Record
-from nodeagent.verdict import Forward
+from nodeagent.capture import filter as capture_filter
+from nodeagent.capture.filter import CaptureFilter
+from nodeagent.capture.session import QUEUE_BYTES, Session, TooManySessions
+from nodeagent.transport.records import decode_records, encode_records
+from nodeagent.verdict import OutputDrop
 
-QUEUE_SIZE = 4096
-"""Records buffered per subscriber by default (at most ~256 MB of 64 KB frames, usually far less)."""
-MAX_SUBSCRIPTIONS = 16
-"""Concurrent captures per node: each costs every worker a filter per forwarded packet."""
-
-
-@dataclasses.dataclass(frozen=True)
-class CaptureFilter:
-    """Which forwarded packets a subscriber wants. Every condition given must hold."""
-
-    pods: tuple[str, ...] = ()
-    """``namespace/name`` of the sender pods; empty: every pod."""
-    bpf: str | None = None
-    """A tcpdump expression over the Ethernet frame (compiled once, in each worker)."""
-    snaplen: int = 262144
-    """Bytes of each frame kept (the record keeps its original ``wire_len``)."""
-
-    def to_json(self) -> dict[str, Any]:
-        return {"pods": list(self.pods), "bpf": self.bpf, "snaplen": self.snaplen}
-
-    @classmethod
-    def from_json(cls, data: dict[str, Any]) -> CaptureFilter:
-        return cls(pods=tuple(data.get("pods") or ()), bpf=data.get("bpf"),
-                   snaplen=int(data.get("snaplen", 262144)))
-
-    def compile(self) -> Callable[[Forward], bool]:
-        """The predicate the workers run per forwarded packet (raises ``bpfexpr.BpfError``)."""
-        pods = frozenset(self.pods)
-        match = bpfexpr.to_function(bpfexpr.compile_expression(self.bpf)) if self.bpf else None
-        return lambda fwd: (not pods or fwd.pod.key in pods) and (match is None or bool(match(fwd.frame)))
+FRAME = struct.Struct("!IIc")
+RECORDS, DROPS = b"R", b"D"
+STREAM_BUFFER = 8 << 20
+"""Bytes of capture frames a worker lets wait for the supervisor before it drops (and counts)."""
+BATCH = 256
+"""Records per frame at most (a frame stays well under a second of one reader's packets)."""
 
 
-class Subscription:
-    """Records for one subscriber; iterate with ``async for``; ``close()`` to unsubscribe."""
-
-    def __init__(self, sub_id: int, capture: CaptureFilter, queue_size: int,
-                 on_close: Callable[[int], None]) -> None:
-        self.id, self.filter = sub_id, capture
-        self.queue: asyncio.Queue[Record | None] = asyncio.Queue(queue_size)
-        self.received = self.dropped = 0
-        """Records queued for the subscriber, and records dropped because its queue was full."""
-        self._on_close = on_close
-        self.closed = False
-
-    def put(self, record: Record) -> None:
-        try:
-            self.queue.put_nowait(record)
-            self.received += 1
-        except asyncio.QueueFull:
-            self.dropped += 1
-
-    def close(self) -> None:
-        if not self.closed:
-            self.closed = True
-            self._on_close(self.id)
-            try:
-                self.queue.put_nowait(None)  # wake an iterator waiting on an empty queue
-            except asyncio.QueueFull:
-                pass
-
-    def __aiter__(self) -> AsyncIterator[Record]:
-        return self._records()
-
-    async def _records(self) -> AsyncIterator[Record]:
-        while not self.closed or not self.queue.empty():
-            record = await self.queue.get()
-            if record is None:
-                return
-            yield record
+def frame(capture: int, kind: bytes, body: bytes) -> bytes:
+    return FRAME.pack(len(body), capture, kind) + body
 
 
-class Relay:
-    """Subscriptions by id; ``backend`` installs and removes filters where the packets are."""
+class Captures:
+    """The supervisor's captures: the readers' sessions and what the workers must be told."""
 
-    def __init__(self) -> None:
-        self.subscriptions: dict[int, Subscription] = {}
-        self._next = 1
-        self._install: Callable[[int, CaptureFilter], None] | None = None
-        self._remove: Callable[[int], None] | None = None
+    def __init__(self, max_sessions: int, queue_bytes: int = QUEUE_BYTES) -> None:
+        self.max_sessions, self.queue_bytes = max_sessions, queue_bytes
+        self.sessions: dict[int, Session] = {}
+        self.workers: dict[int, set[int]] = {}
+        """Per capture, the workers whose side of it is open (``capturing`` from each)."""
+        self.opened = self.refused = 0
+        self._ended = {"delivered": 0, "dropped": 0}
 
-    def attach(self, install: Callable[[int, CaptureFilter], None], remove: Callable[[int], None]) -> None:
-        """Where filters go: the in-process worker's tap, or the pool's workers."""
-        self._install, self._remove = install, remove
+    def open(self, flt: CaptureFilter, queue_limit: int) -> Session:
+        """The reader's session (``CaptureError`` for a bad expression, ``TooManySessions``)."""
+        self.prune()
+        if len(self.sessions) >= self.max_sessions:
+            self.refused += 1
+            raise TooManySessions(f"{self.max_sessions} capture sessions are open already")
+        capture_filter.compile(flt)  # a bad BPF expression fails here, for the reader
+        self.opened += 1
+        session = Session(flt, queue_limit, self.queue_bytes, ident=self.opened)
+        self.sessions[self.opened] = session
+        return session
 
-    def subscribe(self, capture: CaptureFilter, queue_size: int = QUEUE_SIZE) -> Subscription:
-        """A new subscription; ``bpfexpr.BpfError`` for a bad expression, ``RuntimeError`` when
-        ``MAX_SUBSCRIPTIONS`` are open or the agent is not running."""
-        if self._install is None:
-            raise RuntimeError("the agent is not running")
-        if len(self.subscriptions) >= MAX_SUBSCRIPTIONS:
-            raise RuntimeError(f"{MAX_SUBSCRIPTIONS} captures are already running")
-        capture.compile()  # a bad expression fails here, for the caller, not in the workers
-        sub = Subscription(self._next, capture, queue_size, self._unsubscribe)
-        self._next += 1
-        self.subscriptions[sub.id] = sub
-        self._install(sub.id, capture)
-        return sub
+    def message(self, capture: int) -> dict[str, Any]:
+        """What a worker needs to open its side of ``capture``."""
+        session = self.sessions[capture]
+        return {"op": "capture", "id": capture, "filter": session.filter.as_query(),
+                "queue_limit": session.queue_limit}
 
-    def publish(self, sub_id: int, record: Record) -> None:
-        sub = self.subscriptions.get(sub_id)
-        if sub is not None:
-            sub.put(record)
+    def prune(self) -> list[int]:
+        """Forget the sessions their readers closed; their ids (the workers must be told)."""
+        closed = [i for i, s in self.sessions.items() if s.closed]
+        for capture in closed:
+            session = self.sessions.pop(capture)
+            self._ended["delivered"] += session.delivered
+            self._ended["dropped"] += session.total_dropped
+        for capture in closed:
+            self.workers.pop(capture, None)
+        return closed
 
-    def _unsubscribe(self, sub_id: int) -> None:
-        if self.subscriptions.pop(sub_id, None) is not None and self._remove is not None:
-            self._remove(sub_id)
+    def serving(self, capture: int, worker: int) -> None:
+        if capture in self.sessions:
+            self.workers.setdefault(capture, set()).add(worker)
+
+    def close_all(self) -> None:
+        for session in self.sessions.values():
+            session.close()
+
+    def receive(self, capture: int, kind: bytes, body: bytes) -> None:
+        """One frame from a worker's capture stream (``Malformed`` if the records do not decode)."""
+        session = self.sessions.get(capture)
+        if session is None or session.closed:
+            return
+        if kind == RECORDS:
+            for record in decode_records(body):
+                session.offer(record)
+        elif kind == DROPS:
+            for pod, count in json.loads(body).items():
+                session.count_dropped(pod, int(count))
 
     def state(self) -> dict[str, Any]:
-        return {"subscriptions": len(self.subscriptions),
-                "received": sum(s.received for s in self.subscriptions.values()),
-                "dropped": sum(s.dropped for s in self.subscriptions.values())}
+        """The same shape as the tap's (``capture.tap.Tap.state``), for the readers' sessions."""
+        sessions = [s.state() for s in self.sessions.values() if not s.closed]
+        lost = self._ended["dropped"] + sum(s["dropped"] for s in sessions)
+        return {"sessions": len(sessions), "sessions_opened": self.opened, "sessions_refused": self.refused,
+                "delivered": self._ended["delivered"] + sum(s["delivered"] for s in sessions),
+                "dropped": {OutputDrop.QUEUE_FULL: lost}, "open": sessions}
 
 
-class Tap:
-    """The worker side: an ``Output`` that emits a ``Record`` per forwarded packet matching a filter."""
+async def forward(capture: int, session: Session, stream: asyncio.StreamWriter) -> None:
+    """A worker's side: move ``session``'s records to the supervisor until it closes, with its
+    drops (and those of a full stream) reported as they grow."""
+    reported: dict[str, int] = {}
+    lost: dict[str, int] = {}
+    while batch := await session.batch(BATCH):
+        if stream.is_closing():
+            return
+        if stream.transport.get_write_buffer_size() > STREAM_BUFFER:
+            for record in batch:
+                lost[record.pod] = lost.get(record.pod, 0) + 1
+        else:
+            stream.write(frame(capture, RECORDS, encode_records(batch)))
+        _report(capture, session, reported, lost, stream)
+    _report(capture, session, reported, lost, stream)
 
-    name = "capture"
 
-    def __init__(self, emit: Callable[[int, Record], bool]) -> None:
-        self._emit = emit
-        self._filters: dict[int, tuple[Callable[[Forward], bool], int]] = {}
-        self.records = self.dropped = 0
+def _report(capture: int, session: Session, reported: dict[str, int], lost: dict[str, int],
+            stream: asyncio.StreamWriter) -> None:
+    news = {pod: n - reported.get(pod, 0) for pod, n in session.dropped.items() if n > reported.get(pod, 0)}
+    for pod, n in lost.items():
+        news[pod] = news.get(pod, 0) + n
+    if news and not stream.is_closing():
+        reported.update(session.dropped)
+        lost.clear()
+        stream.write(frame(capture, DROPS, json.dumps(news).encode()))
 
-    def subscribe(self, sub_id: int, capture: CaptureFilter) -> None:
-        self._filters[sub_id] = (capture.compile(), capture.snaplen)
-
-    def unsubscribe(self, sub_id: int) -> bool:
-        """Forget ``sub_id``; True when no subscription is left (the tap can leave the fanout)."""
-        self._filters.pop(sub_id, None)
-        return not self._filters
-
-    def offer(self, fwd: Forward) -> None:
-        ts_ns = time.time_ns()
-        for sub_id, (wanted, snaplen) in list(self._filters.items()):
-            if wanted(fwd):
-                record = Record(ts_ns, fwd.wire_len, fwd.pod.key, fwd.vni, int(fwd.direction),
-                                bytes(fwd.frame[:snaplen]))
-                if self._emit(sub_id, record):
-                    self.records += 1
-                else:
-                    self.dropped += 1
-
-    async def open(self) -> None:
-        return None
-
-    async def run(self) -> None:
-        return None
-
-    async def flush(self) -> None:
-        return None
-
-    async def close(self) -> None:
-        return None
-
-    def state(self) -> dict[str, Any]:
-        return {"records": self.records, "dropped": self.dropped}

@@ -33,6 +33,9 @@ from nodeagent.adapters.outputs import Fanout, Output
 from nodeagent.adapters.pcap_out import PcapOutput
 from nodeagent.adapters.receiver import Receiver
 from nodeagent.adapters.vxlan_out import VxlanOutput
+from nodeagent.capture.filter import CaptureFilter
+from nodeagent.capture.session import QUEUE_LIMIT, Session
+from nodeagent.capture.tap import Tap
 from nodeagent.pipeline import Pipeline
 from nodeagent.pods.index import PodIndex, PodInfo
 from nodeagent.settings import PcapSettings, Settings
@@ -41,9 +44,7 @@ from nodeagent.stages.cutoff import Cutoff
 from nodeagent.stages.dedup import DedupWindow
 from nodeagent.stages.vantage import Vantage
 from nodeagent.stats import Stats
-from nodeagent.transport.records import Record
 from nodeagent.wire.normalize import Normalizer
-from nodeagent.workers.relay import CaptureFilter, Tap
 
 log = logging.getLogger(__name__)
 
@@ -117,7 +118,8 @@ class Worker:
         self.receiver = Receiver(settings.listen, self.pipeline, self.fanout.offer,
                                  DropLog(settings.log.drop_interval))
         self.outputs_open = False
-        self._tap: Tap | None = None
+        self.tap = Tap(pods, settings.capture.max_sessions, settings.capture.queue_bytes)
+        """Joins the outputs with the first capture: a worker nobody captures from pays nothing."""
 
     def add_output(self, output: Output) -> None:
         self.fanout.add(output)
@@ -145,18 +147,15 @@ class Worker:
                 await output.close()
         self.outputs_open = False
 
-    def tap(self, sub_id: int, capture: CaptureFilter, emit: Callable[[int, Record], bool]) -> None:
-        """Emit the forwarded packets matching ``capture`` (the capture relay); the tap joins the
-        fanout with its first subscription."""
-        if self._tap is None:
-            self._tap = Tap(emit)
-            self.fanout.add(self._tap)
-        self._tap.subscribe(sub_id, capture)
+    def open_capture(self, flt: CaptureFilter, queue_limit: int = QUEUE_LIMIT) -> Session:
+        """A capture session of what this worker forwards (``nodeagent.capture``)."""
+        if self.tap not in self.fanout.outputs:
+            self.fanout.add(self.tap)
+        return self.tap.open_session(flt, queue_limit)
 
-    def untap(self, sub_id: int) -> None:
-        if self._tap is not None and self._tap.unsubscribe(sub_id):
-            self.fanout.remove(self._tap.name)
-            self._tap = None
+    def close_captures(self) -> None:
+        for session in self.tap.sessions:
+            session.close()
 
     def is_ready(self) -> bool:
         return self.receiver.is_bound and self.outputs_open

@@ -25,10 +25,12 @@ from scapy.layers.inet import ICMP, IP, TCP
 from scapy.layers.l2 import Ether
 
 from nodeagent.app import Agent
+from nodeagent.capture.filter import CaptureFilter
 from nodeagent.pods.index import PodInfo
 from nodeagent.wire import headers, pcap, vxlan
-from nodeagent.workers.relay import CaptureFilter
-from tests.component.agent_kit import accounted, get_status, http_get, make_settings, wait_for
+from tests.books import assert_balanced
+from tests.component.agent_kit import get_status, http_get, make_settings
+from tests.waiting import poll, wait_for
 
 CLIENT, SERVER, LATE, VIP = "127.0.0.1", "127.0.0.2", "127.0.0.3", "10.96.0.10"
 VNI = {CLIENT: 1, SERVER: 2, LATE: 3}
@@ -106,7 +108,9 @@ async def test_every_copy_of_a_flow_on_one_worker_and_one_status_for_the_node(tm
     agent, task = await running_pool(pool_settings(tmp_path))
     assert agent.pool is not None and agent.pool.address is not None
     sidecars = Sidecars(agent.pool.address[1])
-    capture = agent.relay.subscribe(CaptureFilter(pods=("default/client",)))
+    capture = agent.open_capture(CaptureFilter(pods=("default/client",)), 10_000)
+    pool = agent.pool
+    await wait_for(lambda: pool.captures.workers.get(capture.ident) == {0, 1}, what="both workers capturing")
     try:
         sidecars.flows(range(40000, 40400, 2))
         ping = bytes(Ether(**MACS) / IP(src=CLIENT, dst=SERVER) / ICMP(id=9))
@@ -115,22 +119,23 @@ async def test_every_copy_of_a_flow_on_one_worker_and_one_status_for_the_node(tm
         await _wait_received(agent, sidecars.sent)
         status = await get_status(agent)
         _, metrics = await asyncio.to_thread(http_get, agent.status_address, "/metrics")
-        records, stream = [], capture.__aiter__()
+        records: list = []
         while len(records) < status["pods"]["default/client"]["forwarded"]:
-            records.append(await asyncio.wait_for(stream.__anext__(), 10))
+            records += await asyncio.wait_for(capture.batch(), 10)
     finally:
         capture.close()
         sidecars.close()
         await stop_pool(agent, task)
     workers = status["workers"]
-    assert status["received"] == sidecars.sent and accounted(status)
+    assert status["received"] == sidecars.sent
+    assert_balanced(status)
     assert [w["index"] for w in workers] == [0, 1] and all(w["state"] == "running" for w in workers)
     assert sum(w["received"] for w in workers) == status["received"]
     assert min(w["received"] for w in workers) > 0.25 * sidecars.sent, "the flows spread over both"
     assert status["pods"]["default/client"]["received"] + status["pods"]["default/server"]["received"] == 805
     assert 'podmirror_worker_packets_received_total{worker="1"}' in metrics
     assert f"podmirror_packets_received_total {float(sidecars.sent)}" in metrics
-    assert {r.pod for r in records} == {"default/client"} and capture.dropped == 0
+    assert {r.pod for r in records} == {"default/client"} and capture.total_dropped == 0
     split = {port: files for port, files in client_ports_by_file(tmp_path).items() if len(files) > 1}
     assert split == {}, "copies of one flow written by two workers"
     assert {f.name.split("-")[1] for f in tmp_path.glob("*.pcap")} == {"w0", "w1"}
@@ -180,7 +185,8 @@ async def test_a_killed_worker_is_restarted_and_its_counts_stay_in_the_totals(tm
         sidecars.close()
         await stop_pool(agent, task)
     assert after["workers"][1]["restarts"] == 1 and after["workers"][1]["pid"] != victim["pid"]
-    assert after["received"] == sidecars.sent and accounted(after)
+    assert after["received"] == sidecars.sent
+    assert_balanced(after)
     assert after["workers"][1]["received"] > victim["received"] > 0
 
 
@@ -249,9 +255,4 @@ def _status(address: tuple[str, int]) -> dict[str, Any]:
 
 
 def _poll_status(address: tuple[str, int], predicate: Any, timeout: float = 30.0) -> None:
-    import time
-
-    deadline = time.monotonic() + timeout
-    while not predicate(_status(address)):
-        assert time.monotonic() < deadline, _status(address)
-        time.sleep(0.05)
+    poll(lambda: predicate(_status(address)), timeout, what="the agent's counters")

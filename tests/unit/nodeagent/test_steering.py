@@ -18,6 +18,7 @@ from scapy.layers.sctp import SCTP
 from nodeagent.adapters import steering
 from nodeagent.stages import bpfexpr
 from nodeagent.wire import vxlan
+from sidecar_lite import cbpf
 
 MACS = {"src": "02:00:00:00:00:01", "dst": "02:00:00:00:00:02"}
 
@@ -30,7 +31,7 @@ def worker(packet: object, workers: int, vni: int = 5) -> int:
 
 def test_program_is_valid_classic_bpf_for_every_group_size() -> None:
     for n in (1, 2, 3, 16, 1024):
-        bpfexpr.validate(steering.program(n))
+        cbpf.validate(steering.program(n))
     with pytest.raises(ValueError):
         steering.program(0)
 

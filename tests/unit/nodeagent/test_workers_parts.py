@@ -2,18 +2,23 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
+from urllib.parse import parse_qsl
 
 import pytest
 
 from nodeagent import settings
+from nodeagent.capture import filter as capture_filter
+from nodeagent.capture.filter import CaptureFilter
+from nodeagent.capture.session import TooManySessions
 from nodeagent.pods.index import PodInfo
 from nodeagent.settings import ConfigError
 from nodeagent.stats import Stats
+from nodeagent.transport.records import Record, encode_records
 from nodeagent.verdict import Drop
-from nodeagent.workers import cores, merge
+from nodeagent.workers import cores, merge, relay
 from nodeagent.workers.channel import pod_changes, pod_from_json, pod_to_json
-from nodeagent.workers.relay import CaptureFilter
 
 
 def _snapshot(forwarded: int, dropped: int, key: str = "default/web") -> dict:
@@ -92,7 +97,18 @@ def test_workers_setting_accepts_auto_and_counts_and_names_the_field() -> None:
             settings.load(bad)
 
 
-def test_capture_filter_travels_as_json_and_compiles_in_the_worker() -> None:
-    capture = CaptureFilter(pods=("default/web",), bpf="tcp port 80", snaplen=96)
-    assert CaptureFilter.from_json(capture.to_json()) == capture
-    assert callable(capture.compile())
+def test_relayed_capture_carries_the_filter_and_counts_upstream_losses() -> None:
+    captures = relay.Captures(max_sessions=1)
+    session = captures.open(CaptureFilter(pods=("default/web",), bpf="tcp port 80"), 100)
+    message = captures.message(session.ident)
+    assert capture_filter.parse(parse_qsl(message["filter"])) == session.filter
+    records = [Record(1, 60, "default/web", 5, 1, bytes(60)), Record(2, 60, "default/web", 5, 2, bytes(60))]
+    captures.receive(session.ident, relay.RECORDS, encode_records(records))
+    captures.receive(session.ident, relay.DROPS, json.dumps({"default/web": 3}).encode())
+    assert session.queued == 2 and session.received == {"default/web": 5}
+    assert session.dropped == {"default/web": 3}
+    with pytest.raises(TooManySessions):
+        captures.open(CaptureFilter(), 100)
+    session.close()
+    assert captures.prune() == [session.ident] and captures.sessions == {}
+    assert captures.state()["dropped"] == {"queue_full": 3}
