@@ -24,7 +24,8 @@ from collections.abc import Iterator, Sequence
 
 from sidecar_lite.mmsg import IOVec, MMsgHdr, MsgHdr, libc_function, sendmmsg
 
-__all__ = ["BatchReader", "IOVec", "MMsgHdr", "MsgHdr", "SendBatch", "address_text", "libc_function"]
+__all__ = ["BatchReader", "IOVec", "MMsgHdr", "MsgHdr", "SendBatch", "address_text", "libc_function",
+           "sendmmsg"]
 
 BUFFER_SIZE = 65536
 """Bytes per receive buffer: the largest UDP payload over IPv4/IPv6 without jumbograms, rounded up."""

@@ -84,7 +84,8 @@ class WorkerProcess:
 
     def total(self) -> dict[str, Any] | None:
         """This slot's counters over every process it ran (the socket's only from the live one)."""
-        return merge.merge([self.retired, self.snapshot])
+        total: dict[str, Any] | None = merge.merge([self.retired, self.snapshot])
+        return total
 
 
 class WorkerPool:
