@@ -146,6 +146,8 @@ class Agent:
 
     def stop(self) -> None:
         """Ask ``run`` to shut down (what SIGTERM does)."""
+        if self.pool is not None:
+            self.pool.stopping()
         self._stop.set()
 
     def _pool(self) -> WorkerPool:

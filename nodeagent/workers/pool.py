@@ -129,6 +129,11 @@ class WorkerPool:
                 task.cancel()
             await asyncio.gather(*keepers, poller, return_exceptions=True)
 
+    def stopping(self) -> None:
+        """The agent is shutting down: a worker that exits from now on is not restarted (on a
+        SIGTERM to the whole process group, the workers stop on their own, maybe first)."""
+        self._stopping = True
+
     async def stop(self) -> None:
         """Stop every worker (flush, final snapshot), then close the sockets."""
         self._stopping = True
@@ -173,6 +178,9 @@ class WorkerPool:
             ready.cancel()
         if not w.ready.is_set():
             code = w.proc.returncode
+            if code is None:  # hung while starting: end it, so that its slot can start again
+                with contextlib.suppress(ProcessLookupError):
+                    w.proc.kill()
             raise RuntimeError(f"worker {w.index} did not start "
                                f"({'exit code ' + str(code) if code is not None else 'timed out'})")
         w.state = "running"
