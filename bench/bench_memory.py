@@ -59,9 +59,9 @@ def _generate(data: list[bytes], port: int, rate: float, conn: Any) -> None:
     sock.connect(("127.0.0.1", port))
     start, sent = time.monotonic(), 0
     while sent < batch.count:
-        due = start + sent / rate
-        if due > time.monotonic():
-            time.sleep(due - time.monotonic())
+        delay = start + sent / rate - time.monotonic()
+        if delay > 0:
+            time.sleep(delay)
         sent += max(1, batch.send(sock.fileno(), sent, min(64, batch.count - sent)))
     conn.send(sent)
 
@@ -76,8 +76,10 @@ def run(workers: int, config: dict[str, Any], data: list[bytes], rate: float, tm
         parent, child = mp.get_context("fork").Pipe()
         gen = mp.get_context("fork").Process(target=_generate, args=(data, agent.target[1], rate, child))
         gen.start()
-        sent = parent.recv()
         gen.join()
+        if not parent.poll():
+            raise RuntimeError(f"the generator failed (exit code {gen.exitcode})")
+        sent = parent.recv()
         after, last = agent.status(), -1
         while after["received"] != last:  # until the workers have read everything queued
             last = after["received"]
