@@ -55,7 +55,7 @@ BENCHES: list[tuple[str, str, Callable[[str], str]]] = [
      _table(r"^(UDP|TCP) .*(ring|socket)|^node veths")),
     ("bench_datapath", "what mirroring costs the pod and the node (softirq from /proc/stat), the agent "
      "receiving",
-     _table(r"ratio to no mirroring|more than|process CPU|RSS|received \(share\)")),
+     _table(r"ratio to no mirroring|more than|processe?s? CPU|RSS|received \(share\)")),
     ("bench_bandwidth", "uplink bytes to the remote sensor: podmirror against the direct design, both run",
      _table(r"^(direct|podmirror)\s|podmirror / direct|missing at the sensor")),
     ("bench_remote", "batched TLS against VXLAN output on non-repeating content; capture-to-collector delay",
