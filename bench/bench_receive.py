@@ -217,8 +217,10 @@ def report(rows: list[Row]) -> None:
         one, two = by.get(("agent workers=1", rate)), by.get(("agent workers=2", rate))
         if one and two:
             ratio = two["delivered_pps"] / one["delivered_pps"]
-            print(f"at {rate:,.0f}/s offered: workers=2 delivered {ratio:.2f}x workers=1 "
-                  f"({two['delivered_pps']:,.0f} vs {one['delivered_pps']:,.0f} packets/s)")
+            print(f"at {rate:,.0f}/s asked: workers=2 delivered {ratio:.2f}x workers=1 "
+                  f"({two['delivered_pps']:,.0f} of {two['offered_pps']:,.0f} offered vs "
+                  f"{one['delivered_pps']:,.0f} of {one['offered_pps']:,.0f}; the same load only if the "
+                  "generator kept both rates)")
 
 
 def main() -> int:
