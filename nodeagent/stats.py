@@ -6,7 +6,7 @@ Model: each pod's ``Counters`` store only *outcomes* (forwarded, drops by reason
 ``received`` is their sum and the totals are the sum over pods (``UNKNOWN_POD`` included), both
 computed when read. So ``received == forwarded + sum(drops)`` holds by construction, in total and
 per pod, at every read; and a packet costs three integer updates on the forward path instead of
-nine (measured in ``bench/bench_agent.py``: about 0.15 us/packet less). Reads cost O(pods), which
+nine (measured in ``bench/bench_pipeline.py``: about 0.15 us/packet less). Reads cost O(pods), which
 ``/status`` and ``/metrics`` pay a few times a minute. A pod's ``Counters`` object, once created,
 is never replaced or removed: the pipeline caches it per sender.
 """
