@@ -24,10 +24,10 @@ call counts exactly one outcome for the datagram, forwarded or one drop reason (
 derived from the outcomes, see ``stats``); bytes not sent are added per mechanism with
 ``Stats.save`` (dedup, filter, slice, cutoff).
 
-Speed (the target: receive + decode >= 250k packets/s on one core, ``bench/bench_receive.py`` for rates, ``bench/bench_pipeline.py`` for CPU per step):
-``process`` is the per-packet path, so it caches the sender lookup, updates the forward counters
-inline and skips the stages call when no stage is configured; each such choice carries its measured
-reason where it is made.
+Speed (the target: receive + decode >= 250k packets/s on one core; ``bench/bench_receive.py``
+measures rates, ``bench/bench_pipeline.py`` the CPU per step): ``process`` is the per-packet path,
+so it caches the sender lookup, updates the forward counters inline and skips the stages call when
+no stage is configured; each such choice carries its measured reason where it is made.
 """
 
 from __future__ import annotations
