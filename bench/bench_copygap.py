@@ -79,7 +79,7 @@ def gaps(rows: list[list[Any]], a: Any, b: Any) -> dict[str, Any]:
     out: list[int] = []
     receiver_first = 0
     addrs = {a.ip: a, a.ip6: a, b.ip: b, b.ip6: b}
-    for stamp, source, dig, src, dst in sorted(rows):
+    for stamp, source, dig, src, _dst in sorted(rows):
         seen = first.get(dig)
         if seen is None or seen[1] == source:
             first[dig] = (stamp, source, src)

@@ -11,6 +11,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from nodeagent.stages import bpfexpr
 from tests.component.agent_kit import (
     KNOWN,
+    POD_IP,
     accounted,
     get_status,
     http_get,
@@ -28,7 +29,8 @@ PEER = "10.0.0.9"
 
 
 def tcp_from_pod(sport: int, seq: int) -> bytes:
-    return tcp_frame(src=KNOWN, dst=PEER, sport=sport, dport=40000, seq=seq, flags="A")
+    """A pure ACK: dedup keeps its digest (a segment with payload would be one byte range)."""
+    return tcp_frame(b"", src=KNOWN, dst=PEER, sport=sport, dport=40000, seq=seq, flags="A")
 
 
 def samples(text: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
@@ -40,7 +42,7 @@ def samples(text: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
 
 
 async def test_selected_ports_at_the_agent_in_the_push_down_and_in_metrics() -> None:
-    settings = make_settings(senders=[f"{KNOWN},5,default/web,8080"],
+    settings = make_settings(senders=[f"{KNOWN}+{POD_IP},5,default/web,8080"],
                              dedup={"enabled": True, "capacity": 4, "window": 5})
     async with running(settings) as agent:
         code, body = await fetch(agent, f"ip={KNOWN}&vni=5&mode=sniff")
