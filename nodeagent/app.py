@@ -154,6 +154,15 @@ class Agent:
         self.modes[pod_key] = mode
         self.stats.pod(pod_key)  # listed in /status with its mode even before its first packet
 
+    def forget_departed(self, now: float, grace: float) -> list[str]:
+        """Remove the per-pod state (counters, mode, hence metric series) of pods that left the pod
+        table ``grace`` seconds ago; their counts stay in the totals (``Stats.sweep``)."""
+        present = {pod.key for pod in self.pods.all() if pod.local}
+        gone = self.stats.sweep(present, now, grace)
+        for key in gone:
+            self.modes.pop(key, None)
+        return gone
+
     def stop(self) -> None:
         """Ask ``run`` to shut down (what SIGTERM does)."""
         self._stop.set()

@@ -85,6 +85,8 @@ class Stats:
         """Datagrams (and bytes) the receiver read from its socket (``read``)."""
         self.retired = Counters()
         """The counts of pods already forgotten: kept in the totals, gone from ``pods``."""
+        self._departed: dict[str, float] = {}
+        """Pods with counters that are no longer in the pod table, and since when (``sweep``)."""
 
     @property
     def total(self) -> Counters:
@@ -147,6 +149,22 @@ class Stats:
         counters.last_seen = None
         self.retired.add(counters)
         return True
+
+    def sweep(self, present: set[str], now: float, grace: float) -> list[str]:
+        """Forget the counters of pods absent from ``present`` (the pod table's keys) for ``grace``
+        seconds; a pod back within the grace keeps its counters. The keys forgotten."""
+        gone = []
+        for key in list(self.pods):
+            if key == UNKNOWN_POD or key in present:
+                self._departed.pop(key, None)
+                continue
+            since = self._departed.setdefault(key, now)
+            if now - since >= grace and self.forget(key):
+                del self._departed[key]
+                gone.append(key)
+        for key in [k for k in self._departed if k not in self.pods]:
+            del self._departed[key]
+        return gone
 
     def snapshot(self) -> dict[str, Any]:
         """Totals (``received`` is the receiver's own count) and every pod's counters."""

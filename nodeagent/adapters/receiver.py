@@ -65,6 +65,9 @@ WAKEUP_BYTES = 1 << 20
 """Datagram bytes after which a wake-up yields to the loop (16 super-packets; small packets hit
 the datagram bound first)."""
 """Datagrams per recvmmsg call: 32 x 64 KiB of buffers (2 MiB), enough to amortise the call."""
+SOURCES = 4096
+"""Tunnel sources whose text form is cached: a node's pods and then some; a flood of spoofed or
+churned sources clears it instead of growing it (per-pod state follows the pod table)."""
 _SOCKADDR = 28
 """Room for a sockaddr_in6 per message (a sockaddr_in uses the first 16 bytes)."""
 _MSG_DONTWAIT = 0x40
@@ -132,7 +135,7 @@ class BatchReader:
                     else self._names_view[base + 8 : base + 24])
         text = self._sources.get(raw)
         if text is None:
-            if len(self._sources) >= 65536:  # spoofed sources must not grow memory without bound
+            if len(self._sources) >= SOURCES:  # spoofed sources must not grow memory without bound
                 self._sources.clear()
                 self.sources4.clear()
             text = self._sources[raw] = address_text(raw)

@@ -169,6 +169,9 @@ class KubeSettings:
     """Seconds without a datagram before a selected local pod is listed as ``silent`` in /status."""
     watch_timeout: int = 300
     """Seconds a watch request stays open (server-side timeoutSeconds) before it is resumed."""
+    forget_after: float = 300.0
+    """Seconds after a pod left the pod table before its counters, mode and metric series are
+    removed (its counts stay in the totals): per-pod state follows the pods, whatever the churn."""
 
     @property
     def enabled(self) -> bool:
@@ -176,6 +179,7 @@ class KubeSettings:
 
     def __post_init__(self) -> None:
         check(self.silent_after > 0, "silent_after", "must be > 0 seconds")
+        check(self.forget_after > 0, "forget_after", "must be > 0 seconds")
         check(10 <= self.watch_timeout <= 3600, "watch_timeout", "must be in 10..3600 seconds")
 
 

@@ -99,7 +99,8 @@ def test_sigterm_flushes_the_pcap_and_exits_0(tmp_path):
 
 def test_config_file_with_flag_overrides(tmp_path):
     config = tmp_path / "agent.yaml"
-    config.write_text(f"listen: 127.0.0.1:1\nstatus: 127.0.0.1:0\nsenders: ['{KNOWN}+10.0.0.5,7,default/web']\n")
+    config.write_text("listen: 127.0.0.1:1\nstatus: 127.0.0.1:0\n"
+                      f"senders: ['{KNOWN}+10.0.0.5,7,default/web']\n")
     proc = _start("--config", str(config), "--listen", "127.0.0.1:0")
     try:
         port, address = _addresses(proc)
