@@ -122,7 +122,7 @@ class Pipeline:
             kept = self._stages(inner, meta, pod, direction, counters, size, vni, now)
             if type(kept) is not _mv:
                 return kept  # type: ignore[return-value]  # a Drop, HELD or Released (not a frame)
-            frame = kept  # type: ignore[assignment]  # checked just above: a memoryview
+            frame = kept
         # Stats.forward, inlined: one call less per forwarded packet (~0.1 us, measured per call).
         counters.forwarded += 1
         counters.forwarded_bytes += size
@@ -173,7 +173,7 @@ class Pipeline:
             if vantage.fallout:  # other packets' wait ended too (rare: an attribute read otherwise)
                 return self._with_fallout(code, (inner, meta, vni, pod, direction, counters, size, now, peer))
             if type(code) is Drop:
-                return self._drop(counters, code, size, DEDUP)  # type: ignore[arg-type]
+                return self._drop(counters, code, size, DEDUP)
             if code == HOLD:
                 self._hold((inner, meta, vni, pod, direction, counters, size, now, peer))
                 return HELD

@@ -24,6 +24,7 @@ from tests.unit.nodeagent.pipeline_packets import (
     datagram,
     eth,
     feed,
+    forwards,
     make_pipeline,
     tcp,
 )
@@ -103,3 +104,25 @@ def test_state_reports_table_sizes_evictions_and_holds() -> None:
     state = pipeline.state()
     assert state["dedup"]["entries"] == 1 and state["vantage"]["evictions"] == 0
     assert state["hold"] == {"packets": 0, "bytes": 0, "overflows": 0}
+
+
+def test_cutoff_poisoning_by_a_fake_tls_flow_changes_nothing_of_another_pods_copies() -> None:
+    """A pod forges a TLS hello for a flow between two other hosts (foreign: dropped) and for its
+    own flow with the server, whose copies the server's vantage owns (prefer=server): the server's
+    cleartext copies still reach the sensor whole."""
+    pipeline, stats = make(prefer="server")
+    warm = [(tcp(CLIENT_IP, NODE_IP, sport=5555, dport=9, flags="S"), CLIENT),
+            (tcp(SERVER_IP, NODE_IP, sport=5555, dport=9, flags="S"), SERVER)]
+    for frame, pod in warm:
+        feed(pipeline, stats, frame, pod, 0.0)
+    pipeline.flush()
+    hello = b"\x16\x03\x01" + b"h" * 300
+    assert feed(pipeline, stats, tcp("10.0.0.77", SERVER_IP, dport=8080, payload=hello), CLIENT, 1.0) \
+        is Drop.FOREIGN
+    forged = tcp(CLIENT_IP, SERVER_IP, dport=8080, seq=1, payload=hello)  # never sent on the wire
+    feed(pipeline, stats, forged, CLIENT, 1.0)
+    for i in range(3):
+        clear = tcp(CLIENT_IP, SERVER_IP, dport=8080, seq=1000 + 500 * i, payload=b"GET /secret " * 40)
+        verdict = feed(pipeline, stats, copy_at(clear), SERVER, 1.01 + i * 0.01)
+        assert any(f.wire_len == len(f.frame) == len(copy_at(clear)) for f in forwards(verdict))
+    assert balanced(stats) and stats.saved_bytes.get("cutoff", 0) == 0
