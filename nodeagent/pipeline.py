@@ -29,9 +29,10 @@ A held packet is copied (the receiver reuses its buffer) and resumes at step 4 w
 (``stats``): ``received`` per pod at step 1, then exactly one outcome per datagram: forwarded, one
 drop reason, or held until one of those; bytes not sent are added per mechanism (``Stats.save``).
 
-Speed (receive + decode >= 250k packets/s on one core): ``process`` is the per-packet path, so it
-caches the sender lookup, updates the counters inline and skips the stages call when no stage is
-configured; each such choice carries its measured reason where it is made.
+Speed (the target: receive + decode >= 250k packets/s on one core, ``bench/bench_agent.py``):
+``process`` is the per-packet path, so it caches the sender lookup, updates the counters inline and
+skips the stages call when no stage is configured; each such choice carries its measured reason
+where it is made.
 """
 
 from __future__ import annotations

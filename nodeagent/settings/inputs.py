@@ -9,20 +9,21 @@ import ipaddress
 from nodeagent.settings.base import (
     STATUS_PORT,
     TUNNEL_PORT,
+    Endpoint,
     check,
     check_ports,
-    is_ip,
-    parse_hostport,
     parse_ports,
     parse_vni,
     split_pod,
 )
+from sidecar_lite.identity import is_ip
 
 
 @dataclasses.dataclass(frozen=True)
-class ListenSettings:
+class ListenSettings(Endpoint):
     """Where the sidecars' tunnels arrive."""
 
+    DEFAULT_PORT, LISTENS = TUNNEL_PORT, True
     host: str = "0.0.0.0"
     port: int = TUNNEL_PORT
     rcvbuf: int = 32 << 20
@@ -33,14 +34,8 @@ class ListenSettings:
     recvmmsg: bool = True
     """Receive up to 32 datagrams per system call (Linux recvmmsg through ctypes)."""
 
-    @classmethod
-    def from_text(cls, text: str) -> ListenSettings:
-        host, port = parse_hostport(text, TUNNEL_PORT, "")
-        return cls(host=host, port=port)
-
     def __post_init__(self) -> None:
-        check(is_ip(self.host), "host", f"must be an IP address, got {self.host!r}")
-        check(0 <= self.port < 65536, "port", "must be in 0..65535 (0: any free port)")
+        self.check_endpoint()
         check(self.rcvbuf >= 65536, "rcvbuf", "must be >= 65536 bytes")
         check(1 <= self.batch <= 4096, "batch", "must be in 1..4096")
 
@@ -90,7 +85,8 @@ class SenderSettings:
 
 @dataclasses.dataclass(frozen=True)
 class PeerSettings:
-    """A monitored pod on another node (cross-node ownership): ``IP[+IP...],NAMESPACE/NAME[,PORTS]``.
+    """A monitored pod on another node (cross-node ownership, docs/dedup.md):
+    ``IP[+IP...],NAMESPACE/NAME[,PORTS]``.
 
     The operator vouches that its node's agent receives its tunnel (the Kubernetes pod table
     checks the injected sidecar's readiness instead, ``pods.kube``)."""
@@ -140,23 +136,18 @@ def split_addresses(ip: str, ips: tuple[str, ...]) -> tuple[str, tuple[str, ...]
 
 
 @dataclasses.dataclass(frozen=True)
-class StatusSettings:
+class StatusSettings(Endpoint):
+    DEFAULT_PORT, LISTENS = STATUS_PORT, True
     host: str = "0.0.0.0"
     port: int = STATUS_PORT
 
-    @classmethod
-    def from_text(cls, text: str) -> StatusSettings:
-        host, port = parse_hostport(text, STATUS_PORT, "")
-        return cls(host=host, port=port)
-
     def __post_init__(self) -> None:
-        check(is_ip(self.host), "host", f"must be an IP address, got {self.host!r}")
-        check(0 <= self.port < 65536, "port", "must be in 0..65535 (0: any free port)")
+        self.check_endpoint()
 
 
 @dataclasses.dataclass(frozen=True)
 class KubeSettings:
-    """The pod table from the Kubernetes API (issue 4, ``adapters/kube.py``); off while ``node_name``
+    """The pod table from the Kubernetes API (``adapters/kube.py``); off while ``node_name``
     is empty. In a cluster the DaemonSet passes ``--node-name=$(NODE_NAME)`` (downward API)."""
 
     node_name: str = ""

@@ -8,16 +8,16 @@ import ipaddress
 from nodeagent.settings.base import (
     ConfigError,
     check,
-    is_ip,
 )
+from sidecar_lite.identity import is_ip
 
 
 @dataclasses.dataclass(frozen=True)
 class DedupSettings:
     """Vantage (one copy of each flow) and dedup (the rest), ``stages/{vantage,dedup}.py`` and
     docs/dedup.md. On by default; the time windows come from the measured gap between the two copies
-    of one packet (``bench/bench_copygap.py``: kernel mode p99 about 0.06 ms, sniff mode p99 about
-    4 ms and at most 7.4 ms on a loaded 2-core machine)."""
+    of one packet (``bench/bench_copygap.py``: kernel mode p99 about 0.06 ms, sniff mode p99 4-6 ms
+    and at most 12 ms on a loaded 2-core machine)."""
 
     enabled: bool = True
     vantage: str = "client"

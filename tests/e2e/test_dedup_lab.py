@@ -9,7 +9,6 @@ preferred end (the client's) must own each connection.
 A declared sender without a sidecar: ``intruder`` is declared on the node (``--sender``) but runs no
 sidecar, and talks to the monitored ``web``; by the client rule the intruder's vantage would own
 those connections, but its tunnel never delivers, so ``web``'s copies must all reach the sensor.
-Namespaces ``pmpl-*``.
 """
 
 from __future__ import annotations
@@ -19,10 +18,11 @@ from typing import Any
 
 import pytest
 
-from nodeagent.lab import capture, netns, podmirror
+from nodeagent.lab import capture, podmirror
 from nodeagent.lab.topology import TUNNEL_PORT, Lab, Pod
 from nodeagent.lab.traffic import TLS_PORT
 from nodeagent.lab.workload import Workload
+from tests.books import assert_balanced
 
 pytestmark = [pytest.mark.needs_root, pytest.mark.usefixtures("podmirror_ready")]
 
@@ -69,37 +69,32 @@ def same_with_cutoff(expected: capture.Traffic, got: capture.Traffic) -> None:
         assert min(n, BUDGET) <= got.tcp_bytes.get(k, 0) <= n, (k, n, got.tcp_bytes.get(k, 0))
 
 
-def test_cross_node_pair_is_forwarded_by_exactly_one_node(tmp_path: Path) -> None:
-    lab = Lab("pmpl", workdir=tmp_path)
-    try:
-        n1, n2 = lab.add_node(), lab.add_node()
-        client, web = lab.add_pod(n1, "client"), lab.add_pod(n2, "web")
-        for pod in (client, web):
-            lab.ns.sysctl(pod.ns, {"net.ipv6.conf.eth0.router_solicitations": "0"})  # see test_fidelity
-        lab.add_agent(n1)
-        lab.add_agent(n2)
-        agents = [podmirror.start_agent(lab, n, tmp_path, pcap_dir=tmp_path / f"pcap{n.index}", peers=[other])
-                  for n, other in ((n1, web), (n2, client))]
-        sidecars = {p.name: podmirror.start_sidecar(lab, p, tmp_path, extra=["--tunnel-mtu", "1600"])
-                    for p in (client, web)}
-        for agent, p in zip(agents, (client, web), strict=True):
-            podmirror.wait_mirroring(lab, agent, p, sidecars[p.name])
-        work = Workload(lab, tmp_path)
-        work.start_servers(web, iperf=False)
-        for agent in agents:
-            agent.wait_quiet()
-        dumps = truth_dumps(lab, tmp_path, [client, web], [a.ip for a in agents])
-        result = work.client(client, web, rounds=2)
-        statuses = [agent.wait_quiet() for agent in agents]
-        truth = stop_truth(lab, tmp_path, dumps)
-        for p in (client, web):
-            assert lab.ns.stop(sidecars[p.name], timeout=10) == 0
-        assert all(agent.stop() == 0 for agent in agents)
-        got = pcap_traffic(tmp_path / "pcap1")
-        got.add(pcap_traffic(tmp_path / "pcap2"))
-    finally:
-        lab.close()
-        assert netns.leftovers(lab.tag) == []
+def test_cross_node_pair_is_forwarded_by_exactly_one_node(lab: Lab, tmp_path: Path) -> None:
+    n1, n2 = lab.add_node(), lab.add_node()
+    client, web = lab.add_pod(n1, "client"), lab.add_pod(n2, "web")
+    for pod in (client, web):
+        lab.ns.sysctl(pod.ns, {"net.ipv6.conf.eth0.router_solicitations": "0"})  # see test_fidelity
+    lab.add_agent(n1)
+    lab.add_agent(n2)
+    agents = [podmirror.start_agent(lab, n, tmp_path, pcap_dir=tmp_path / f"pcap{n.index}", peers=[other])
+              for n, other in ((n1, web), (n2, client))]
+    sidecars = {p.name: podmirror.start_sidecar(lab, p, tmp_path, extra=["--tunnel-mtu", "1600"])
+                for p in (client, web)}
+    for agent, p in zip(agents, (client, web), strict=True):
+        podmirror.wait_mirroring(lab, agent, p, sidecars[p.name])
+    work = Workload(lab, tmp_path)
+    work.start_servers(web, iperf=False)
+    for agent in agents:
+        agent.wait_quiet()
+    dumps = truth_dumps(lab, tmp_path, [client, web], [a.ip for a in agents])
+    result = work.client(client, web, rounds=2)
+    statuses = [agent.wait_quiet() for agent in agents]
+    truth = stop_truth(lab, tmp_path, dumps)
+    for p in (client, web):
+        assert lab.ns.stop(sidecars[p.name], timeout=10) == 0
+    assert all(agent.stop() == 0 for agent in agents)
+    got = pcap_traffic(tmp_path / "pcap1")
+    got.add(pcap_traffic(tmp_path / "pcap2"))
 
     assert result["errors"] == 0
     expected = truth["client"].union(truth["web"])
@@ -108,35 +103,32 @@ def test_cross_node_pair_is_forwarded_by_exactly_one_node(tmp_path: Path) -> Non
     assert statuses[1]["drops"]["not_owner"] > 0  # web's node leaves the client's connections to node 1
     assert statuses[0]["drops"]["not_owner"] == 0
     for st in statuses:
-        assert st["received"] == st["forwarded"] + sum(st["drops"].values()) + st["held"]
+        assert_balanced(st)
     assert TUNNEL_PORT == 14789
 
 
-def test_a_declared_pod_without_a_sidecar_cannot_blind_the_sensor_to_its_peer(tmp_path: Path) -> None:
-    lab = Lab("pmpl", workdir=tmp_path)
-    try:
-        node = lab.add_node()
-        intruder, web = lab.add_pod(node, "intruder"), lab.add_pod(node, "web")
-        lab.ns.sysctl(web.ns, {"net.ipv6.conf.eth0.router_solicitations": "0"})
-        lab.add_agent(node)
-        agent = podmirror.start_agent(lab, node, tmp_path, pcap_dir=tmp_path / "pcap", pods=[intruder, web])
-        sidecar = podmirror.start_sidecar(lab, web, tmp_path, extra=["--tunnel-mtu", "1600"])
-        podmirror.wait_mirroring(lab, agent, web, sidecar)
-        work = Workload(lab, tmp_path)
-        work.start_servers(web, iperf=False)
-        agent.wait_quiet()
-        dumps = truth_dumps(lab, tmp_path, [web], [agent.ip])
-        result = work.client(intruder, web, rounds=2)
-        status = agent.wait_quiet()
-        truth = stop_truth(lab, tmp_path, dumps)
-        assert lab.ns.stop(sidecar, timeout=10) == 0
-        assert agent.stop() == 0
-        got = pcap_traffic(tmp_path / "pcap")
-    finally:
-        lab.close()
-        assert netns.leftovers(lab.tag) == []
+def test_a_declared_pod_without_a_sidecar_cannot_blind_the_sensor_to_its_peer(lab: Lab,
+                                                                              tmp_path: Path) -> None:
+    node = lab.add_node()
+    intruder, web = lab.add_pod(node, "intruder"), lab.add_pod(node, "web")
+    lab.ns.sysctl(web.ns, {"net.ipv6.conf.eth0.router_solicitations": "0"})
+    lab.add_agent(node)
+    agent = podmirror.start_agent(lab, node, tmp_path, pcap_dir=tmp_path / "pcap", pods=[intruder, web])
+    sidecar = podmirror.start_sidecar(lab, web, tmp_path, extra=["--tunnel-mtu", "1600"])
+    podmirror.wait_mirroring(lab, agent, web, sidecar)
+    work = Workload(lab, tmp_path)
+    work.start_servers(web, iperf=False)
+    agent.wait_quiet()
+    dumps = truth_dumps(lab, tmp_path, [web], [agent.ip])
+    result = work.client(intruder, web, rounds=2)
+    status = agent.wait_quiet()
+    truth = stop_truth(lab, tmp_path, dumps)
+    assert lab.ns.stop(sidecar, timeout=10) == 0
+    assert agent.stop() == 0
+    got = pcap_traffic(tmp_path / "pcap")
 
     assert result["errors"] == 0
     same_with_cutoff(truth["web"], got)
     assert status["drops"]["other_vantage"] == 0 and status["held"] == 0
     assert status["pods"]["default/intruder"]["received"] == 0
+    assert_balanced(status)

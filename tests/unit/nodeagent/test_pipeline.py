@@ -13,6 +13,7 @@ from nodeagent.pods.index import PodIndex, PodInfo
 from nodeagent.stats import UNKNOWN_POD, Stats
 from nodeagent.verdict import Direction, Drop, Forward
 from nodeagent.wire import vxlan
+from tests.books import assert_balanced
 
 MAC1, MAC2 = "02:00:00:00:00:01", "02:00:00:00:00:02"
 WEB = PodInfo(ip="10.0.0.5", vni=5, namespace="default", name="web")
@@ -36,11 +37,7 @@ def pipeline(stats: Stats) -> Pipeline:
 
 
 def _invariant(stats: Stats) -> None:
-    snap = stats.snapshot()
-    assert snap["received"] == snap["forwarded"] + sum(snap["drops"].values()) + snap["held"]
-    assert snap["received"] == snap["pipeline_received"]
-    for pod in snap["pods"].values():
-        assert pod["received"] == pod["forwarded"] + sum(pod["drops"].values()) + pod["held"]
+    assert_balanced(stats.snapshot())
 
 
 def run(pipeline: Pipeline, stats: Stats, datagram: bytes, sender: str, now: float) -> object:

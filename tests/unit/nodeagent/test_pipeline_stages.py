@@ -1,4 +1,4 @@
-"""The whole pipeline with every stage: each drop reason, slicing, accounting, saved bytes."""
+"""The whole pipeline with its stages: each drop reason, slicing, accounting, saved bytes."""
 
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ from nodeagent.pipeline import Pipeline
 from nodeagent.stages.cutoff import Cutoff
 from nodeagent.stats import Stats
 from nodeagent.verdict import Drop, Forward
+from tests.books import assert_balanced
 from tests.unit.nodeagent.pipeline_packets import (
     CLIENT,
     CLIENT_IP,
@@ -40,7 +41,8 @@ def test_second_copy_after_service_dnat_is_dropped_and_accounted() -> None:
     after = copy_at(before, dst=SERVER_IP, dport=8080)
     assert isinstance(feed(pipeline, stats, before, CLIENT, 0.0), Forward)
     assert feed(pipeline, stats, after, SERVER, 0.001) is Drop.OTHER_VANTAGE
-    assert balanced(stats) and stats.pods["shop/server"].drops[Drop.OTHER_VANTAGE] == 1
+    assert_balanced(stats.snapshot())
+    assert stats.pods["shop/server"].drops[Drop.OTHER_VANTAGE] == 1
     assert stats.saved_bytes["dedup"] == len(datagram(after, SERVER))
 
 
@@ -53,7 +55,7 @@ def test_snat_between_two_pods_is_forwarded_from_both_since_neither_copy_names_t
     snat = copy_at(pkt, src=NODE_IP, sport=61000, dst=SERVER_IP, dport=8080)
     assert isinstance(feed(pipeline, stats, pkt, CLIENT, 0.0), Forward)
     assert isinstance(feed(pipeline, stats, snat, SERVER, 0.002), Forward)
-    assert balanced(stats)
+    assert_balanced(stats.snapshot())
 
 
 def test_retransmission_from_the_same_vantage_is_forwarded() -> None:
@@ -69,7 +71,8 @@ def test_a_copy_filtered_at_one_vantage_does_not_hide_the_other() -> None:
     ping = eth() / IP(src=CLIENT_IP, dst=SERVER_IP, id=9) / ICMP(type=13, id=1, seq=1) / b"abc"  # no flow
     assert feed(pipeline, stats, ping, CLIENT, 0.0) is Drop.FILTERED
     assert isinstance(feed(pipeline, stats, copy_at(ping), SERVER, 0.001), Forward)
-    assert stats.saved_bytes["filter"] > 0 and balanced(stats)
+    assert stats.saved_bytes["filter"] > 0
+    assert_balanced(stats.snapshot())
 
 
 def test_cross_node_flow_owned_by_the_other_node_is_not_owner() -> None:
@@ -95,7 +98,8 @@ def test_encrypted_flow_is_cut_to_headers_and_counted() -> None:
     verdict = feed(pipeline, stats, data, CLIENT, 0.01)
     assert isinstance(verdict, Forward) and len(verdict.frame) == 54 and verdict.wire_len == len(bytes(data))
     assert verdict.frame[16:18] == b"\x00\x28"  # IPv4 total length: headers only
-    assert stats.saved_bytes["cutoff"] == 400 and balanced(stats)
+    assert stats.saved_bytes["cutoff"] == 400
+    assert_balanced(stats.snapshot())
 
 
 def test_state_reports_table_sizes_evictions_and_holds() -> None:

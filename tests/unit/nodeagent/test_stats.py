@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import pytest
+
 from nodeagent.stats import Stats
 from nodeagent.verdict import Drop
+from tests.books import assert_balanced
 
 
 def test_counters_add_up_in_totals_and_per_pod():
@@ -26,7 +29,8 @@ def test_snapshot_lists_every_drop_reason_as_an_integer():
     snap = Stats().snapshot()
     assert set(snap["drops"]) == {reason.value for reason in Drop}
     assert all(type(n) is int for n in snap["drops"].values())
-    assert snap["received"] == snap["forwarded"] + sum(snap["drops"].values()) + snap["held"] == 0
+    assert_balanced(snap)
+    assert snap["received"] == 0
 
 
 def test_saved_bytes_accumulate_per_mechanism():
@@ -76,3 +80,12 @@ def test_forgetting_a_pod_keeps_the_totals_and_refuses_while_it_holds_packets():
     snap = stats.snapshot()
     assert "default/gone" not in snap["pods"] and stats.last_seen("default/gone") is None
     assert snap["received"] == snap["pipeline_received"] == 1 and snap["drops"]["other_vantage"] == 1
+
+
+def test_the_books_check_fails_on_a_packet_that_is_not_accounted_for() -> None:
+    stats = Stats()
+    stats.forward(stats.pod("default/web"), 60)
+    snap = stats.snapshot()
+    snap["pods"]["default/web"]["received"] += 1  # one datagram with no outcome
+    with pytest.raises(AssertionError):
+        assert_balanced(snap)
