@@ -16,15 +16,15 @@ from sidecar_lite.identity import is_ip
 class DedupSettings:
     """Vantage (one copy of each flow) and dedup (the rest), ``stages/{vantage,dedup}.py`` and
     docs/dedup.md. On by default; the time windows come from the measured gap between the two copies
-    of one packet (``bench/bench_copygap.py``: kernel mode p99 about 0.06 ms, sniff mode p99 4-6 ms
-    and at most 12 ms on a loaded 2-core machine)."""
+    of one packet (``bench/bench_copygap.py``: kernel mode p99 about 0.05 ms, sniff mode p99 2-6 ms
+    and at most 15 ms on a loaded 2-core machine)."""
 
     enabled: bool = True
     vantage: str = "client"
     """Which copy of a flow seen from two pods is kept: the client's side or the server's.
     Also the cross-node owner (the preferred end's node): every agent must use the same value."""
     window: float = 0.05
-    """Seconds a forwarded copy is remembered for content dedup: about 7x the largest copy gap
+    """Seconds a forwarded copy is remembered for content dedup: over 3x the largest copy gap
     measured (sniff mode), far below TCP's 200 ms minimum RTO."""
     capacity: int = 262_144
     """Most dedup entries held at once (oldest evicted first, counted)."""

@@ -86,12 +86,12 @@ class Cutoff:
         key = ((vantage, proto, src, sport, dst, dport) if forward
                else (vantage, proto, dst, dport, src, sport))
         size = meta.end - meta.payload
-        flow = self._flows.get(key, now)
+        flow = self._flows.refresh(key, now)
         if flow is None:
             if size == 0:
                 return FORWARD  # no state for bare handshakes and ACKs of unknown flows
             flow = _Flow()
-        self._flows.put(key, flow, now)
+            self._flows.put(key, flow, now)
         side = 0 if forward else 1
         if size and not flow.seen[side]:
             flow.seen[side] = True

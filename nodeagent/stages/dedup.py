@@ -23,8 +23,8 @@ were never linked (a lost first packet). Three rules:
    a copy dropped as a duplicate is not remembered: the same pod sending the same bytes again is
    forwarded, and the other end's copy of that retransmission is the duplicate.
 
-Windows: an entry lives ``window`` seconds after its last use (50 ms: about 7 times the largest
-copy gap measured, far below TCP's 200 ms minimum RTO). A range set keeps at most ``_INTERVALS``
+Windows: an entry lives ``window`` seconds after its last use (50 ms: over 3 times the largest
+copy gap measured, docs/dedup.md, far below TCP's 200 ms minimum RTO). A range set keeps at most ``_INTERVALS``
 intervals per connection direction and vantage; older bytes fall out (a late copy of them is
 forwarded: duplicates, never loss). Bounded: ``capacity`` entries, oldest evicted first, counted.
 Pure: ``now`` comes from the caller.
@@ -105,7 +105,7 @@ class DedupWindow:
             vantage, seen_addrs, seen_other = seen
             if vantage != pod.addr and (seen_other in addrs or other in seen_addrs):
                 return True
-        self._digests.put(key, (pod.addr, addrs, other), now)
+        self._digests.put(key, (pod.addr, addrs, other), now)  # refreshed: a retransmission's twin
         return False
 
     def _tcp_range(self, meta: PacketMeta, pod: PodInfo, other: bytes, now: float) -> bool:
@@ -115,12 +115,13 @@ class DedupWindow:
             key = (IPPROTO_TCP, *src, 0)
         else:
             key = (IPPROTO_TCP, *dst, 1)
-        sides = self._ranges.get(key, now)
+        sides = self._ranges.refresh(key, now)
         length = meta.end - meta.payload
         seq = meta.seq
         mine = None
         if sides is None:
             sides = []
+            self._ranges.put(key, sides, now)
         for ranges in sides:
             if ranges.vantage == pod.addr:
                 mine = ranges
@@ -132,5 +133,4 @@ class DedupWindow:
             if len(sides) > 2:  # two ends per connection; more: other connections sharing the key
                 del sides[0]
         mine.add(seq, length)
-        self._ranges.put(key, sides, now)
         return False

@@ -202,16 +202,18 @@ class Vantage:
     def _conn(self, key: tuple[Any, ...], meta: PacketMeta, own: Endpoint, other: Endpoint,
               now: float) -> Conn:
         """The connection of ``key``: a SYN (without ACK) with a new sequence number starts a new one."""
-        conn = self._conns.get(key, now)
+        conn = self._conns.refresh(key, now)
         flags = meta.tcp_flags if meta.proto == IPPROTO_TCP else 0
+        if conn is not None and not flags & TCP_SYN:  # the common case: a known connection
+            return conn
         syn = flags & TCP_SYN and not flags & TCP_ACK
         if conn is None or (syn and conn.isn != meta.seq and conn.held is None):
             src, dst = (meta.src, meta.sport), (meta.dst, meta.dport)
             client = src if syn else dst if flags & TCP_SYN else _guess_client(own, other)
             conn = Conn(client, meta.seq if syn else -1)
+            self._conns.put(key, conn, now)
         elif flags & TCP_SYN:
             conn.client = (meta.src, meta.sport) if syn else (meta.dst, meta.dport)
-        self._conns.put(key, conn, now)
         return conn
 
     def _across_nodes(self, conn: Conn, own: Endpoint, peer: PodInfo) -> int | Drop:
@@ -261,7 +263,8 @@ class Vantage:
                 self._resolve(conn, p)
             if maybe_dnat:
                 self._index(conn, key, meta, frame, _CLIENT_SIDE, own, p, now)
-            return KEEP if conn.paired else CHECK
+            # A twin exists only if another local pod may be this connection's server (DNAT).
+            return KEEP if conn.paired or self._pods.locals < 2 else CHECK
         return self._not_owner(conn, p, now)
 
     def _not_owner(self, conn: Conn, p: bytes, now: float) -> int | Drop:
