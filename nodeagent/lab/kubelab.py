@@ -293,7 +293,8 @@ def pod_status(ips: Sequence[str]) -> dict[str, Any]:
 def publish_pods(kube: KubeLab, pods: Sequence[Pod]) -> None:
     """Create the node's pods (and the peer) with kubectl, then give each its addresses (both
     families) and Ready containers as kubelet would."""
-    entries = [(p.namespace, p.name, kube.node_name, (p.ip, p.ip6)) for p in pods]
+    entries: list[tuple[str, str, str, tuple[str, ...]]] = [
+        (p.namespace, p.name, kube.node_name, (p.ip, p.ip6)) for p in pods]
     entries.append((PEER["namespace"], PEER["name"], PEER["node"], (PEER["ip"],)))
     namespaces = sorted({ns for ns, *_ in entries} - {"default"})
     docs = [{"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": ns}} for ns in namespaces]

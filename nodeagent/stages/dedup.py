@@ -24,9 +24,9 @@ were never linked (a lost first packet). Three rules:
    forwarded, and the other end's copy of that retransmission is the duplicate.
 
 Windows: an entry lives ``window`` seconds after its last use (50 ms: over 3 times the largest
-copy gap measured, docs/dedup.md, far below TCP's 200 ms minimum RTO). A range set keeps at most ``_INTERVALS``
-intervals per connection direction and vantage; older bytes fall out (a late copy of them is
-forwarded: duplicates, never loss). Bounded: ``capacity`` entries, oldest evicted first, counted.
+copy gap measured, docs/dedup.md, far below TCP's 200 ms minimum RTO). A range set keeps at most
+``_INTERVALS`` intervals per connection direction and vantage; older bytes fall out (a late copy of
+them is forwarded: duplicates, never loss). Bounded: ``capacity`` entries, oldest evicted first, counted.
 Pure: ``now`` comes from the caller.
 """
 
