@@ -36,7 +36,7 @@ from nodeagent.pipeline import Pipeline  # noqa: E402
 from nodeagent.pods.index import PodIndex  # noqa: E402
 from nodeagent.settings import SensorSettings  # noqa: E402
 from nodeagent.stats import Stats  # noqa: E402
-from nodeagent.verdict import Forward  # noqa: E402
+from nodeagent.verdict import Forward, Released  # noqa: E402
 from nodeagent.wire.normalize import Normalizer  # noqa: E402
 from nodeagent.workers.worker import build_pipeline, static_pods  # noqa: E402
 
@@ -78,10 +78,12 @@ def best(step: Callable[[], int], repeats: int) -> float:
 
 def run_pipeline(build: Callable[[], Pipeline], data: list[tuple[memoryview, str]]) -> Callable[[], int]:
     def step() -> int:
-        process, now = build().process, 0.0
+        pipeline, now = build(), 0.0
+        process = pipeline.process
         for datagram, sender in data:
             now += 5e-6  # 200,000 datagrams/s of virtual time: the dedup window holds 10,000
             process(datagram, sender, now)
+        pipeline.flush()  # what is still held (the receiver's timer releases it in the agent)
         return len(data)
     return step
 
@@ -93,7 +95,9 @@ def forwarded(settings: Any, data: list[tuple[memoryview, str]]) -> list[Forward
         verdict = pipeline.process(datagram, sender, now)
         if type(verdict) is Forward:
             out.append(verdict)
-    return out
+        elif type(verdict) is Released:
+            out.extend(verdict.forwards)
+    return out + pipeline.flush()
 
 
 async def outputs(fwds: list[Forward], repeats: int) -> list[tuple[str, float]]:

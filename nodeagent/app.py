@@ -12,8 +12,9 @@ and the capture relay.
   server, then supervises the root tasks (each output's ``run`` or the pool's, and every task added
   with ``add_task``) until SIGTERM or SIGINT or until a root task fails. A root task that returns
   is simply done; one that raises stops the agent with exit code 1 (after the same clean shutdown).
-- shutdown order: stop receiving first (no packet arrives half-handled), cancel root tasks, flush
-  then close every output (every worker's), stop the status server. Exit code 0 after a signal.
+- shutdown order: stop receiving first (no packet arrives half-handled; held packets are released
+  to the outputs), cancel root tasks, flush then close every output (every worker's), stop the
+  status server. Exit code 0 after a signal.
 
 Extension points for other parts (call them before ``run``; ``install(agent)`` functions are listed
 in ``_install_extensions``; parts that live in every worker are in ``workers.worker.install_extensions``):
@@ -92,6 +93,8 @@ class Agent:
             self.pool = WorkerPool(settings, workers, self.pods)
         self.capture_address: tuple[str, int] | None = None
         self.modes: dict[str, str] = {}
+        self._absent: dict[str, float] = {}
+        """Pods with a reported mode that left the pod table, and since when (``forget_departed``)."""
         self.registry = metrics.make_registry(self.status)
         self.status_address: tuple[str, int] | None = None
         self._routes: list[status.Route] = []
@@ -126,6 +129,27 @@ class Agent:
 
     def report_mode(self, pod_key: str, mode: str) -> None:
         self.modes[pod_key] = mode  # listed in /status with its mode even before its first packet
+
+    def forget_departed(self, now: float, grace: float) -> list[str]:
+        """Remove the per-pod state (counters, mode, hence metric series) of pods that left the pod
+        table ``grace`` seconds ago; their counts stay in the totals (``Stats.sweep``). With worker
+        processes, each worker sweeps its own counters (``forget``) by the pod table it was sent;
+        the keys returned are the modes forgotten here."""
+        present = {pod.key for pod in self.pods.all() if pod.local}
+        if self.worker is not None:
+            gone = self.worker.stats.sweep(present, now, grace)
+        else:
+            gone = []
+            self._pool().forget(grace)
+        for key in list(self.modes):
+            if key in present:
+                self._absent.pop(key, None)
+            elif now - self._absent.setdefault(key, now) >= grace:
+                del self._absent[key]
+                gone.append(key)
+        for key in gone:
+            self.modes.pop(key, None)
+        return sorted(set(gone))
 
     def open_capture(self, flt: CaptureFilter, queue_limit: int = QUEUE_LIMIT) -> Session:
         """A capture session of the forwarded packets ``flt`` selects (see ``nodeagent.capture``):
@@ -261,8 +285,9 @@ class Agent:
             await runner.cleanup()
         self.status_address = None
         snap = self.worker.snapshot() if self.worker is not None else self._pool().snapshot()
-        log.info("stopped: received %d = forwarded %d + drops %s", snap["received"], snap["forwarded"],
-                 {reason: n for reason, n in snap["drops"].items() if n} or 0)
+        drops = {reason: n for reason, n in snap["drops"].items() if n} or 0
+        log.info("stopped: received %d = forwarded %d + drops %s + held %d", snap["received"],
+                 snap["forwarded"], drops, snap["held"])
 
 
 async def _root(factory: TaskFactory) -> None:

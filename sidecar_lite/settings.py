@@ -75,6 +75,9 @@ class Settings:
     sniff_io: str = "ring"
     """Sniff mode's reading and sending: ``ring`` (TPACKET_V3 + sendmmsg) or ``socket``."""
     pod: PodIdentity = PodIdentity()
+    check_tunnel: bool = False
+    """Do not mirror: ask the agent once whether it receives this pod's tunnel (exit 0 if so): the
+    injected container's readiness probe."""
 
     def __post_init__(self) -> None:
         if self.mode not in MODES:
@@ -131,6 +134,8 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--sniff-io", choices=SNIFF_IO,
                    help="sniff mode: ring (TPACKET_V3 + sendmmsg, default) or socket "
                         "(env PODMIRROR_SNIFF_IO)")
+    p.add_argument("--check-tunnel", action="store_true",
+                   help="readiness probe: exit 0 when the agent receives this pod's tunnel, else 1")
     return p
 
 
@@ -163,6 +168,7 @@ def parse(argv: Sequence[str], env: Mapping[str, str]) -> Settings:
         tunnel_mtu=args.tunnel_mtu if args.tunnel_mtu is not None else _int_env(env, "PODMIRROR_TUNNEL_MTU"),
         sniff_io=args.sniff_io or env.get("PODMIRROR_SNIFF_IO") or "ring",
         pod=pod,
+        check_tunnel=args.check_tunnel,
     )
 
 

@@ -31,8 +31,9 @@ BUFFER_SIZE = 65536
 """Bytes per receive buffer: the largest UDP payload over IPv4/IPv6 without jumbograms, rounded up."""
 MMSG_BATCH = 32
 """Datagrams per recvmmsg call: 32 x 64 KiB of buffers (2 MiB), enough to amortise the call."""
-SOURCES_MAX = 65536
-"""Sender texts remembered; spoofed sources must not grow memory without bound (cleared when full)."""
+SOURCES_MAX = 4096
+"""Tunnel sources whose text form is cached: a node's pods and then some; a flood of spoofed or
+churned sources clears it instead of growing it (per-pod state follows the pod table)."""
 _SOCKADDR = 28
 """Room for a sockaddr_in6 per message (a sockaddr_in uses the first 16 bytes)."""
 _MSG_DONTWAIT = 0x40

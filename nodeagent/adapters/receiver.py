@@ -18,6 +18,17 @@ readable, so the loop calls it again right after running what is due.
 The socket is either the receiver's own (bound in ``start``) or one handed to it (a worker's member
 of the reuseport group, ``steering``), which it then reads but does not own. Kernel drops (receive
 buffer full) are read on demand from ``/proc`` (``procnet``): no ancillary data per packet.
+
+Counting: ``Stats.received`` and ``received_bytes`` count the datagrams read from the socket, here,
+before the pipeline sees them (summed in the drain loop and added when the wake-up ends, in a
+``finally``: nothing reads the counters between two datagrams of one wake-up, the loop being single
+threaded), so a datagram lost between the socket and an outcome breaks ``received == forwarded +
+sum(drops) + held``.
+
+Held packets (``Pipeline`` answers ``HELD``; see ``stages.vantage``): when anything is held after
+a wake-up, a timer (``loop.call_at``) runs ``Pipeline.expire`` at the oldest hold's deadline, even
+if no datagram arrives, and hands what it releases to the outputs; ``stop`` releases everything
+still held (``Pipeline.flush``) before the outputs are flushed.
 """
 
 from __future__ import annotations
@@ -33,7 +44,8 @@ from nodeagent.adapters import mmsg, procnet, steering
 from nodeagent.adapters.droplog import DropLog, ErrorLog, MalformedLog
 from nodeagent.pipeline import Pipeline
 from nodeagent.settings import ListenSettings
-from nodeagent.verdict import Drop, Forward
+from nodeagent.stats import Stats
+from nodeagent.verdict import Drop, Forward, Released, Verdict
 
 log = logging.getLogger(__name__)
 
@@ -75,9 +87,12 @@ class Receiver:
         pipeline: Pipeline,
         offer: Callable[[Forward], None],
         drop_log: DropLog,
+        stats: Stats,
     ) -> None:
         self._s = settings
         self._pipeline = pipeline
+        self._stats = stats
+        self._timer: asyncio.TimerHandle | None = None
         self._offer = offer
         self._drop_log = drop_log
         self._errors = ErrorLog()
@@ -107,6 +122,11 @@ class Receiver:
             if self._owned:
                 self._sock.close()
             self._sock = None
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        for forward in self._pipeline.flush():  # nothing stays held (and uncounted) at exit
+            self._offer(forward)
 
     @property
     def is_bound(self) -> bool:
@@ -117,16 +137,50 @@ class Receiver:
         assert reader is not None and self._loop is not None
         now = self._loop.time()
         self.wakeups += 1
-        for datagram, sender in reader.read(self._s.batch, WAKEUP_BYTES):
-            try:
-                verdict = process(datagram, sender, now)
-            except Exception:  # the outermost boundary: count, log, keep receiving
-                self._failed(datagram, sender, now)
-                continue
-            if type(verdict) is Forward:
-                offer(verdict)
-            else:
-                self._dropped(verdict, datagram, sender, now)  # type: ignore[arg-type]
+        count = nbytes = 0
+        try:
+            for datagram, sender in reader.read(self._s.batch, WAKEUP_BYTES):
+                count += 1  # read: counted before the pipeline sees it (added in ``finally``)
+                nbytes += len(datagram)
+                try:
+                    verdict = process(datagram, sender, now)
+                except Exception:  # the outermost boundary: count, log, keep receiving
+                    self._failed(datagram, sender, now)
+                    continue
+                if type(verdict) is Forward:
+                    offer(verdict)
+                else:
+                    self._other(verdict, datagram, sender, now)
+        finally:
+            self._stats.received += count
+            self._stats.received_bytes += nbytes
+            self._after_drain()
+
+    def _other(self, verdict: Verdict, datagram: memoryview, sender: str, now: float) -> None:
+        """Not a plain ``Forward``: a drop (logged), held (nothing yet), or released packets."""
+        if type(verdict) is Released:
+            for forward in verdict.forwards:
+                self._offer(forward)
+        elif type(verdict) is Drop:
+            self._dropped(verdict, datagram, sender, now)
+
+    def _after_drain(self) -> None:
+        """Something is held: make sure the timer will release it at its deadline."""
+        if self._timer is None and self._pipeline.held and self._loop is not None:
+            deadline = self._pipeline.next_deadline
+            if deadline is not None:
+                self._timer = self._loop.call_at(deadline, self._expire)
+
+    def _expire(self) -> None:
+        """Timer: release the held packets whose wait ended (to the outputs, in order)."""
+        self._timer = None
+        assert self._loop is not None
+        try:
+            for forward in self._pipeline.expire(self._loop.time()):
+                self._offer(forward)
+        except Exception:  # the outermost boundary of the timer: log, keep the agent running
+            log.exception("releasing held packets raised")
+        self._after_drain()
 
     def _failed(self, datagram: memoryview, sender: str, now: float) -> None:
         """``process`` raised (a bug): count the datagram as ``internal_error`` so the books still

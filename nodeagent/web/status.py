@@ -7,9 +7,9 @@ Extra routes (``Route`` tuples) come from other parts of the agent, e.g. the pus
 ``/status`` and ``/metrics`` first ``await source.refresh()`` (a worker pool fetches its workers'
 counters), then read ``source.status()``, built in one synchronous call on the loop thread from
 snapshots each taken in one synchronous call, so the invariant ``received == forwarded +
-sum(drops)`` holds in every response. ``drops`` holds the pipeline's reasons (``verdict.Drop``);
-what each output lost after that is under ``outputs.<name>.dropped`` (``verdict.OutputDrop``), so
-no reason is listed twice or where nothing can emit it.
+sum(drops) + held`` holds in every response. ``drops`` holds the pipeline's reasons
+(``verdict.Drop``); what each output lost after that is under ``outputs.<name>.dropped``
+(``verdict.OutputDrop``), so no reason is listed twice or where nothing can emit it.
 """
 
 from __future__ import annotations

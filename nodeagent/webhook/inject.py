@@ -15,6 +15,9 @@ What is added:
   Pod Security "baseline" level and the sniffer uses the runtime-default NET_RAW (``auto`` without
   NET_ADMIN falls back to sniffing). The sidecar runs as UID 0: capabilities of a non-root process
   are not effective without ambient capabilities.
+- a readiness probe, ``sidecar-lite --check-tunnel``: the container is Ready only while the pod's
+  agent receives its tunnel; agents on other nodes count the pod as a monitored peer only then
+  (``pods.kube``). The trade-off: the pod itself is Ready only while mirroring works.
 - the label ``podmirror.io/monitored=true``: the agent's watch selects on it (labels can be
   selected server-side, annotations cannot).
 - with ``podmirror.io/containers: a,b``: containers share the pod's network namespace, so a
@@ -36,11 +39,16 @@ from nodeagent.pods.kube import (
     MONITOR_ANNOTATION,
     MONITORED_LABEL,
     PORTS_ANNOTATION,
+    SIDECAR_CONTAINER,
 )
 
-SIDECAR_NAME = "podmirror-sidecar"
+SIDECAR_NAME = SIDECAR_CONTAINER
 MODES = ("auto", "kernel", "sniff")
 Obj = dict[str, Any]
+READINESS_PROBE: Obj = {"exec": {"command": ["sidecar-lite", "--check-tunnel"]},
+                        "initialDelaySeconds": 3, "periodSeconds": 10, "timeoutSeconds": 5,
+                        "failureThreshold": 3}
+"""Ready only while the pod's agent receives its tunnel (``pods.kube``: other nodes trust that)."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -111,7 +119,7 @@ def sidecar_container(config: InjectConfig, mode: str) -> Obj:
                 {"name": "PODMIRROR_AGENT_NAMESPACE", "value": config.agent_namespace}]
     return {"name": SIDECAR_NAME, "image": config.image, "command": ["sidecar-lite"], "env": env,
             "resources": {"requests": dict(config.requests), "limits": dict(config.limits)},
-            "securityContext": security}
+            "readinessProbe": copy.deepcopy(READINESS_PROBE), "securityContext": security}
 
 
 def selected_ports(spec: Mapping[str, Any], names: str) -> tuple[str, list[str]]:

@@ -10,7 +10,9 @@ Messages (``op``), supervisor -> worker:
 - ``start {pods}``: the node's pod table; the worker starts reading its socket only after it;
 - ``pods {add, remove}``: pod table changes (``PodInfo`` as ``pod_to_json``; addresses to remove);
 - ``status {id}``: answered by ``{id, status, last_seen, rusage}``;
-- ``tap {sub, filter}`` / ``untap {sub}``: capture subscriptions (``relay``);
+- ``capture {id, filter, queue_limit}`` / ``uncapture {id}``: live captures (``relay``), answered
+  by ``capturing {id}`` once the worker's side is open;
+- ``forget {grace}``: forget the counters of pods gone from the pod table for ``grace`` seconds;
 - ``stop``: stop reading, flush and close the outputs, answer ``stopped {status}``, exit 0.
 
 worker -> supervisor: ``ready`` once its socket is read, replies carrying the request's ``id``,

@@ -82,6 +82,8 @@ class Session:
                 worker.pods.remove(ip)
             for pod in message.get("add", ()):
                 worker.pods.add(pod_from_json(pod))
+        elif op == "forget":
+            worker.forget(float(message["grace"]), asyncio.get_running_loop().time())
         elif op == "capture":
             self.capture(message)
         elif op == "uncapture":

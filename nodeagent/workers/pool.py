@@ -310,6 +310,10 @@ class WorkerPool:
         self._table, self._table_version = after, self.pods.version
         self._broadcast(message)
 
+    def forget(self, grace: float) -> None:
+        """Each worker forgets the counters of pods gone from its pod table for ``grace`` seconds."""
+        self._broadcast({"op": "forget", "grace": grace})
+
     def _broadcast(self, message: Message) -> None:
         for w in self.workers:
             if w.channel is not None:

@@ -53,19 +53,23 @@ TaskFactory = Callable[[], Awaitable[None]]
 
 def static_pods(settings: Settings) -> list[PodInfo]:
     """The pod table from the configuration: local senders and peers on other nodes."""
-    pods = [PodInfo(ip=s.ip, vni=int(s.vni), namespace=s.namespace, name=s.name, ports=tuple(sorted(s.ports)))
-            for s in settings.senders]
+    pods = [PodInfo(ip=s.ip, vni=int(s.vni), namespace=s.namespace, name=s.name, ports=tuple(sorted(s.ports)),
+                    ips=s.ips) for s in settings.senders]
     pods += [PodInfo(ip=p.ip, vni=0, namespace=p.namespace, name=p.name, local=False,
-                     ports=tuple(sorted(p.ports))) for p in settings.peers]
+                     ports=tuple(sorted(p.ports)), ips=p.ips) for p in settings.peers]
     return pods
 
 
 def build_pipeline(settings: Settings, pods: PodIndex, stats: Stats) -> Pipeline:
     """The one place the pipeline is constructed; BPF rules compile here (ConfigError if bad)."""
     d, c = settings.dedup, settings.cutoff
+    vantage = Vantage(pods=pods, last_seen=stats.last_seen, prefer=d.vantage, capacity=d.flow_capacity,
+                      idle=d.flow_idle, hold=d.hold, hold_flow_packets=d.hold_flow_packets,
+                      hold_flow_bytes=d.hold_flow_bytes, hold_bytes=d.hold_bytes, live=d.live,
+                      confirm=d.confirm, service_cidrs=d.service_cidrs)
     return Pipeline(
         pods=pods, stats=stats,
-        vantage=Vantage(prefer=d.vantage, capacity=d.flow_capacity, idle=d.flow_idle) if d.enabled else None,
+        vantage=vantage if d.enabled else None,
         filters=filters.compile(settings.filters),
         dedup=DedupWindow(window=d.window, capacity=d.capacity) if d.enabled else None,
         cutoff=(Cutoff(budget=c.budget, after=c.after, capacity=c.capacity, idle=c.idle)
@@ -116,7 +120,7 @@ class Worker:
                                      fix_checksums=norm.fix_checksums)
         self.fanout = Fanout(build_outputs(settings, index, count), self.normalizer)
         self.receiver = Receiver(settings.listen, self.pipeline, self.fanout.offer,
-                                 DropLog(settings.log.drop_interval))
+                                 DropLog(settings.log.drop_interval), self.stats)
         self.outputs_open = False
         self.tap = Tap(pods, settings.capture.max_sessions, settings.capture.queue_bytes)
         """Joins the outputs with the first capture: a worker nobody captures from pays nothing."""
@@ -184,7 +188,12 @@ class Worker:
     def final_line(self) -> str:
         snap = self.stats.snapshot()
         drops = {reason: n for reason, n in snap["drops"].items() if n} or 0
-        return f"received {snap['received']} = forwarded {snap['forwarded']} + drops {drops}"
+        return (f"received {snap['received']} = forwarded {snap['forwarded']} + drops {drops} "
+                f"+ held {snap['held']}")
+
+    def forget(self, grace: float, now: float) -> list[str]:
+        """Forget the counters of pods gone from this worker's pod table for ``grace`` seconds."""
+        return self.stats.sweep({p.key for p in self.pods.all() if p.local}, now, grace)
 
 
 def process_usage() -> dict[str, Any]:

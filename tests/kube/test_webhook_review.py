@@ -49,6 +49,8 @@ def test_annotated_pod_gets_sidecar_label_env_and_a_valid_spec() -> None:
                                                                  "status.hostIP")
     assert "capabilities" not in container["securityContext"]  # auto/sniff: runtime-default NET_RAW
     assert container["resources"]["limits"] == {"cpu": "200m", "memory": "64Mi"}
+    # Ready only while the pod's agent receives its tunnel: what other nodes' agents trust.
+    assert container["readinessProbe"]["exec"]["command"] == ["sidecar-lite", "--check-tunnel"]
     validate(pod)
 
 
