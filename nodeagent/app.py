@@ -164,6 +164,13 @@ class Agent:
         elif self.pool is not None:
             self.pool.close_captures()
 
+    def seen(self, pod_key: str) -> float | None:
+        """When ``pod_key``'s tunnel last delivered a datagram (any worker; with worker processes,
+        as of their last report, at most a second old), or None."""
+        if self.worker is not None:
+            return self.worker.stats.last_seen(pod_key)
+        return self._pool().seen(pod_key)
+
     def last_seen(self) -> dict[str, float | None]:
         """Per pod, the loop time of its latest datagram in any worker (None: none yet)."""
         return self.worker.last_seen() if self.worker is not None else self._pool().last_seen()

@@ -30,7 +30,6 @@ from aiohttp import web
 from nodeagent.pods.index import PodIndex
 from nodeagent.settings import Settings
 from nodeagent.stages import filters, pushdown
-from nodeagent.stats import Stats
 
 PATH = "/v1/pushdown"
 _CACHE_LIMIT = 1024
@@ -39,7 +38,8 @@ _CACHE_LIMIT = 1024
 class PushdownHost(Protocol):
     settings: Settings
     pods: PodIndex
-    stats: Stats
+
+    def seen(self, pod_key: str) -> float | None: ...
 
     def add_route(self, method: str, path: str, handler: Any) -> None: ...
 
@@ -57,7 +57,7 @@ def make_handler(agent: PushdownHost) -> Any:
     cache: dict[str, pushdown.PushdownPlan] = {}
 
     def tunnel(key: str) -> bool:
-        seen = agent.stats.last_seen(key)
+        seen = agent.seen(key)
         return seen is not None and asyncio.get_running_loop().time() - seen <= live
 
     async def handler(request: web.Request) -> web.Response:

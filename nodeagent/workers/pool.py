@@ -370,6 +370,11 @@ class WorkerPool:
             })
         return out
 
+    def seen(self, key: str) -> float | None:
+        """The latest time any worker saw ``key``'s tunnel (as of their last reports)."""
+        times = [t for w in self.workers if (t := w.last_seen.get(key)) is not None]
+        return max(times) if times else None
+
     def last_seen(self) -> dict[str, float | None]:
         """Per pod, the latest datagram time any worker saw (None: none yet)."""
         out: dict[str, float | None] = {}

@@ -25,8 +25,12 @@ def _snapshot(forwarded: int, dropped: int, key: str = "default/web") -> dict:
     stats = Stats()
     counters = stats.pod(key)
     for _ in range(forwarded):
+        stats.read(100)
+        stats.receive(counters, 100, 0.0)
         stats.forward(counters, 100)
     for _ in range(dropped):
+        stats.read(60)
+        stats.receive(counters, 60, 0.0)
         stats.drop(counters, Drop.DUPLICATE, 60)
     snap = stats.snapshot()
     snap.update(normalize={"segments": forwarded, "max_frame": 1514},
