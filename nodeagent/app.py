@@ -55,7 +55,7 @@ from nodeagent.settings import Settings
 from nodeagent.stats import Counters
 from nodeagent.web import metrics, status
 from nodeagent.workers import cores
-from nodeagent.workers.pool import WorkerPool, table_entries
+from nodeagent.workers.pool import SharedPodIndex, WorkerPool, table_entries
 from nodeagent.workers.worker import Worker, install_extensions, static_pods
 
 log = logging.getLogger(__name__)
@@ -82,7 +82,7 @@ def _install_extensions(agent: Agent) -> None:
 class Agent:
     def __init__(self, settings: Settings, workers: int = 1) -> None:
         self.settings = settings
-        self.pods = PodIndex(static_pods(settings))
+        self.pods = PodIndex(static_pods(settings)) if workers == 1 else SharedPodIndex(static_pods(settings))
         self.worker: Worker | None = None
         self.pool: WorkerPool | None = None
         if workers == 1:

@@ -16,8 +16,9 @@ index and its queued datagrams outlive the worker process. Each worker is a chil
   last snapshot is lost with it (at most about a second). The socket's own counters are not
   retired: the socket lives on and keeps counting.
 - Pod table: the supervisor's ``PodIndex`` is the node's (static senders, or the one Kubernetes
-  watch); every 0.1 s a change is sent to every worker as additions and removals; a new worker
-  gets the whole table in its ``start`` message before it reads its socket.
+  watch); a change is sent to every worker as additions and removals in the loop turn after it
+  (``SharedPodIndex``; also checked every 0.1 s), before any later message; a new worker gets the
+  whole table in its ``start`` message before it reads its socket.
 - Stop: every worker is asked to stop, flushes and sends its final snapshot; stragglers are killed
   after ``STOP_TIMEOUT`` seconds.
 """
@@ -33,6 +34,7 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Callable, Iterable
 from typing import Any
 
 from nodeagent.adapters import steering
@@ -88,9 +90,45 @@ class WorkerProcess:
         return total
 
 
+class SharedPodIndex(PodIndex):
+    """The supervisor's pod table: each change schedules one push of the changes to the workers
+    (coalesced: a relist of thousands of pods is one message), in the loop turn after it, so a
+    worker has the pod before any later message on its channel (a ``status`` request included)."""
+
+    def __init__(self, pods: Iterable[PodInfo] = ()) -> None:
+        self.on_change: Callable[[], None] | None = None
+        self._scheduled = False
+        super().__init__(pods)
+
+    def add(self, pod: PodInfo) -> None:
+        super().add(pod)
+        self._changed()
+
+    def remove(self, ip: str) -> PodInfo | None:
+        pod = super().remove(ip)
+        self._changed()
+        return pod
+
+    def replace_all(self, pods: Iterable[PodInfo]) -> None:
+        super().replace_all(pods)
+        self._changed()
+
+    def _changed(self) -> None:
+        if self.on_change is not None and not self._scheduled:
+            self._scheduled = True
+            asyncio.get_running_loop().call_soon(self._push)
+
+    def _push(self) -> None:
+        self._scheduled = False
+        if self.on_change is not None:
+            self.on_change()
+
+
 class WorkerPool:
     def __init__(self, settings: Settings, count: int, pods: PodIndex) -> None:
         self.settings, self.count, self.pods = settings, count, pods
+        if isinstance(pods, SharedPodIndex):
+            pods.on_change = self._sync_pods
         self.captures = relay.Captures(settings.capture.max_sessions, settings.capture.queue_bytes)
         self.workers: list[WorkerProcess] = []
         self.address: tuple[str, int] | None = None
