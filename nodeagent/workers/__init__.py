@@ -7,7 +7,9 @@ a SO_REUSEPORT group of N sockets with a classic BPF program that reads the *inn
 sends every copy of a flow (both vantages, both directions, DNAT'd or not) to one worker, and
 everything without ports to worker 0 (``adapters/steering.py`` argues the key and says when it is
 exact). So the per-flow and per-packet state of the pipeline (vantage, dedup, cutoff) needs no
-sharing between workers, and a worker is the same code as the single-process agent.
+sharing between workers, and a worker is the same code as the single-process agent. The one
+node-wide fact the pipeline uses, each pod's liveness (when its tunnel last delivered), is shared:
+workers report it to the supervisor, which relays it (``child.report_seen``, ``docs/dedup.md``).
 
 The supervisor (``app.Agent`` with a ``pool.WorkerPool``) owns what is one per node: the sockets
 (so a worker can die and come back to its flows), the status server (one ``/status`` and one

@@ -13,10 +13,12 @@ Messages (``op``), supervisor -> worker:
 - ``capture {id, filter, queue_limit}`` / ``uncapture {id}``: live captures (``relay``), answered
   by ``capturing {id}`` once the worker's side is open;
 - ``forget {grace}``: forget the counters of pods gone from the pod table for ``grace`` seconds;
+- ``seen {times}``: when other workers last received pods' tunnels (liveness is the node's);
 - ``stop``: stop reading, flush and close the outputs, answer ``stopped {status}``, exit 0.
 
 worker -> supervisor: ``ready`` once its socket is read, replies carrying the request's ``id``,
-and ``stopped {status}`` (also when it stops on its own, on SIGTERM or supervisor EOF).
+``seen {times}`` for pods whose tunnel it saw first or again (relayed to the other workers), and
+``stopped {status}`` (also when it stops on its own, on SIGTERM or supervisor EOF).
 
 The settings are not sent here: the supervisor writes them to the worker's stdin once, at spawn.
 """

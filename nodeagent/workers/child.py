@@ -37,6 +37,10 @@ from nodeagent.workers.worker import Worker, install_extensions
 
 log = logging.getLogger("nodeagent.workers.child")  # not __main__ when run with -m
 
+SEEN_INTERVAL = 0.1
+"""Seconds between two checks for pods this worker sees for the first time (a pod another worker
+has not seen yet is not live there for at most this long plus a message)."""
+
 class Session:
     """The worker's side of the channel: applies the supervisor's messages to the ``Worker``."""
 
@@ -82,6 +86,11 @@ class Session:
                 worker.pods.remove(ip)
             for pod in message.get("add", ()):
                 worker.pods.add(pod_from_json(pod))
+        elif op == "seen":
+            elsewhere = worker.seen_elsewhere
+            for key, when in message["times"].items():
+                if elsewhere.get(key, -1.0) < when:
+                    elsewhere[key] = when
         elif op == "forget":
             worker.forget(float(message["grace"]), asyncio.get_running_loop().time())
         elif op == "capture":
@@ -109,6 +118,7 @@ async def run(settings: Settings, index: int, count: int, fds: tuple[int, int, i
     except ChannelClosed:
         return 0  # the supervisor went away before we started: nothing to flush
     worker = Worker(settings, PodIndex(pod_from_json(p) for p in start["pods"]), index=index, count=count)
+    worker.seen_elsewhere.update(start.get("seen", {}))
     install_extensions(worker)
     session = Session(worker, channel, captures)
     for message in start.get("captures", []):
@@ -135,10 +145,28 @@ async def run(settings: Settings, index: int, count: int, fds: tuple[int, int, i
     return code
 
 
+async def report_seen(worker: Worker, channel: Channel) -> None:
+    """Tell the supervisor, within ``SEEN_INTERVAL``, when a pod's tunnel is first seen here, and
+    again every ``live / 8`` seconds while it keeps sending, so every worker holds it live
+    (``Worker.last_seen_anywhere``) even if none of its flows came here."""
+    reported: dict[str, float] = {}
+    refresh = worker.settings.dedup.live / 8
+    while True:
+        await asyncio.sleep(SEEN_INTERVAL)
+        news = {key: c.last_seen for key, c in worker.stats.pods.items()
+                if c.last_seen is not None and c.last_seen > reported.get(key, -refresh) + refresh}
+        if news:
+            reported.update(news)
+            channel.send({"op": "seen", "times": news})
+        if len(reported) > 2 * len(worker.stats.pods) + 64:  # forgotten pods: keep this bounded
+            reported = {k: t for k, t in reported.items() if k in worker.stats.pods}
+
+
 async def _supervise(worker: Worker, session: Session, stop: asyncio.Event) -> int:
     """Run the outputs' tasks and the control session; 1 when an output task failed, else 0."""
     tasks: set[asyncio.Task[None]] = {asyncio.create_task(_root(factory), name=name)
                                       for name, factory in worker.tasks().items()}
+    tasks.add(asyncio.create_task(report_seen(worker, session.channel), name="report-seen"))
     control = asyncio.create_task(session.serve(), name="control")
     stopper = asyncio.create_task(stop.wait(), name="signal")
     code = 0

@@ -135,6 +135,8 @@ class WorkerPool:
         self._table: dict[str, PodInfo] = {}
         self._table_version = -1
         self._next_id = 0
+        self.seen_times: dict[str, float] = {}
+        """Per pod, the latest time any worker received its tunnel (``child.report_seen``)."""
         self._stopping = False
         self.started = False
 
@@ -204,7 +206,8 @@ class WorkerPool:
         w.snapshot, w.usage = None, {"pid": w.proc.pid}
         w.tap = asyncio.create_task(self._read_captures(tap_parent), name=f"worker{w.index}-capture")
         w.channel.send({"op": "start", "pods": [pod_to_json(p) for p in self._table.values()],
-                        "captures": [self.captures.message(i) for i in self.captures.sessions]})
+                        "captures": [self.captures.message(i) for i in self.captures.sessions],
+                        "seen": self.seen_times})
         w.reader = asyncio.create_task(self._listen(w), name=f"worker{w.index}-channel")
         exited = asyncio.create_task(w.proc.wait())
         ready = asyncio.create_task(w.ready.wait())
@@ -234,6 +237,8 @@ class WorkerPool:
                     w.ready.set()
                 elif op == "capturing":
                     self.captures.serving(message["id"], w.index)
+                elif op == "seen":
+                    self._relay_seen(w, message["times"])
                 elif op == "stopped" or "id" in message:
                     self._absorb(w, message)
                     future = w.replies.pop(message.get("id", -1), None)
@@ -348,6 +353,20 @@ class WorkerPool:
         self._table, self._table_version = after, self.pods.version
         self._broadcast(message)
 
+    def _relay_seen(self, source: WorkerProcess, times: dict[str, float]) -> None:
+        """A worker saw pods' tunnels: every other worker must hold them live too."""
+        news = {k: t for k, t in times.items() if self.seen_times.get(k, -1.0) < t}
+        if not news:
+            return
+        self.seen_times.update(news)
+        for w in self.workers:
+            if w is not source and w.channel is not None:
+                with contextlib.suppress(ChannelClosed):
+                    w.channel.send({"op": "seen", "times": news})
+        if len(self.seen_times) > 2 * len(self._table) + 64:  # pods gone from the table: bounded
+            self.seen_times = {k: t for k, t in self.seen_times.items()
+                               if k in {p.key for p in self._table.values()}}
+
     def forget(self, grace: float) -> None:
         """Each worker forgets the counters of pods gone from its pod table for ``grace`` seconds."""
         self._broadcast({"op": "forget", "grace": grace})
@@ -409,8 +428,10 @@ class WorkerPool:
         return out
 
     def seen(self, key: str) -> float | None:
-        """The latest time any worker saw ``key``'s tunnel (as of their last reports)."""
+        """The latest time any worker saw ``key``'s tunnel (their ``seen`` messages and reports)."""
         times = [t for w in self.workers if (t := w.last_seen.get(key)) is not None]
+        if (relayed := self.seen_times.get(key)) is not None:
+            times.append(relayed)
         return max(times) if times else None
 
     def last_seen(self) -> dict[str, float | None]:

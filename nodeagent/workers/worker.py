@@ -60,10 +60,13 @@ def static_pods(settings: Settings) -> list[PodInfo]:
     return pods
 
 
-def build_pipeline(settings: Settings, pods: PodIndex, stats: Stats) -> Pipeline:
-    """The one place the pipeline is constructed; BPF rules compile here (ConfigError if bad)."""
+def build_pipeline(settings: Settings, pods: PodIndex, stats: Stats,
+                   last_seen: Callable[[str], float | None] | None = None) -> Pipeline:
+    """The one place the pipeline is constructed; BPF rules compile here (ConfigError if bad).
+    ``last_seen``: the pods' liveness (default: this process's counters, ``stats.last_seen``)."""
     d, c = settings.dedup, settings.cutoff
-    vantage = Vantage(pods=pods, last_seen=stats.last_seen, prefer=d.vantage, capacity=d.flow_capacity,
+    vantage = Vantage(pods=pods, last_seen=last_seen or stats.last_seen, prefer=d.vantage,
+                      capacity=d.flow_capacity,
                       idle=d.flow_idle, hold=d.hold, hold_flow_packets=d.hold_flow_packets,
                       hold_flow_bytes=d.hold_flow_bytes, hold_bytes=d.hold_bytes, live=d.live,
                       confirm=d.confirm, service_cidrs=d.service_cidrs)
@@ -114,7 +117,10 @@ class Worker:
         for pod in pods.all():
             if pod.local:
                 self.stats.pod(pod.key)  # known senders show in /status before their first packet
-        self.pipeline = build_pipeline(settings, pods, self.stats)
+        self.seen_elsewhere: dict[str, float] = {}
+        """When other workers last received each pod's tunnel (``SeenRelay``): a pod is live for
+        the vantage stage if any worker saw it (liveness is the node's, ``docs/dedup.md``)."""
+        self.pipeline = build_pipeline(settings, pods, self.stats, self.last_seen_anywhere)
         norm = settings.normalize
         self.normalizer = Normalizer(max_frame=norm.max_frame, segment=norm.segment,
                                      fix_checksums=norm.fix_checksums)
@@ -177,6 +183,13 @@ class Worker:
         )
         return snap
 
+    def last_seen_anywhere(self, key: str) -> float | None:
+        """The latest of this worker's and the others' last datagram from ``key``'s tunnel."""
+        here, there = self.stats.last_seen(key), self.seen_elsewhere.get(key)
+        if here is None or (there is not None and there > here):
+            return there
+        return here
+
     def last_seen(self) -> dict[str, float | None]:
         """Per pod, the loop time of its last datagram (the Kubernetes watcher's silence check)."""
         return {key: counters.last_seen for key, counters in self.stats.pods.items()}
@@ -193,7 +206,10 @@ class Worker:
 
     def forget(self, grace: float, now: float) -> list[str]:
         """Forget the counters of pods gone from this worker's pod table for ``grace`` seconds."""
-        return self.stats.sweep({p.key for p in self.pods.all() if p.local}, now, grace)
+        present = {p.key for p in self.pods.all() if p.local}
+        for key in [k for k in self.seen_elsewhere if k not in present]:
+            del self.seen_elsewhere[key]
+        return self.stats.sweep(present, now, grace)
 
 
 def process_usage() -> dict[str, Any]:

@@ -117,6 +117,8 @@ async def test_every_copy_of_a_flow_on_one_worker_and_one_status_for_the_node(tm
         for _ in range(5):
             sidecars.send(CLIENT, ping)
         await _wait_received(agent, sidecars.sent)
+        await wait_for(lambda: len(pool.seen_times) == 2, what="both pods' liveness at the supervisor")
+        seen = dict(pool.seen_times)
         status = await get_status(agent)
         _, metrics = await asyncio.to_thread(http_get, agent.status_address, "/metrics")
         records: list = []
@@ -139,6 +141,7 @@ async def test_every_copy_of_a_flow_on_one_worker_and_one_status_for_the_node(tm
     split = {port: files for port, files in client_ports_by_file(tmp_path).items() if len(files) > 1}
     assert split == {}, "copies of one flow written by two workers"
     assert {f.name.split("-")[1] for f in tmp_path.glob("*.pcap")} == {"w0", "w1"}
+    assert set(seen) == {"default/client", "default/server"}, "liveness relayed between the workers"
 
 
 async def test_pod_table_changes_reach_every_worker(tmp_path: Path) -> None:
