@@ -40,6 +40,7 @@ from nodeagent.kubepods import (
 
 SIDECAR_NAME = "podmirror-sidecar"
 MODES = ("auto", "kernel", "sniff")
+PULL_POLICIES = ("Always", "IfNotPresent", "Never")
 Obj = dict[str, Any]
 
 
@@ -56,6 +57,9 @@ class InjectConfig:
     agent_label: str = "podmirror-agent"
     """With ``label`` discovery: the agent pods' ``run`` label value (the seed's SENSOR)."""
     agent_namespace: str = "podmirror"
+    image_pull_policy: str | None = None
+    """The sidecar's ``imagePullPolicy`` (``Never`` for an image imported into the node, as
+    ``deploy/overlays/local``); None leaves Kubernetes' default."""
     default_mode: str = "auto"
     excluded_namespaces: tuple[str, ...] = ("kube-system", "podmirror")
     requests: Mapping[str, str] = dataclasses.field(
@@ -66,6 +70,9 @@ class InjectConfig:
     def __post_init__(self) -> None:
         if self.default_mode not in MODES:
             raise ValueError(f"default mode must be one of {MODES}, not {self.default_mode!r}")
+        if self.image_pull_policy not in (None, *PULL_POLICIES):
+            raise ValueError(f"image pull policy must be one of {PULL_POLICIES}, "
+                             f"not {self.image_pull_policy!r}")
 
 
 def wants_injection(pod: Mapping[str, Any], namespace: str, *, namespace_enabled: bool,
@@ -109,9 +116,12 @@ def sidecar_container(config: InjectConfig, mode: str) -> Obj:
     if config.discovery == "label":
         env += [{"name": "SENSOR", "value": config.agent_label},
                 {"name": "PODMIRROR_AGENT_NAMESPACE", "value": config.agent_namespace}]
-    return {"name": SIDECAR_NAME, "image": config.image, "command": ["sidecar-lite"], "env": env,
-            "resources": {"requests": dict(config.requests), "limits": dict(config.limits)},
-            "securityContext": security}
+    container: Obj = {"name": SIDECAR_NAME, "image": config.image, "command": ["sidecar-lite"], "env": env,
+                      "resources": {"requests": dict(config.requests), "limits": dict(config.limits)},
+                      "securityContext": security}
+    if config.image_pull_policy:
+        container["imagePullPolicy"] = config.image_pull_policy
+    return container
 
 
 def selected_ports(spec: Mapping[str, Any], names: str) -> tuple[str, list[str]]:
