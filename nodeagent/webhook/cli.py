@@ -57,6 +57,12 @@ def run(args: argparse.Namespace) -> int:
     if bool(args.tls_cert) != bool(args.tls_key):
         print("nodeagent webhook: --tls-cert and --tls-key go together", file=sys.stderr)
         return 2
+    for flag, value in (("--agent", args.agent), ("--rules-url", args.rules_url)):
+        if "$(" in value:  # Kubernetes leaves $(VAR) as it is when VAR is not defined
+            print(f"nodeagent webhook: {flag} {value!r} holds an unexpanded $(VARIABLE): Kubernetes sets "
+                  "PODMIRROR_AGENT_SERVICE_* only for Services that exist when the container starts; "
+                  "create the agent Service first (the container restarts and picks it up)", file=sys.stderr)
+            return 2
     from nodeagent.webhook import server  # aiohttp, only when serving
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
