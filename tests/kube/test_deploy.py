@@ -141,4 +141,16 @@ def test_cert_manager_overlay_serves_the_issued_secret_and_drops_the_patch_grant
     assert annotations["cert-manager.io/inject-ca-from"] == "podmirror/podmirror-webhook"
     (webhook,) = find(objs, "Deployment", "podmirror-webhook")["spec"]["template"]["spec"]["containers"]
     assert "--tls-cert" in webhook["args"] and "--webhook-config" not in webhook["args"]
-    assert webhook["volumeMounts"][0]["mountPath"] + "/tls.crt" in webhook["args"]
+    mounts = {m["name"]: m["mountPath"] for m in webhook["volumeMounts"]}
+    assert mounts["tls"] + "/tls.crt" in webhook["args"] and mounts["tmp"] == "/tmp"
+
+
+def test_webhook_has_a_memory_tmp_for_its_certificate_with_a_read_only_root() -> None:
+    """Found on a real node: with readOnlyRootFilesystem the webhook could not write the serving
+    certificate Python's ssl needs as files ("No usable temporary directory found")."""
+    pod = find(build("deploy/base"), "Deployment", "podmirror-webhook")["spec"]["template"]["spec"]
+    (webhook,) = pod["containers"]
+    assert webhook["securityContext"]["readOnlyRootFilesystem"] is True
+    mounts = {m["name"]: m["mountPath"] for m in webhook["volumeMounts"]}
+    volumes = {v["name"]: v for v in pod["volumes"]}
+    assert mounts["tmp"] == "/tmp" and volumes["tmp"]["emptyDir"]["medium"] == "Memory"
