@@ -154,3 +154,25 @@ def test_webhook_has_a_memory_tmp_for_its_certificate_with_a_read_only_root() ->
     mounts = {m["name"]: m["mountPath"] for m in webhook["volumeMounts"]}
     volumes = {v["name"]: v for v in pod["volumes"]}
     assert mounts["tmp"] == "/tmp" and volumes["tmp"]["emptyDir"]["medium"] == "Memory"
+
+
+def _arg(args: list[str], flag: str) -> str:
+    return args[args.index(flag) + 1]
+
+
+@pytest.mark.parametrize("path", ["deploy/base", "deploy/overlays/cert-manager"])
+def test_webhook_gives_sidecars_the_agent_service_address_without_dns(path: str) -> None:
+    """The sidecar's agent is the agent Service's ClusterIP and ports, from the variables Kubernetes
+    sets in the webhook's container for the Services of its namespace: no cluster DNS needed (the
+    local cluster has none). The variables must name the Service and its ports as they are."""
+    objs = build(path)
+    svc = find(objs, "Service", "podmirror-agent")
+    deployment = find(objs, "Deployment", "podmirror-webhook")
+    assert deployment["metadata"]["namespace"] == svc["metadata"]["namespace"]
+    (webhook,) = deployment["spec"]["template"]["spec"]["containers"]
+    prefix = svc["metadata"]["name"].upper().replace("-", "_") + "_SERVICE_"
+    ports = {p["name"].upper(): p["port"] for p in svc["spec"]["ports"]}
+    assert _arg(webhook["args"], "--agent") == f"$({prefix}HOST):$({prefix}PORT_TUNNEL)"
+    assert _arg(webhook["args"], "--rules-url") == f"http://{{agent_host}}:$({prefix}PORT_STATUS)/v1/pushdown"
+    assert ports == {"TUNNEL": 14789, "STATUS": 9477}
+    assert deployment["spec"]["template"]["spec"].get("enableServiceLinks", True) is True
