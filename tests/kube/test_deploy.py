@@ -20,7 +20,7 @@ from tests.kube.patching import validate
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
 KUSTOMIZATIONS = ["deploy", "deploy/base", "deploy/example", "deploy/overlays/zeek",
-                  "deploy/overlays/cert-manager"]
+                  "deploy/overlays/cert-manager", "deploy/overlays/local"]
 CRD_GROUPS = ("cert-manager.io/",)
 """Custom resources: no schema in kubernetes-validate; their fields are checked below instead."""
 pytestmark = pytest.mark.skipif(shutil.which("kubectl") is None,
@@ -160,7 +160,7 @@ def _arg(args: list[str], flag: str) -> str:
     return args[args.index(flag) + 1]
 
 
-@pytest.mark.parametrize("path", ["deploy/base", "deploy/overlays/cert-manager"])
+@pytest.mark.parametrize("path", ["deploy/base", "deploy/overlays/cert-manager", "deploy/overlays/local"])
 def test_webhook_gives_sidecars_the_agent_service_address_without_dns(path: str) -> None:
     """The sidecar's agent is the agent Service's ClusterIP and ports, from the variables Kubernetes
     sets in the webhook's container for the Services of its namespace: no cluster DNS needed (the
@@ -176,3 +176,20 @@ def test_webhook_gives_sidecars_the_agent_service_address_without_dns(path: str)
     assert _arg(webhook["args"], "--rules-url") == f"http://{{agent_host}}:$({prefix}PORT_STATUS)/v1/pushdown"
     assert ports == {"TUNNEL": 14789, "STATUS": 9477}
     assert deployment["spec"]["template"]["spec"].get("enableServiceLinks", True) is True
+
+
+def test_local_overlay_is_the_base_with_the_local_image_never_pulled() -> None:
+    base, local = build("deploy/base"), build("deploy/overlays/local")
+    assert {(o["kind"], o["metadata"]["name"]) for o in local} == {
+        (o["kind"], o["metadata"]["name"]) for o in base}
+    containers = [c for o in local if o["kind"] in ("DaemonSet", "Deployment")
+                  for c in o["spec"]["template"]["spec"]["containers"]]
+    assert {(c["image"], c["imagePullPolicy"]) for c in containers} == {("podmirror:dev", "Never")}
+    (webhook,) = find(local, "Deployment", "podmirror-webhook")["spec"]["template"]["spec"]["containers"]
+    assert _arg(webhook["args"], "--image") == "podmirror:dev"
+    assert _arg(webhook["args"], "--image-pull-policy") == "Never"
+    # Kubernetes 1.20 (scripts/cluster.sh) does not know the field: kubectl's validation refuses it.
+    svc = find(local, "Service", "podmirror-agent")
+    assert "internalTrafficPolicy" not in svc["spec"]
+    assert {k: v for k, v in find(base, "Service", "podmirror-agent")["spec"].items()
+            if k != "internalTrafficPolicy"} == svc["spec"]
