@@ -109,51 +109,65 @@ fi
 
 # -- 3. the image ---------------------------------------------------------------------------------
 EPOCH=$(git -C "$ROOT" log -1 --format=%ct 2>/dev/null || echo 0)
-WORK=$CACHE/work
-rm -rf "$WORK" && mkdir -p "$WORK"
-[ -n "${PODMIRROR_IMAGE_KEEP_WORK:-}" ] || trap 'rm -rf "$WORK"' EXIT
-say "building podmirror's wheel from $ROOT"
-SOURCE_DATE_EPOCH=$EPOCH $PY -m pip wheel -q --no-deps --wheel-dir "$WORK/dist" "$ROOT" >&2
-rm -rf "$ROOT/build" "$ROOT"/*.egg-info 2>/dev/null || true
-ROOTFS=$WORK/rootfs
-cp -a "$BASE/rootfs" "$ROOTFS"
-mkdir -p "$ROOTFS/tmp/wheels"
-cp "$WHEELS"/*.whl "$WORK"/dist/*.whl "$ROOTFS/tmp/wheels/"
-pip_wheel=$(cd "$ROOTFS/tmp/wheels" && ls pip-*.whl)
-# Inside the image's root: its own python3 makes the venv; pip runs from its wheel; SOURCE_DATE_EPOCH
-# makes the byte-code hash-based (reproducible). Private mounts vanish with the namespace.
-unshare --mount --propagation private -- sh -euc '
-  R=$1
-  mount --bind /dev "$R/dev"
-  mount -t proc proc "$R/proc"
-  env -i PATH=/usr/sbin:/usr/bin:/sbin:/bin HOME=/root SOURCE_DATE_EPOCH=$2 PIP_DISABLE_PIP_VERSION_CHECK=1 \
-    PIP_NO_CACHE_DIR=1 PIP_CONFIG_FILE=/dev/null chroot "$R" /bin/sh -euc "
-    /usr/bin/python3 -m venv --without-pip /opt/podmirror
-    /opt/podmirror/bin/python /tmp/wheels/$3/pip install -q --no-index --find-links /tmp/wheels \
-      --no-warn-script-location podmirror
-  "
-' sh "$ROOTFS" "$EPOCH" "$pip_wheel" >&2
-rm -rf "$ROOTFS/tmp/wheels" "$ROOTFS"/root/.cache
-find "$ROOTFS/tmp" "$ROOTFS/root" -mindepth 1 -delete 2>/dev/null || true
-# What podmirror never loads (the Dockerfile runs the same script).
-"$HERE/lib/slim-venv.sh" "$ROOTFS/opt/podmirror/lib/python3.11/site-packages"
+# The archive is rebuilt only when something it is made of changed: the base, the wheels, the
+# sources (as files, whatever git says), the recipe.
+source_key=$( { echo "$base_key $wheel_key $EPOCH"
+                tar -C "$ROOT" --sort=name --mtime=@0 --owner=0 --group=0 --numeric-owner \
+                    --exclude=__pycache__ -cf - pyproject.toml README.md nodeagent sidecar_lite | sha256sum
+                cat "$0" "$HERE/lib/ociarchive.py" "$HERE/lib/slim-venv.sh"; } | sha256sum | cut -c1-16)
+assemble() {  # the archive from the cached base and wheels and the checkout
+  WORK=$CACHE/work
+  rm -rf "$WORK" && mkdir -p "$WORK"
+  [ -n "${PODMIRROR_IMAGE_KEEP_WORK:-}" ] || trap 'rm -rf "$WORK"' EXIT
+  say "building podmirror's wheel from $ROOT"
+  SOURCE_DATE_EPOCH=$EPOCH $PY -m pip wheel -q --no-deps --wheel-dir "$WORK/dist" "$ROOT" >&2
+  rm -rf "$ROOT/build" "$ROOT"/*.egg-info 2>/dev/null || true
+  ROOTFS=$WORK/rootfs
+  cp -a "$BASE/rootfs" "$ROOTFS"
+  mkdir -p "$ROOTFS/tmp/wheels"
+  cp "$WHEELS"/*.whl "$WORK"/dist/*.whl "$ROOTFS/tmp/wheels/"
+  pip_wheel=$(cd "$ROOTFS/tmp/wheels" && ls pip-*.whl)
+  # Inside the image's root: its own python3 makes the venv; pip runs from its wheel; SOURCE_DATE_EPOCH
+  # makes the byte-code hash-based (reproducible). Private mounts vanish with the namespace.
+  unshare --mount --propagation private -- sh -euc '
+    R=$1
+    mount --bind /dev "$R/dev"
+    mount -t proc proc "$R/proc"
+    env -i PATH=/usr/sbin:/usr/bin:/sbin:/bin HOME=/root SOURCE_DATE_EPOCH=$2 PIP_DISABLE_PIP_VERSION_CHECK=1 \
+      PIP_NO_CACHE_DIR=1 PIP_CONFIG_FILE=/dev/null chroot "$R" /bin/sh -euc "
+      /usr/bin/python3 -m venv --without-pip /opt/podmirror
+      /opt/podmirror/bin/python /tmp/wheels/$3/pip install -q --no-index --find-links /tmp/wheels \
+        --no-warn-script-location podmirror
+    "
+  ' sh "$ROOTFS" "$EPOCH" "$pip_wheel" >&2
+  rm -rf "$ROOTFS/tmp/wheels" "$ROOTFS"/root/.cache
+  find "$ROOTFS/tmp" "$ROOTFS/root" -mindepth 1 -delete 2>/dev/null || true
+  # What podmirror never loads (the Dockerfile runs the same script).
+  "$HERE/lib/slim-venv.sh" "$ROOTFS/opt/podmirror/lib/python3.11/site-packages"
 
-# The runtime configuration: the Dockerfile's USER, ENV, EXPOSE and CMD (Debian's default PATH after
-# the venv's bin, as ENV PATH=/opt/podmirror/bin:$PATH gives on debian:bookworm-slim).
-cat > "$WORK/config.json" <<'JSON'
-{
-  "User": "65532:65532",
-  "Env": ["PATH=/opt/podmirror/bin:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
-          "PYTHONDONTWRITEBYTECODE=1", "PYTHONUNBUFFERED=1"],
-  "Cmd": ["nodeagent", "run"],
-  "ExposedPorts": {"14789/udp": {}, "9477/tcp": {}, "8443/tcp": {}},
-  "WorkingDir": "/"
-}
+  # The runtime configuration: the Dockerfile's USER, ENV, EXPOSE and CMD (Debian's default PATH after
+  # the venv's bin, as ENV PATH=/opt/podmirror/bin:$PATH gives on debian:bookworm-slim).
+  cat > "$WORK/config.json" <<'JSON'
+  {
+    "User": "65532:65532",
+    "Env": ["PATH=/opt/podmirror/bin:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
+            "PYTHONDONTWRITEBYTECODE=1", "PYTHONUNBUFFERED=1"],
+    "Cmd": ["nodeagent", "run"],
+    "ExposedPorts": {"14789/udp": {}, "9477/tcp": {}, "8443/tcp": {}},
+    "WorkingDir": "/"
+  }
 JSON
-read -r IMAGE_ID UNPACKED STORED < <($PY "$HERE/lib/ociarchive.py" "$ROOTFS" "$OUT" --tag "$TAG" \
-                                      --config "$WORK/config.json" --epoch "$EPOCH" --gzip)
-echo "$IMAGE_ID" > "$CACHE/podmirror-dev.id"
-say "$TAG $IMAGE_ID: $((STORED / 1000000)) MB compressed, $((UNPACKED / 1000000)) MB unpacked; archive $OUT"
+  read -r IMAGE_ID UNPACKED STORED < <($PY "$HERE/lib/ociarchive.py" "$ROOTFS" "$OUT" --tag "$TAG" \
+                                        --config "$WORK/config.json" --epoch "$EPOCH" --gzip)
+  echo "$IMAGE_ID" > "$CACHE/podmirror-dev.id"
+  echo "$source_key" > "$CACHE/podmirror-dev.key"
+  say "$TAG $IMAGE_ID: $((STORED / 1000000)) MB compressed, $((UNPACKED / 1000000)) MB unpacked; archive $OUT"
+}
+if [ -f "$OUT" ] && [ "$(cat "$CACHE/podmirror-dev.key" 2>/dev/null)" = "$source_key" ]; then
+  say "podmirror:dev $(cat "$CACHE/podmirror-dev.id") is up to date ($OUT)"
+else
+  assemble
+fi
 
 # -- import into the cluster's containerd ----------------------------------------------------------
 SOCK=${PODMIRROR_CONTAINERD:-/run/podmirror-cluster/containerd/containerd.sock}
