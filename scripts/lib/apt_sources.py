@@ -99,6 +99,11 @@ def parse_deb822(text: str) -> list[Entry]:
     return entries
 
 
+def _read(path: str) -> str:
+    with open(path, errors="replace") as handle:
+        return handle.read()
+
+
 def configured(etc: str = "/etc/apt", sourcelist: str = "sources.list",
                sourceparts: str = "sources.list.d") -> list[Entry]:
     def under(path: str) -> str:
@@ -107,15 +112,15 @@ def configured(etc: str = "/etc/apt", sourcelist: str = "sources.list",
     entries: list[Entry] = []
     main = under(sourcelist)
     if os.path.isfile(main):
-        entries += parse_one_line(open(main).read())
+        entries += parse_one_line(_read(main))
     for path in sorted(glob.glob(os.path.join(under(sourceparts), "*"))):
         name = os.path.basename(path)
         if name == OWN_FILE or not os.path.isfile(path):
             continue
         if name.endswith(".list"):
-            entries += parse_one_line(open(path).read())
+            entries += parse_one_line(_read(path))
         elif name.endswith(".sources"):
-            entries += parse_deb822(open(path).read())
+            entries += parse_deb822(_read(path))
     return entries
 
 
@@ -143,7 +148,7 @@ def release_origin(entry: Entry, lists: str) -> str | None:
 
 def codename(os_release: str = "/etc/os-release") -> str:
     try:
-        for line in open(os_release):
+        for line in _read(os_release).splitlines():
             if line.startswith("VERSION_CODENAME="):
                 return line.split("=", 1)[1].strip().strip('"')
     except OSError:
