@@ -333,6 +333,12 @@ EOF
     ctr --address "$SOCK" -n k8s.io images import "$CACHE/cluster/pause.tar" >/dev/null
     say "imported $PAUSE_IMAGE"
   fi
+  # podmirror:dev, when scripts/image.sh built it before the node was up (it imports it otherwise)
+  local image=$CACHE/image/podmirror-dev.tar
+  if [ -f "$image" ] && ! ctr --address "$SOCK" -n k8s.io images ls -q | grep -qxF docker.io/library/podmirror:dev; then
+    ctr --address "$SOCK" -n k8s.io images import "$image" >/dev/null
+    say "imported podmirror:dev from $image"
+  fi
 }
 
 etcd_up() {
