@@ -476,7 +476,7 @@ drain_pods() {
   local end=$((SECONDS + 60))
   while [ $SECONDS -lt $end ]; do
     [ -z "$(kc get pods --all-namespaces -o name 2>/dev/null)" ] && \
-      [ -z "$(ctr --address "$SOCK" -n k8s.io tasks ls -q 2>/dev/null)" ] && break
+      [ -z "$(ctr --address "$SOCK" -n k8s.io tasks ls 2>/dev/null | awk '$3 == "RUNNING"')" ] && break
     sleep 1
   done
   sleep 2  # the kubelet stops each pod's sandbox (CNI DEL) right after its containers
