@@ -164,6 +164,7 @@ def test_service_flows_once_and_the_pcap_holds_the_clients_requests(
         workload: dict[str, Any], installed: Cluster, tmp_path: Any) -> None:
     k, token = installed, uuid.uuid4().hex[:10]
     client_ip, service_ip = workload["client"]["status"]["podIP"], workload["service_ip"]
+    unknown = k.agent_status()["drops"]["unknown_sender"]
     client_requests(k, f"http://{service_ip}/?pm={token}-", REQUESTS)
     expected = {(client_ip, service_ip, "80", f"/?pm={token}-{i}") for i in range(REQUESTS)}
 
@@ -178,6 +179,9 @@ def test_service_flows_once_and_the_pcap_holds_the_clients_requests(
     web = status["pods"][key(workload["web"])]
     assert web["received"] > 0 and web["drops"]["other_vantage"] > 0
     assert balanced(status) and all(balanced(c) for c in status["pods"].values())
+    # The tunnels reach the agent through the Service (kube-proxy's DNAT) with the pods' own source
+    # addresses: nothing masqueraded them, or the sender check would have dropped them.
+    assert status["drops"]["unknown_sender"] == unknown
     assert status["received"] == sum(c["received"] for c in status["pods"].values())
 
 
