@@ -185,7 +185,9 @@ save_machine_state() {
   } > "$f.tmp"
   mv "$f.tmp" "$f"
 }
-before() { grep -qxF "$1" "$STATE/machine-before.env" 2>/dev/null; }
+# before ITEM: ITEM existed before the first `up`. Without the saved state nothing can be told
+# apart, so everything counts as existing before (down then leaves such things alone).
+before() { [ ! -f "$STATE/machine-before.env" ] || grep -qxF "$1" "$STATE/machine-before.env"; }
 restore_sysctls() {  # restore_sysctls NAME...: back to the values saved before the first `up`
   local s v
   for s in "$@"; do
@@ -531,6 +533,8 @@ down() {
   if [ ! -d "$STATE" ] && [ ! -d "$RUN" ] && ! ip link show "$BRIDGE" >/dev/null 2>&1; then
     say "not running"; return 0
   fi
+  [ -f "$STATE/machine-before.env" ] ||
+    say "no record of the machine before 'up' ($STATE/machine-before.env): shared paths, network namespaces and nft tables are left alone"
   drain_pods
   stop_process kube-proxy
   stop_process kubelet
