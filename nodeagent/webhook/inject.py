@@ -44,6 +44,7 @@ from nodeagent.pods.kube import (
 
 SIDECAR_NAME = SIDECAR_CONTAINER
 MODES = ("auto", "kernel", "sniff")
+PULL_POLICIES = ("Always", "IfNotPresent", "Never")
 Obj = dict[str, Any]
 READINESS_PROBE: Obj = {"exec": {"command": ["sidecar-lite", "--check-tunnel"]},
                         "initialDelaySeconds": 3, "periodSeconds": 10, "timeoutSeconds": 5,
@@ -64,6 +65,9 @@ class InjectConfig:
     agent_label: str = "podmirror-agent"
     """With ``label`` discovery: the agent pods' ``run`` label value (``SENSOR``, docs/datapath.md)."""
     agent_namespace: str = "podmirror"
+    image_pull_policy: str | None = None
+    """The sidecar's ``imagePullPolicy`` (``Never`` for an image imported into the node, as
+    ``deploy/overlays/local``); None leaves Kubernetes' default."""
     default_mode: str = "auto"
     excluded_namespaces: tuple[str, ...] = ("kube-system", "podmirror")
     requests: Mapping[str, str] = dataclasses.field(
@@ -74,6 +78,9 @@ class InjectConfig:
     def __post_init__(self) -> None:
         if self.default_mode not in MODES:
             raise ValueError(f"default mode must be one of {MODES}, not {self.default_mode!r}")
+        if self.image_pull_policy not in (None, *PULL_POLICIES):
+            raise ValueError(f"image pull policy must be one of {PULL_POLICIES}, "
+                             f"not {self.image_pull_policy!r}")
 
 
 def wants_injection(pod: Mapping[str, Any], namespace: str, *, namespace_enabled: bool,
@@ -117,9 +124,12 @@ def sidecar_container(config: InjectConfig, mode: str) -> Obj:
     if config.discovery == "label":
         env += [{"name": "SENSOR", "value": config.agent_label},
                 {"name": "PODMIRROR_AGENT_NAMESPACE", "value": config.agent_namespace}]
-    return {"name": SIDECAR_NAME, "image": config.image, "command": ["sidecar-lite"], "env": env,
-            "resources": {"requests": dict(config.requests), "limits": dict(config.limits)},
-            "readinessProbe": copy.deepcopy(READINESS_PROBE), "securityContext": security}
+    container: Obj = {"name": SIDECAR_NAME, "image": config.image, "command": ["sidecar-lite"], "env": env,
+                      "resources": {"requests": dict(config.requests), "limits": dict(config.limits)},
+                      "readinessProbe": copy.deepcopy(READINESS_PROBE), "securityContext": security}
+    if config.image_pull_policy:
+        container["imagePullPolicy"] = config.image_pull_policy
+    return container
 
 
 def selected_ports(spec: Mapping[str, Any], names: str) -> tuple[str, list[str]]:
