@@ -100,8 +100,7 @@ def mix(pods: Sequence[tuple[str, int]], *, flows: int = 10_000, packets_per_flo
 
     def mirror(pod: int, src: bytes, dst: bytes, sport: int, dport: int, seq: int, size: int, head: bytes,
                partial: bool) -> None:
-        nonlocal ident
-        ident += 1
+        """One sidecar's copy of the current packet (``ident``: both copies of a packet share it)."""
         per_pod[pod].append(vxlan.encode(pods[pod][1], frame(src, dst, sport, dport, seq, size, head, partial,
                                                              ident)))
 
@@ -112,7 +111,7 @@ def mix(pods: Sequence[tuple[str, int]], *, flows: int = 10_000, packets_per_flo
             server = (client + 1 + rng.randrange(len(pods) - 1)) % len(pods)
             s_ip, v_ip = packed[server], socket.inet_aton(vip)
             for n in range(packets_per_flow):
-                size, up = rng.choice(sizes), n % 2
+                size, up, ident = rng.choice(sizes), n % 2, ident + 1
                 head = b"GET /item HTTP/1.1\r\n" if n == 0 else b""
                 if up == 0:
                     mirror(client, c_ip, v_ip, cport, 80, seq[0], size, head, True)
@@ -126,7 +125,7 @@ def mix(pods: Sequence[tuple[str, int]], *, flows: int = 10_000, packets_per_flo
         tls = rng.random() < 0.2
         rport = 443 if tls else 80
         for n in range(packets_per_flow):
-            size, up = rng.choice(sizes), n % 2
+            size, up, ident = rng.choice(sizes), n % 2, ident + 1
             if n == 0:
                 head = TLS_HELLO if tls else b"GET / HTTP/1.1\r\n"
             else:
