@@ -149,10 +149,12 @@ class NormalizeSettings:
     """What the agent does to frames before any output (see ``wire/normalize.py``)."""
 
     max_frame: int = 1514
-    """TCP frames longer than this (GSO super-packets) are re-segmented; 1514 = Ethernet MTU 1500."""
+    """TCP frames longer than this (GSO super-packets) are re-segmented; 1514 = Ethernet MTU 1500.
+    At least 590 (IPv4's minimum MTU 576 + 14): segments carry at least ``normalize.MIN_MSS``
+    (536) payload bytes, so a smaller value could never split anything."""
     segment: bool = True
     fix_checksums: bool = True
     """Complete partial L4 checksums (Zeek drops packets whose checksum does not verify)."""
 
     def __post_init__(self) -> None:
-        check(128 <= self.max_frame <= 65535, "max_frame", "must be in 128..65535")
+        check(590 <= self.max_frame <= 65535, "max_frame", "must be in 590..65535")
