@@ -57,6 +57,9 @@ def _register_run(subparsers: Any) -> None:
     p.add_argument("--collector", metavar="IP[:PORT]", action="append",
                    help=f"batched TLS output to a collector (repeat; port {settings_mod.COLLECTOR_PORT})")
     p.add_argument("--collector-ca", metavar="FILE", help="CA that signs the collectors' certificates")
+    p.add_argument("--collector-cert", metavar="FILE",
+                   help="this agent's client certificate for the collectors (with --collector-key)")
+    p.add_argument("--collector-key", metavar="FILE", help="the private key of --collector-cert")
     p.add_argument("--dedup-vantage", choices=("client", "server"),
                    help="which vantage of a local flow is kept")
     p.add_argument("--log-level", choices=("DEBUG", "INFO", "WARNING", "ERROR"))
@@ -84,8 +87,10 @@ def run_overrides(args: argparse.Namespace) -> dict[str, Any]:
         over.setdefault("outputs", {})["sensors"] = list(args.sensor)
     if args.collector:
         over.setdefault("outputs", {}).setdefault("transport", {})["collectors"] = list(args.collector)
-    if args.collector_ca:
-        over.setdefault("outputs", {}).setdefault("transport", {})["ca_file"] = args.collector_ca
+    for flag, field in (("collector_ca", "ca_file"), ("collector_cert", "cert_file"),
+                        ("collector_key", "key_file")):
+        if getattr(args, flag):
+            over.setdefault("outputs", {}).setdefault("transport", {})[field] = getattr(args, flag)
     if args.dedup_vantage:
         over["dedup"] = {"vantage": args.dedup_vantage}
     if args.log_level:

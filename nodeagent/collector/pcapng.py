@@ -72,10 +72,11 @@ class Writer:
         return section_header()
 
     def encode(self, key: str, description: str, ts_ns: int, frame: bytes, wire_len: int,
-               flags: int = 0, comment: str = "") -> bytes:
+               flags: int = 0, comment: str = "", name: str | None = None) -> bytes:
+        """``key`` picks the interface; its ``if_name`` is ``name`` (default: ``key``)."""
         idx = self._ifaces.get(key)
         head = b""
         if idx is None:
             idx = self._ifaces[key] = len(self._ifaces)
-            head = interface(key, description)
+            head = interface(key if name is None else name, description)
         return head + packet(idx, ts_ns, frame, wire_len, flags, comment)
