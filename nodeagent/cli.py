@@ -53,7 +53,10 @@ def _register_run(subparsers: Any) -> None:
     p.add_argument("--pcap-dir", metavar="DIR", help="write rotating pcap files here")
     p.add_argument("--sensor", metavar="IP[:PORT]", action="append",
                    help=f"VXLAN sensor (repeat; port {settings_mod.SENSOR_PORT} by default)")
-    p.add_argument("--status", metavar="IP:PORT", help=f"status address (port {settings_mod.STATUS_PORT})")
+    p.add_argument("--status", metavar="IP:PORT",
+                   help=f"/status and /metrics address (port {settings_mod.STATUS_PORT})")
+    p.add_argument("--pushdown", metavar="IP:PORT",
+                   help=f"/v1/pushdown address, for the sidecars (port {settings_mod.PUSHDOWN_PORT})")
     p.add_argument("--collector", metavar="IP[:PORT]", action="append",
                    help=f"batched TLS output to a collector (repeat; port {settings_mod.COLLECTOR_PORT})")
     p.add_argument("--collector-ca", metavar="FILE", help="CA that signs the collectors' certificates")
@@ -77,6 +80,9 @@ def run_overrides(args: argparse.Namespace) -> dict[str, Any]:
     if args.status:
         host, port = settings_mod.parse_hostport(args.status, settings_mod.STATUS_PORT, "--status")
         over["status"] = {"host": host, "port": port}
+    if args.pushdown:
+        host, port = settings_mod.parse_hostport(args.pushdown, settings_mod.PUSHDOWN_PORT, "--pushdown")
+        over["pushdown"] = {"host": host, "port": port}
     if args.sender:
         over["senders"] = list(args.sender)
     if args.peer:

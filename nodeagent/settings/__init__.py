@@ -27,6 +27,7 @@ from typing import Any, ClassVar
 
 from nodeagent.settings.base import (
     COLLECTOR_PORT,
+    PUSHDOWN_PORT,
     SENSOR_PORT,
     STATUS_PORT,
     TUNNEL_PORT,
@@ -42,6 +43,7 @@ from nodeagent.settings.inputs import (
     ListenSettings,
     LogSettings,
     PeerSettings,
+    PushdownSettings,
     SenderSettings,
     StatusSettings,
 )
@@ -73,7 +75,9 @@ __all__ = [
     "NormalizeSettings",
     "OutputsSettings",
     "PcapSettings",
+    "PUSHDOWN_PORT",
     "PeerSettings",
+    "PushdownSettings",
     "RuleSettings",
     "SENSOR_PORT",
     "STATUS_PORT",
@@ -101,6 +105,7 @@ class Settings:
     outputs: OutputsSettings = OutputsSettings()
     normalize: NormalizeSettings = NormalizeSettings()
     status: StatusSettings = StatusSettings()
+    pushdown: PushdownSettings = PushdownSettings()
     dedup: DedupSettings = DedupSettings()
     filters: FilterSettings = FilterSettings()
     cutoff: CutoffSettings = CutoffSettings()

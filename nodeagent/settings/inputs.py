@@ -7,6 +7,7 @@ import dataclasses
 import ipaddress
 
 from nodeagent.settings.base import (
+    PUSHDOWN_PORT,
     STATUS_PORT,
     TUNNEL_PORT,
     check,
@@ -110,6 +111,26 @@ class StatusSettings:
     @classmethod
     def from_text(cls, text: str) -> StatusSettings:
         host, port = parse_hostport(text, STATUS_PORT, "")
+        return cls(host=host, port=port)
+
+    def __post_init__(self) -> None:
+        check(is_ip(self.host), "host", f"must be an IP address, got {self.host!r}")
+        check(0 <= self.port < 65536, "port", "must be in 0..65535 (0: any free port)")
+
+
+@dataclasses.dataclass(frozen=True)
+class PushdownSettings:
+    """Where sidecars fetch their push-down program (``GET /v1/pushdown``, ``web/pushdown_api.py``):
+    a listener of its own, so a NetworkPolicy can open it to every pod while ``status`` (``/status``,
+    ``/metrics``) stays reachable only by the node and Prometheus. Each pod is answered only about
+    itself (the request's source address)."""
+
+    host: str = "0.0.0.0"
+    port: int = PUSHDOWN_PORT
+
+    @classmethod
+    def from_text(cls, text: str) -> PushdownSettings:
+        host, port = parse_hostport(text, PUSHDOWN_PORT, "")
         return cls(host=host, port=port)
 
     def __post_init__(self) -> None:

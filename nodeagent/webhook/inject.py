@@ -10,11 +10,17 @@ namespace labelled ``podmirror.io/monitor=enabled`` -> yes; else no.
 What is added:
 - a container ``podmirror-sidecar`` (idempotent: a pod that has it is left alone), its
   environment (agent discovery, ``PODMIRROR_VNI=auto``, pod identity from the downward API), small
-  resources, and the security context of its mode: ``kernel`` adds NET_ADMIN (tc and a VXLAN
-  device in the pod's namespace); ``sniff`` and ``auto`` add nothing, so the pod stays within the
-  Pod Security "baseline" level and the sniffer uses the runtime-default NET_RAW (``auto`` without
-  NET_ADMIN falls back to sniffing). The sidecar runs as UID 0: capabilities of a non-root process
-  are not effective without ambient capabilities.
+  resources, and the security context of its mode (``security_context``): every capability
+  dropped but the one the mode needs, ``kernel`` NET_ADMIN (tc and a VXLAN device in the pod's
+  namespace), ``sniff`` and ``auto`` NET_RAW (an AF_PACKET socket; ``auto`` without NET_ADMIN
+  sniffs), no privilege escalation, the runtime's default seccomp profile, a read-only root.
+  It runs as UID 0 because capabilities of a non-root process are not effective: Kubernetes sets
+  no ambient capabilities, and file capabilities are ignored under no_new_privs
+  (``allowPrivilegeEscalation: false``); ``tests/netns/test_sidecar_privileges.py`` measures both
+  with runc. Pod Security levels: ``kernel`` needs "privileged" (NET_ADMIN); ``sniff``/``auto``
+  meet the 1.20-era "baseline" PodSecurityPolicy (NET_RAW is in its default set) but not the
+  current Pod Security Standards' "baseline", which lets no pod *add* NET_RAW; none meets
+  "restricted" (root). ``tests/kube/test_pod_security.py`` checks both against the injected spec.
 - the label ``podmirror.io/monitored=true``: the agent's watch selects on it (labels can be
   selected server-side, annotations cannot).
 - with ``podmirror.io/containers: a,b``: containers share the pod's network namespace, so a
@@ -40,6 +46,8 @@ from nodeagent.pods.kube import (
 
 SIDECAR_NAME = "podmirror-sidecar"
 MODES = ("auto", "kernel", "sniff")
+CAPABILITY = {"kernel": "NET_ADMIN", "sniff": "NET_RAW", "auto": "NET_RAW"}
+"""The one capability each mode keeps (``auto`` as injected has no NET_ADMIN, so it sniffs)."""
 Obj = dict[str, Any]
 
 
@@ -48,9 +56,10 @@ class InjectConfig:
     image: str = "podmirror:0.1.0"
     agent: str = "podmirror-agent.podmirror.svc.cluster.local:14789"
     """PODMIRROR_AGENT: the agent Service (``internalTrafficPolicy: Local``) and its tunnel port."""
-    rules_url: str = "http://{agent_host}:9477/v1/pushdown"
-    """PODMIRROR_RULES_URL: push-down on the agent's status port; the sidecar substitutes the agent
-    it found (the node-local Service, the node's address, or the labelled agent pod)."""
+    rules_url: str = "http://{agent_host}:9476/v1/pushdown"
+    """PODMIRROR_RULES_URL: the agent's push-down listener (port 9476, not the status port 9477); the
+    sidecar substitutes the agent it found (the node-local Service, the node's address, or the
+    labelled agent pod)."""
     discovery: str = "service"
     """PODMIRROR_DISCOVERY: ``service``, ``node-ip`` (agent on hostNetwork) or ``label``."""
     agent_label: str = "podmirror-agent"
@@ -88,11 +97,15 @@ def _field(name: str, path: str) -> Obj:
     return {"name": name, "valueFrom": {"fieldRef": {"fieldPath": path}}}
 
 
+def security_context(mode: str) -> Obj:
+    """The sidecar's ``securityContext`` for ``mode`` (see the module docstring for why root)."""
+    return {"runAsUser": 0, "runAsNonRoot": False, "privileged": False, "allowPrivilegeEscalation": False,
+            "readOnlyRootFilesystem": True, "capabilities": {"drop": ["ALL"], "add": [CAPABILITY[mode]]},
+            "seccompProfile": {"type": "RuntimeDefault"}}
+
+
 def sidecar_container(config: InjectConfig, mode: str) -> Obj:
-    security: Obj = {"runAsUser": 0, "runAsNonRoot": False, "allowPrivilegeEscalation": False,
-                     "readOnlyRootFilesystem": True}
-    if mode == "kernel":
-        security["capabilities"] = {"add": ["NET_ADMIN"]}
+    security = security_context(mode)
     env = [
         {"name": "PODMIRROR_AGENT", "value": config.agent},
         {"name": "PODMIRROR_VNI", "value": "auto"},

@@ -44,17 +44,20 @@ def test_annotated_pod_gets_sidecar_label_env_and_a_valid_spec() -> None:
     env = {e["name"]: e.get("value") or e["valueFrom"]["fieldRef"]["fieldPath"] for e in container["env"]}
     assert env["PODMIRROR_AGENT"].endswith(":14789") and env["PODMIRROR_VNI"] == "auto"
     assert env["PODMIRROR_MODE"] == "auto" and env["PODMIRROR_DISCOVERY"] == "service"
-    assert env["PODMIRROR_RULES_URL"].endswith(":9477/v1/pushdown")
+    assert env["PODMIRROR_RULES_URL"].endswith(":9476/v1/pushdown")  # the push-down listener
     assert (env["POD_IP"], env["NODE_NAME"], env["NODE_IP"]) == ("status.podIP", "spec.nodeName",
                                                                  "status.hostIP")
-    assert "capabilities" not in container["securityContext"]  # auto/sniff: runtime-default NET_RAW
+    security = container["securityContext"]
+    assert security["capabilities"] == {"drop": ["ALL"], "add": ["NET_RAW"]}  # auto, as injected: sniffs
+    assert security["seccompProfile"] == {"type": "RuntimeDefault"}
+    assert security["allowPrivilegeEscalation"] is False and security["privileged"] is False
     assert container["resources"]["limits"] == {"cpu": "200m", "memory": "64Mi"}
     validate(pod)
 
 
 def test_kernel_mode_adds_net_admin_and_containers_become_declared_ports() -> None:
     pod, answer = injected("kernel_mode_containers")
-    assert sidecar(pod)["securityContext"]["capabilities"] == {"add": ["NET_ADMIN"]}
+    assert sidecar(pod)["securityContext"]["capabilities"] == {"drop": ["ALL"], "add": ["NET_ADMIN"]}
     assert pod["metadata"]["annotations"][kube.PORTS_ANNOTATION] == "8080/TCP,8081/UDP,9090/TCP"
     assert "warnings" not in answer["response"]
     validate(pod)
@@ -94,7 +97,7 @@ def test_missing_containers_and_bad_mode_are_warned_not_denied() -> None:
     warnings = answer["response"]["warnings"]
     assert any("ghost" in w for w in warnings) and any("turbo" in w for w in warnings)
     pod = apply_patch(req["request"]["object"], response_patch(answer))
-    assert "capabilities" not in sidecar(pod)["securityContext"]  # fell back to the default mode
+    assert sidecar(pod)["securityContext"]["capabilities"]["add"] == ["NET_RAW"]  # the default mode
 
 
 def test_escaped_keys_patch_existing_labels_in_place() -> None:
