@@ -14,13 +14,15 @@ What is added:
   dropped but the one the mode needs, ``kernel`` NET_ADMIN (tc and a VXLAN device in the pod's
   namespace), ``sniff`` and ``auto`` NET_RAW (an AF_PACKET socket; ``auto`` without NET_ADMIN
   sniffs), no privilege escalation, the runtime's default seccomp profile, a read-only root.
-  It runs as UID 0 because capabilities of a non-root process are not effective: Kubernetes sets
-  no ambient capabilities, and file capabilities are ignored under no_new_privs
-  (``allowPrivilegeEscalation: false``); ``tests/netns/test_sidecar_privileges.py`` measures both
-  with runc. Pod Security levels: ``kernel`` needs "privileged" (NET_ADMIN); ``sniff``/``auto``
-  meet the 1.20-era "baseline" PodSecurityPolicy (NET_RAW is in its default set) but not the
-  current Pod Security Standards' "baseline", which lets no pod *add* NET_RAW; none meets
-  "restricted" (root). ``tests/kube/test_pod_security.py`` checks both against the injected spec.
+  It runs as UID 0 because capabilities of a non-root process are not effective after execve:
+  Kubernetes sets no ambient capabilities, and file capabilities (which would work, within the
+  container's set, even with ``allowPrivilegeEscalation: false``) are not in the image;
+  ``tests/netns/test_sidecar_privileges.py`` measures all three with runc.
+  Pod Security levels: ``kernel`` needs "privileged" (NET_ADMIN); ``sniff``/``auto`` meet the
+  1.20-era "baseline" PodSecurityPolicy (NET_RAW is in its default set) but not the current Pod
+  Security Standards' "baseline", which lets no pod *add* NET_RAW, unless injected with
+  ``sniff_capabilities="runtime-default"``; none meets "restricted" (root, and a capability
+  added). ``tests/kube/test_pod_security.py`` checks each against the injected spec.
 - the label ``podmirror.io/monitored=true``: the agent's watch selects on it (labels can be
   selected server-side, annotations cannot).
 - with ``podmirror.io/containers: a,b``: containers share the pod's network namespace, so a
@@ -48,6 +50,13 @@ SIDECAR_NAME = "podmirror-sidecar"
 MODES = ("auto", "kernel", "sniff")
 CAPABILITY = {"kernel": "NET_ADMIN", "sniff": "NET_RAW", "auto": "NET_RAW"}
 """The one capability each mode keeps (``auto`` as injected has no NET_ADMIN, so it sniffs)."""
+SNIFF_CAPABILITIES = ("add", "runtime-default")
+RUNTIME_DEFAULT_BUT_NET_RAW = ("AUDIT_WRITE", "CHOWN", "DAC_OVERRIDE", "FOWNER", "FSETID", "KILL", "MKNOD",
+                               "NET_BIND_SERVICE", "SETFCAP", "SETGID", "SETPCAP", "SETUID", "SYS_CHROOT")
+"""containerd's and Docker's default capability set without NET_RAW: dropping these (and adding
+nothing) leaves a sniffer exactly NET_RAW on those runtimes while the pod stays within the current
+Pod Security Standards' "baseline", which forbids *adding* NET_RAW (CRI-O's default set lacks
+NET_RAW: there, only ``add`` works)."""
 Obj = dict[str, Any]
 
 
@@ -66,6 +75,10 @@ class InjectConfig:
     """With ``label`` discovery: the agent pods' ``run`` label value (the seed's SENSOR)."""
     agent_namespace: str = "podmirror"
     default_mode: str = "auto"
+    sniff_capabilities: str = "add"
+    """``add``: sniff and auto drop ALL and add NET_RAW (any runtime; Pod Security "privileged" under
+    today's standard). ``runtime-default``: they drop every other capability of the runtime's
+    default set and add none (containerd, Docker; Pod Security "baseline")."""
     excluded_namespaces: tuple[str, ...] = ("kube-system", "podmirror")
     requests: Mapping[str, str] = dataclasses.field(
         default_factory=lambda: {"cpu": "10m", "memory": "24Mi"})
@@ -75,6 +88,9 @@ class InjectConfig:
     def __post_init__(self) -> None:
         if self.default_mode not in MODES:
             raise ValueError(f"default mode must be one of {MODES}, not {self.default_mode!r}")
+        if self.sniff_capabilities not in SNIFF_CAPABILITIES:
+            raise ValueError(f"sniff capabilities must be one of {SNIFF_CAPABILITIES}, "
+                             f"not {self.sniff_capabilities!r}")
 
 
 def wants_injection(pod: Mapping[str, Any], namespace: str, *, namespace_enabled: bool,
@@ -97,15 +113,18 @@ def _field(name: str, path: str) -> Obj:
     return {"name": name, "valueFrom": {"fieldRef": {"fieldPath": path}}}
 
 
-def security_context(mode: str) -> Obj:
+def security_context(mode: str, sniff_capabilities: str = "add") -> Obj:
     """The sidecar's ``securityContext`` for ``mode`` (see the module docstring for why root)."""
+    capabilities: Obj = {"drop": ["ALL"], "add": [CAPABILITY[mode]]}
+    if mode != "kernel" and sniff_capabilities == "runtime-default":
+        capabilities = {"drop": list(RUNTIME_DEFAULT_BUT_NET_RAW)}
     return {"runAsUser": 0, "runAsNonRoot": False, "privileged": False, "allowPrivilegeEscalation": False,
-            "readOnlyRootFilesystem": True, "capabilities": {"drop": ["ALL"], "add": [CAPABILITY[mode]]},
+            "readOnlyRootFilesystem": True, "capabilities": capabilities,
             "seccompProfile": {"type": "RuntimeDefault"}}
 
 
 def sidecar_container(config: InjectConfig, mode: str) -> Obj:
-    security = security_context(mode)
+    security = security_context(mode, config.sniff_capabilities)
     env = [
         {"name": "PODMIRROR_AGENT", "value": config.agent},
         {"name": "PODMIRROR_VNI", "value": "auto"},
