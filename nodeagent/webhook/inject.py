@@ -201,9 +201,13 @@ def patch_for(pod: Mapping[str, Any], config: InjectConfig) -> tuple[list[Obj], 
     cleanly even if another webhook changed unrelated fields."""
     if is_injected(pod):
         return [], []
+    if not isinstance((pod.get("spec") or {}).get("containers"), list):
+        raise TypeError("spec.containers is not a list")   # no path to add the sidecar to
     injected, warnings = inject_template(pod, config)
     meta, new_meta = pod.get("metadata") or {}, injected["metadata"]
     ops: list[Obj] = []
+    if not isinstance(pod.get("metadata"), Mapping):
+        ops.append({"op": "add", "path": "/metadata", "value": {}})   # absent or null: make it
     for field, keys in (("labels", [MONITORED_LABEL]), ("annotations", [PORTS_ANNOTATION])):
         new = new_meta.get(field) or {}
         present = [k for k in keys if k in new and (meta.get(field) or {}).get(k) != new[k]]
