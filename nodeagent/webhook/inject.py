@@ -179,11 +179,11 @@ def inject_template(template: Mapping[str, Any], config: InjectConfig) -> tuple[
     result: Obj = copy.deepcopy(dict(template))
     if is_injected(result):
         return result, []
-    meta = result.setdefault("metadata", {})
+    meta = result["metadata"] = result.get("metadata") or {}
     annotations = meta.get("annotations") or {}
     mode, warnings = _mode(annotations, config)
     meta["labels"] = {**(meta.get("labels") or {}), MONITORED_LABEL: "true"}
-    spec = result.setdefault("spec", {})
+    spec = result["spec"] = result.get("spec") or {}
     if CONTAINERS_ANNOTATION in annotations:
         ports, more = selected_ports(spec, annotations[CONTAINERS_ANNOTATION])
         warnings += more

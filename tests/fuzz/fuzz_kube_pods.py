@@ -43,7 +43,8 @@ def _pod(fdp: atheris.FuzzedDataProvider) -> dict:  # type: ignore[type-arg]
         elif field == 1:
             meta["labels"][_text(fdp)] = _text(fdp)
         elif field == 2:
-            meta["annotations"][harness.word(fdp, ("podmirror.io/ports", "podmirror.io/monitor"))] = _text(fdp)
+            key = harness.word(fdp, ("podmirror.io/ports", "podmirror.io/monitor"))
+            meta["annotations"][key] = _text(fdp)
         elif field == 3:
             status["podIP"] = _text(fdp)
         elif field == 4:

@@ -15,7 +15,7 @@ Targets (the module docstrings say what each checks):
 |---|---|---|
 | wire | a pod's tunnel datagram | ``wire.vxlan``, ``wire.headers``, ``wire.normalize`` |
 | pipeline | the same, through every stage | ``pipeline`` and ``stages/*`` |
-| transport | a collector client's byte stream | ``transport.messages``, ``compression``, ``records``, ``streams`` |
+| transport | a collector client's byte stream | ``transport.{messages,compression,records,streams}`` |
 | records | a batch body | ``transport.records`` |
 | admission | an AdmissionReview | ``webhook.review``, ``webhook.inject`` |
 | config | the agent's configuration file | ``settings``, ``stages.filters`` (+ libpcap) |

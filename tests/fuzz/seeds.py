@@ -27,7 +27,8 @@ TLS_HELLO = bytes.fromhex("160301002a0100002603035a") + bytes(32) + b"\x00\x02\x
 def _partial(frame: bytes) -> bytes:
     meta = headers.decode(frame)
     out = bytearray(frame)
-    struct.pack_into("!H", out, normalize.checksum_offset(meta), normalize.pseudo_sum(meta, meta.end - meta.l4))
+    partial = normalize.pseudo_sum(meta, meta.end - meta.l4)
+    struct.pack_into("!H", out, normalize.checksum_offset(meta), partial)
     return bytes(out)
 
 

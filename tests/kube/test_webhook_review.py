@@ -106,9 +106,33 @@ def test_escaped_keys_patch_existing_labels_in_place() -> None:
     assert {"op": "add", "path": "/metadata/labels/podmirror.io~1monitored", "value": "true"} in ops
 
 
-def test_not_a_review_is_rejected() -> None:
+@pytest.mark.parametrize("body", [{"kind": "AdmissionReview"}, None, [], 7, {"request": {"uid": 5}},
+                                  {"request": []}])
+def test_not_a_review_is_rejected(body: Any) -> None:
+    """Found by tests/fuzz (admission): a JSON body that is not an object was a 500."""
     with pytest.raises(BadReview):
-        respond({"kind": "AdmissionReview"}, CONFIG, namespace_enabled=False)
+        respond(body, CONFIG, namespace_enabled=False)
+
+
+@pytest.mark.parametrize("mangle, injected_ok", [
+    (lambda pod: pod.pop("metadata"), True),                      # the patch makes /metadata first
+    (lambda pod: pod.__setitem__("metadata", None), True),
+    (lambda pod: pod["spec"].pop("containers"), False),           # nowhere to add the sidecar
+    (lambda pod: pod.__setitem__("spec", []), False),
+    (lambda pod: pod["metadata"].__setitem__("labels", "x"), False),
+])
+def test_a_pod_we_do_not_understand_is_admitted_unchanged_or_patched_validly(mangle: Any,
+                                                                           injected_ok: bool) -> None:
+    """Found by tests/fuzz (admission): such pods made a patch that did not apply, or a 500."""
+    req = review("plain_pod_in_enabled_namespace")
+    mangle(req["request"]["object"])
+    answer = respond(req, CONFIG, namespace_enabled=True)["response"]
+    assert answer["allowed"] is True
+    if injected_ok:
+        pod = apply_patch(req["request"]["object"], response_patch({"response": answer}))
+        assert sidecar(pod)["name"] == SIDECAR_NAME and pod["metadata"]["labels"][kube.MONITORED_LABEL]
+    else:
+        assert "patch" not in answer and "not injected" in answer["warnings"][0]
 
 
 @pytest.mark.parametrize("discovery", ["service", "node-ip", "label"])
