@@ -100,9 +100,10 @@ def peer_identity(ssl_object: ssl.SSLObject | None) -> tuple[bytes, str | None]:
     if not der or ssl_object is None:
         return bytes(16), None
     digest = hashlib.sha256(der).digest()
-    cert = ssl_object.getpeercert() or {}
-    names = [value for rdn in cert.get("subject", ()) for key, value in rdn if key == "commonName"]
-    names += [value for kind, value in cert.get("subjectAltName", ()) if kind == "DNS"]
+    cert: dict[str, Any] = dict(ssl_object.getpeercert() or {})
+    names: list[str] = [str(value) for rdn in cert.get("subject", ()) for key, value in rdn
+                        if key == "commonName"]
+    names += [str(value) for kind, value in cert.get("subjectAltName", ()) if kind == "DNS"]
     return digest[:16], f"{names[0] if names else 'certificate'} sha256:{digest.hex()[:16]}"
 
 

@@ -81,7 +81,7 @@ def decode_records(raw: bytes, count: int) -> list[Record]:
             n = view[offset]
             keys.append(bytes(view[offset + 1:offset + 1 + n]).decode(errors="replace"))
             offset += 1 + n
-        out = []
+        out: list[Record] = []
         while offset < len(view):
             if len(out) == count:
                 raise Malformed(f"batch: more than the {count} records announced")

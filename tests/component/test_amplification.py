@@ -105,7 +105,8 @@ async def through_agent(tmp_path: Path, datagrams: dict[int, bytes], **groups: A
     return frames_per_sport(tmp_path), status
 
 
-async def test_tag_storm_and_long_headers_are_malformed_and_the_longest_accepted_split_once(tmp_path):
+async def test_tag_storm_and_long_headers_are_malformed_and_the_longest_accepted_split_once(
+        tmp_path: Path) -> None:
     datagrams = {1001: storm(1001), 1002: storm(1002, tags=3), 1003: v6_ext(1003, 264),
                  1004: v6_ext(1004, 256), 1005: v4_longest(1005), 1006: plain(1006)}
     frames, status = await through_agent(tmp_path, datagrams)
@@ -118,7 +119,7 @@ async def test_tag_storm_and_long_headers_are_malformed_and_the_longest_accepted
     assert status["normalize"]["unsplittable"] == 0
 
 
-async def test_a_small_max_frame_never_goes_below_the_minimum_mss(tmp_path):
+async def test_a_small_max_frame_never_goes_below_the_minimum_mss(tmp_path: Path) -> None:
     """``max_frame`` 590, its least: a plain super-packet splits into 536-byte segments (the most
     frames a datagram can become); longer headers would leave less: the frame goes on whole."""
     datagrams = {2001: plain(2001), 2002: v4_longest(2002), 2003: v6_ext(2003, 256)}

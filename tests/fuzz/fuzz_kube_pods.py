@@ -11,6 +11,7 @@ events were applied.
 from __future__ import annotations
 
 import copy
+from typing import Any
 
 import atheris
 
@@ -20,10 +21,12 @@ with harness.instrumented():
     from nodeagent.pods.index import PodIndex
     from nodeagent.pods.kube import LOCAL, PEERS, PodTable
 
-POD = {"metadata": {"name": "web", "namespace": "shop", "labels": {"podmirror.io/monitored": "true"},
-                    "annotations": {"podmirror.io/ports": "8080/TCP,53/UDP"}},
-       "spec": {"nodeName": "node-a"},
-       "status": {"phase": "Running", "podIP": "10.0.0.5", "podIPs": [{"ip": "10.0.0.5"}, {"ip": "fd00::5"}]}}
+POD: dict[str, Any] = {
+    "metadata": {"name": "web", "namespace": "shop", "labels": {"podmirror.io/monitored": "true"},
+                 "annotations": {"podmirror.io/ports": "8080/TCP,53/UDP"}},
+    "spec": {"nodeName": "node-a"},
+    "status": {"phase": "Running", "podIP": "10.0.0.5", "podIPs": [{"ip": "10.0.0.5"}, {"ip": "fd00::5"}]},
+}
 TEXT = ("10.0.0.5", "10.0.0.6", "fd00::5", "::ffff:10.0.0.5", "0.0.0.0", "255.255.255.255", "node-a",
         "node-b", "true", "false", "8080/TCP", "0", "65536", "Running", "Succeeded", "Failed", "web", "db")
 EVENTS = ("ADDED", "MODIFIED", "DELETED", "BOOKMARK")
@@ -33,8 +36,8 @@ def _text(fdp: atheris.FuzzedDataProvider) -> str:
     return harness.word(fdp, TEXT)
 
 
-def _pod(fdp: atheris.FuzzedDataProvider) -> dict:  # type: ignore[type-arg]
-    pod = copy.deepcopy(POD)
+def _pod(fdp: atheris.FuzzedDataProvider) -> dict[str, Any]:
+    pod: dict[str, Any] = copy.deepcopy(POD)
     meta, status = pod["metadata"], pod["status"]
     for _ in range(fdp.ConsumeIntInRange(0, 6)):
         field = fdp.ConsumeIntInRange(0, 7)

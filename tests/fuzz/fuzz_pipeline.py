@@ -37,7 +37,8 @@ FRAME = struct.Struct("!BH")
 
 def frames(data: bytes) -> list[tuple[int, bytes]]:
     """``(sender byte, datagram)`` pairs, at most four; a short tail is the last datagram."""
-    out, at = [], 0
+    out: list[tuple[int, bytes]] = []
+    at = 0
     while at < len(data) and len(out) < 4:
         head = data[at:at + FRAME.size].ljust(FRAME.size, b"\0")
         who, size = FRAME.unpack(head)

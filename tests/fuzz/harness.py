@@ -58,8 +58,8 @@ def value(fdp: atheris.FuzzedDataProvider, words: Sequence[str], depth: int = 3)
 
 def word(fdp: atheris.FuzzedDataProvider, words: Sequence[str]) -> str:
     if fdp.ConsumeIntInRange(0, 3):
-        return words[fdp.ConsumeIntInRange(0, len(words) - 1)]
-    return fdp.ConsumeUnicodeNoSurrogates(fdp.ConsumeIntInRange(0, 40))
+        return str(words[fdp.ConsumeIntInRange(0, len(words) - 1)])
+    return str(fdp.ConsumeUnicodeNoSurrogates(fdp.ConsumeIntInRange(0, 40)))
 
 
 def mutate(fdp: atheris.FuzzedDataProvider, doc: JSON, words: Sequence[str], edits: int = 4) -> JSON:

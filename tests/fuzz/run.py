@@ -26,6 +26,7 @@ Targets (the module docstrings say what each checks):
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import re
 import shutil
 import subprocess
@@ -42,8 +43,23 @@ MAX_LEN = {"wire": 65536, "pipeline": 24000, "transport": 65536, "records": 6553
 ROOT = Path(__file__).resolve().parents[2]
 
 
+@dataclasses.dataclass(frozen=True)
+class Result:
+    target: str
+    ok: bool
+    """No artifact (crash, timeout, RSS limit) and libFuzzer exited 0."""
+    runs: int
+    """Inputs executed (libFuzzer's ``number_of_executed_units``)."""
+    seconds: float
+    peak_rss_mb: int
+    corpus: int
+    artifacts: list[str]
+    log: str
+    """The finding (Python exception or libFuzzer report) when not ``ok``."""
+
+
 def run_target(target: str, workdir: Path, *, runs: int | None, seconds: int | None,
-               corpus: Path | None = None) -> dict[str, object]:
+               corpus: Path | None = None) -> Result:
     seed_dir = workdir / target / "seeds"
     seeds.write(target, seed_dir)
     corpus = corpus or workdir / target / "corpus"
@@ -59,10 +75,9 @@ def run_target(target: str, workdir: Path, *, runs: int | None, seconds: int | N
     elapsed = time.monotonic() - started
     stats = dict(re.findall(r"^stat::(\w+):\s+(\d+)", done.stderr, re.M))
     found = sorted(str(p) for p in artifacts.iterdir())
-    return {"target": target, "ok": done.returncode == 0 and not found,
-            "runs": int(stats.get("number_of_executed_units", 0)), "seconds": round(elapsed, 1),
-            "peak_rss_mb": int(stats.get("peak_rss_mb", 0)), "corpus": len(list(corpus.iterdir())),
-            "artifacts": found, "log": _finding(done.stderr) if done.returncode else ""}
+    return Result(target, done.returncode == 0 and not found, int(stats.get("number_of_executed_units", 0)),
+                  round(elapsed, 1), int(stats.get("peak_rss_mb", 0)), len(list(corpus.iterdir())), found,
+                  _finding(done.stderr) if done.returncode else "")
 
 
 def _finding(log: str) -> str:
@@ -90,14 +105,14 @@ def main(argv: list[str] | None = None) -> int:
             corpus = args.corpus / target if args.corpus else None
             r = run_target(target, workdir, runs=args.runs, seconds=seconds if args.runs is None else None,
                            corpus=corpus)
-            rate = int(r["runs"]) / max(float(r["seconds"]), 0.1)  # type: ignore[arg-type]
-            print(f"{target:10} {r['runs']:>10} {r['seconds']:>8} {rate:>9.0f} {r['peak_rss_mb']:>6} MB"
-                  f" {r['corpus']:>7}{'' if r['ok'] else '  FAILED'}", flush=True)
-            if not r["ok"]:
+            rate = r.runs / max(r.seconds, 0.1)
+            print(f"{target:10} {r.runs:>10} {r.seconds:>8} {rate:>9.0f} {r.peak_rss_mb:>6} MB"
+                  f" {r.corpus:>7}{'' if r.ok else '  FAILED'}", flush=True)
+            if not r.ok:
                 failed = True
-                for artifact in r["artifacts"]:  # type: ignore[attr-defined]
+                for artifact in r.artifacts:
                     print(f"  replay: {sys.executable} -m tests.fuzz.fuzz_{target} {artifact}")
-                print(r["log"])
+                print(r.log)
     finally:
         if args.workdir is None and not failed:
             shutil.rmtree(workdir, ignore_errors=True)

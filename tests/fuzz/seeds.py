@@ -19,7 +19,7 @@ from scapy.layers.l2 import ARP, Dot1AD, Dot1Q, Ether
 from nodeagent.transport import compression, messages, records
 from nodeagent.wire import headers, normalize, vxlan
 
-MACS = {"src": "02:00:00:00:00:05", "dst": "02:00:00:00:00:09"}
+MAC_A, MAC_B = "02:00:00:00:00:05", "02:00:00:00:00:09"
 A, B, A6, B6 = "10.0.0.5", "10.0.0.9", "fd00::5", "fd00::9"
 TLS_HELLO = bytes.fromhex("160301002a0100002603035a") + bytes(32) + b"\x00\x02\x13\x01\x01\x00"
 
@@ -33,7 +33,7 @@ def _partial(frame: bytes) -> bytes:
 
 
 def frames() -> list[bytes]:
-    eth = Ether(**MACS)
+    eth = Ether(src=MAC_A, dst=MAC_B)
     out = [
         eth / IP(src=A, dst=B) / TCP(sport=40000, dport=8443, flags="S"),
         eth / IP(src=B, dst=A) / TCP(sport=8443, dport=40000, flags="PA") / TLS_HELLO,

@@ -20,6 +20,6 @@ SECONDS = int(os.environ.get("FUZZ_SECONDS", "3"))
 @pytest.mark.parametrize("target", run.TARGETS)
 def test_fuzz_target_finds_nothing(target: str, tmp_path: Path) -> None:
     result = run.run_target(target, tmp_path, runs=None, seconds=SECONDS)
-    replay = [f"python -m tests.fuzz.fuzz_{target} {a}" for a in result["artifacts"]]  # type: ignore[attr-defined]
-    assert result["ok"], f"{target}: {replay}\n{result['log']}"
-    assert int(result["runs"]) >= 100, result   # type: ignore[call-overload]
+    replay = [f"python -m tests.fuzz.fuzz_{target} {a}" for a in result.artifacts]
+    assert result.ok, f"{target}: {replay}\n{result.log}"
+    assert result.runs >= 100, result

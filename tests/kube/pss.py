@@ -62,7 +62,7 @@ def _baseline(pod: Mapping[str, Any]) -> Iterator[str]:
             yield f"{name}: procMount"
         if (sc.get("seccompProfile") or {}).get("type") == "Unconfined":
             yield f"{name}: seccompProfile Unconfined"
-        yield from _selinux(sc.get("seLinuxOptions"), name)
+        yield from _selinux(sc.get("seLinuxOptions"), str(name))
 
 
 def _selinux(options: Mapping[str, Any] | None, where: str) -> Iterator[str]:
