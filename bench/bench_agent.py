@@ -20,7 +20,7 @@ Printed: offered rate, received packets per second, delivered share, receiver CP
 packet (getrusage between the first and the last packet), and each rate as a ratio of the bare
 loop's. Run as root for the kernel row: ``.venv/bin/python bench/bench_agent.py [--count N]``.
 
-``--bulk`` instead measures bulk TCP (issue 2): VXLAN datagrams of 65,234 bytes, each a GSO
+``--bulk`` instead measures bulk TCP (docs/datapath.md): VXLAN datagrams of 65,234 bytes, each a GSO
 super-packet of 45 x 1448 bytes of TCP payload with a partial checksum (as tc mirred copies it),
 paced at ``--bulk-rate`` super-packets/s. The agent (default pipeline, normalizer) outputs to pcap
 files or VXLAN to a loopback sensor, each with the segment path (``offer_segments``: one call per
@@ -225,7 +225,7 @@ async def _measure(stats: Any) -> dict[str, Any]:
     first, cpu0, seen, seen_at = time.perf_counter(), _cpu(), 0, time.perf_counter()
     lag = 0.0
     """How late a 50 ms timer fires at worst: what the agent's own timers (batch flush, pcap, status)
-    suffer while the receiver drains (issue 2: ~100 ms with 256 super-packets per wake-up)."""
+    suffer while the receiver drains (before the per-wake-up byte bound: ~100 ms with 256 super-packets)."""
     while True:
         before = time.perf_counter()
         await asyncio.sleep(0.05)

@@ -1,4 +1,4 @@
-"""Bytes crossing the node's uplink per byte monitored: podmirror against the direct design (issue 3).
+"""Bytes crossing the node's uplink per byte monitored: podmirror against the direct design.
 
 Run (root, about 30 s; namespaces ``pmplbw-*``): ``sudo .venv/bin/python bench/bench_bandwidth.py``.
 

@@ -1,4 +1,4 @@
-"""Issue 2 benchmark, the sidecar's side of the data path: what mirroring costs the pod and the node.
+"""The sidecar's side of the data path: what mirroring costs the pod and the node.
 
 Run as root: ``.venv/bin/python bench/bench_datapath.py`` (about 1-2 minutes; prints one table).
 

@@ -1,4 +1,4 @@
-"""Packets per second of the full pipeline (issue 3) against a no-op pipeline, same run, one core.
+"""Packets per second of the full pipeline (all stages) against a no-op pipeline, same run, one core.
 
 Usage: ``.venv/bin/python bench/bench_pipeline.py [--seconds 4] [--cpu 0]`` (under a minute).
 

@@ -4,10 +4,11 @@ One lab run (root; namespaces ``pmrsb*``): a node with 3 mirrored pods (kernel-m
 agent with *both* outputs on (VXLAN to a sensor host, batched TLS to a collector host), so both
 carry exactly the same kept packets. The wire figures are the kernel counters of each remote
 host's eth0 (the VXLAN sensor receives only the VXLAN output; the collector's eth0 carries the
-batched output both ways, TCP ACKs and TLS included). "Direct per-sidecar" (the seed's design,
-every mirrored packet straight to the sensor) is computed from the agent's received datagrams
-(+42 bytes of UDP/IP/Ethernet each). Latency: the collector's capture-to-delivery delays
-(the agent's reception time to the collector writing the pcapng) at the default flush delay.
+batched output both ways, TCP ACKs and TLS included). "Direct per-sidecar" (the reference
+sidecar's design, docs/datapath.md; every mirrored packet straight to the sensor) is computed from
+the agent's received datagrams (+42 bytes of UDP/IP/Ethernet each). Latency: the collector's
+capture-to-delivery delays (the agent's reception time to the collector writing the pcapng) at the
+default flush delay.
 
 Phases: ``mixed`` (the lab workload's HTTP, DNS, TLS, ping rounds), ``iperf3 bulk`` (iperf3 sends
 one random buffer over and over: the zstd stream removes the repeats, so this phase flatters

@@ -23,9 +23,9 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import secrets
 import signal
 import statistics
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -33,7 +33,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))  # run from a checkout
 
-from tests.netns import nslab  # noqa: E402
+from nodeagent.lab import netns  # noqa: E402
+from tests.waiting import poll  # noqa: E402
 
 POD_IP, NODE_IP, PORT = "10.78.0.2", "10.78.0.1", 14789
 SERVER_IP = "10.78.0.3"
@@ -45,80 +46,57 @@ SINK = (
 )
 
 
-def build(lab: nslab.Lab) -> tuple[nslab.Netns, nslab.Netns]:
-    pod, node = lab.netns("bench-pod"), lab.netns("bench-node")
-    lab.veth(pod, "eth0", node, "vpod")
-    lab.addr(pod, "eth0", f"{POD_IP}/24")
-    lab.addr(node, "vpod", f"{NODE_IP}/24")
-    lab.addr(node, "vpod", f"{SERVER_IP}/24")
-    sink = lab.popen(node, sys.executable, "-c", SINK, NODE_IP, str(PORT), stdout=subprocess.PIPE)
-    assert sink.stdout is not None and sink.stdout.readline().strip() == b"ready"
-    lab.popen(
-        node,
-        "iperf3",
-        "-s",
-        "-B",
-        SERVER_IP,
-        "-p",
-        "5201",
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    nslab.wait_for(lambda: ":5201" in lab.run(node, "ss", "-ltn").stdout, 5, message="iperf3 server")
+def build(lab: netns.Namespaces) -> tuple[str, str]:
+    pod, node = lab.create("bench-pod"), lab.create("bench-node")
+    lab.ip(pod, "link", "add", "eth0", "type", "veth", "peer", "name", "vpod", "netns", node)
+    for ns, ifname, cidrs in ((pod, "eth0", [POD_IP]), (node, "vpod", [NODE_IP, SERVER_IP])):
+        for ip in cidrs:
+            lab.ip(ns, "addr", "add", f"{ip}/24", "dev", ifname)
+        lab.ip(ns, "link", "set", ifname, "up")
+    sink_log = Path("/tmp/pmsc-bench-sink.log")
+    sink = lab.spawn(node, [sys.executable, "-c", SINK, NODE_IP, str(PORT)], log=sink_log)
+    poll(lambda: "ready" in sink_log.read_text() or sink.poll() is not None, 10, "the sink")
+    lab.spawn(node, ["iperf3", "-s", "-B", SERVER_IP, "-p", "5201"])
+    poll(lambda: ":5201" in lab.exec(node, ["ss", "-ltn"]).stdout, 5, "iperf3 server")
     return pod, node
 
 
-def iperf(lab: nslab.Lab, pod: nslab.Netns, seconds: float, *args: str) -> dict[str, object]:
-    out = lab.run(
-        pod, "iperf3", "-c", SERVER_IP, "-p", "5201", "-t", str(seconds), "-J", *args, timeout=seconds + 30
+def iperf(lab: netns.Namespaces, pod: str, seconds: float, *args: str) -> dict[str, object]:
+    out = lab.exec(
+        pod, ["iperf3", "-c", SERVER_IP, "-p", "5201", "-t", str(seconds), "-J", *args], timeout=seconds + 30
     ).stdout
     return json.loads(out)  # type: ignore[no-any-return]
 
 
-def tcp_gbps(lab: nslab.Lab, pod: nslab.Netns, seconds: float) -> float:
+def tcp_gbps(lab: netns.Namespaces, pod: str, seconds: float) -> float:
     doc = iperf(lab, pod, seconds)
     return float(doc["end"]["sum_received"]["bits_per_second"]) / 1e9  # type: ignore[index]
 
 
-def udp_pps(lab: nslab.Lab, pod: nslab.Netns, seconds: float, rate: str = "0") -> float:
+def udp_pps(lab: netns.Namespaces, pod: str, seconds: float, rate: str = "0") -> float:
     doc = iperf(lab, pod, seconds, "-u", "-l", "64", "-b", rate)
     s = doc["end"]["sum"]  # type: ignore[index]
     return (s["packets"] - s["lost_packets"]) / s["seconds"]  # type: ignore[no-any-return]
 
 
-def reassembly_requests(lab: nslab.Lab, node: nslab.Netns) -> int:
-    lines = lab.run(node, "cat", "/proc/net/snmp").stdout.splitlines()
+def reassembly_requests(lab: netns.Namespaces, node: str) -> int:
+    lines = lab.exec(node, ["cat", "/proc/net/snmp"]).stdout.splitlines()
     names, values = [line.split() for line in lines if line.startswith("Ip:")][:2]
     return int(values[names.index("ReasmReqds")])
 
 
-def udp_in(lab: nslab.Lab, node: nslab.Netns) -> int:
-    lines = lab.run(node, "cat", "/proc/net/snmp").stdout.splitlines()
+def udp_in(lab: netns.Namespaces, node: str) -> int:
+    lines = lab.exec(node, ["cat", "/proc/net/snmp"]).stdout.splitlines()
     names, values = [line.split() for line in lines if line.startswith("Udp:")][:2]
     return int(values[names.index("InDatagrams")]) + int(values[names.index("RcvbufErrors")])
 
 
 class Sidecar:
-    def __init__(self, lab: nslab.Lab, pod: nslab.Netns, mode: str, *extra: str) -> None:
+    def __init__(self, lab: netns.Namespaces, pod: str, mode: str, *extra: str) -> None:
         self.lab, self.log = lab, Path(f"/tmp/pmsc-bench-{mode}.log")
-        self.proc = lab.popen(
-            pod,
-            sys.executable,
-            "-m",
-            "sidecar_lite",
-            "--agent",
-            f"{NODE_IP}:{PORT}",
-            "--mode",
-            mode,
-            *extra,
-            cwd=ROOT,
-            stderr=self.log.open("wb"),
-        )
-        nslab.wait_for(
-            lambda: "mirroring eth0" in self.log.read_text() or self.proc.poll() is not None,
-            15,
-            message="sidecar",
-        )
+        cmd = [sys.executable, "-m", "sidecar_lite", "--agent", f"{NODE_IP}:{PORT}", "--mode", mode, *extra]
+        self.proc = lab.spawn(pod, cmd, log=self.log)
+        poll(lambda: "mirroring eth0" in self.log.read_text() or self.proc.poll() is not None, 15, "sidecar")
         if self.proc.poll() is not None:
             raise RuntimeError(self.log.read_text())
 
@@ -139,7 +117,7 @@ class Sidecar:
 
 
 def measure(
-    lab: nslab.Lab, pod: nslab.Netns, node: nslab.Netns, seconds: float
+    lab: netns.Namespaces, pod: str, node: str, seconds: float
 ) -> tuple[float, float, float]:
     """(TCP Gbit/s, UDP-64 packets/s, IP fragments per tunnel datagram at the node)."""
     reasm, dgrams = reassembly_requests(lab, node), udp_in(lab, node)
@@ -148,7 +126,7 @@ def measure(
     return tcp, udp_pps(lab, pod, seconds), frags
 
 
-def throughput(lab: nslab.Lab, pod: nslab.Netns, node: nslab.Netns, seconds: float, reps: int) -> None:
+def throughput(lab: netns.Namespaces, pod: str, node: str, seconds: float, reps: int) -> None:
     print(
         f"\n1) pod throughput: {reps} interleaved pairs (no mirroring, then mirroring), {seconds:.0f} s runs;"
     )
@@ -164,12 +142,12 @@ def throughput(lab: nslab.Lab, pod: nslab.Netns, node: nslab.Netns, seconds: flo
         for _ in range(reps):
             base = measure(lab, pod, node, seconds)
             if node_mtu:
-                lab.run(node, "ip", "link", "set", "vpod", "mtu", str(node_mtu))
+                lab.ip(node, "link", "set", "vpod", "mtu", str(node_mtu))
             sidecar = Sidecar(lab, pod, mode, *extra)
             mirrored = measure(lab, pod, node, seconds)
             last = sidecar.stop()
             if node_mtu:
-                lab.run(node, "ip", "link", "set", "vpod", "mtu", "1500")
+                lab.ip(node, "link", "set", "vpod", "mtu", "1500")
             rows.append((base, mirrored))
         tcp_r = statistics.median(m[0] / b[0] for b, m in rows)
         udp_r = statistics.median(m[1] / b[1] for b, m in rows)
@@ -184,7 +162,7 @@ def throughput(lab: nslab.Lab, pod: nslab.Netns, node: nslab.Netns, seconds: flo
             print(f"{'':34} sniff counters (last run): {last.split('stopped: ')[-1]}")
 
 
-def cpu(lab: nslab.Lab, pod: nslab.Netns, seconds: float) -> None:
+def cpu(lab: netns.Namespaces, pod: str, seconds: float) -> None:
     print(
         f"\n2) sidecar process at fixed offered load (UDP 64 B, {seconds:.0f} s each, fresh sidecar per row)"
     )
@@ -211,10 +189,13 @@ def main() -> int:
         print("needs root (network namespaces)", file=sys.stderr)
         return 2
     started = time.monotonic()
-    with nslab.Lab("pmsc-") as lab:
+    lab = netns.Namespaces(f"pmsc-{secrets.token_hex(3)}-")
+    try:
         pod, node = build(lab)
         throughput(lab, pod, node, args.seconds, args.reps)
         cpu(lab, pod, 4.0)
+    finally:
+        lab.close()
     print(
         f"\n(bench took {time.monotonic() - started:.0f} s;"
         f" kernel {os.uname().release}, {os.cpu_count()} CPUs)"

@@ -20,6 +20,9 @@ in ``_install_extensions``):
 - ``report_mode(pod_key, mode)``: the sidecar's mode, shown as ``pods[key].mode`` in ``/status``;
 - ``add_status_hook(hook)`` / ``add_ready_check(check)``: a part's own ``/status`` fields, and a
   condition ``/readyz`` waits for (the pod table's first list);
+- ``open_capture(filter, queue_limit) -> capture.session.Session``: a live copy of what is
+  forwarded (``nodeagent/capture``); ``close_captures()`` ends every open one (their streams then
+  write their final statistics);
 - ``pods``, ``stats``, ``pipeline``, ``settings``: the shared objects, loop thread only.
 """
 
@@ -39,6 +42,9 @@ from nodeagent.adapters.outputs import Fanout, Output
 from nodeagent.adapters.pcap_out import PcapOutput
 from nodeagent.adapters.receiver import DropLog, Receiver
 from nodeagent.adapters.vxlan_out import VxlanOutput
+from nodeagent.capture.filter import CaptureFilter
+from nodeagent.capture.session import QUEUE_LIMIT, Session
+from nodeagent.capture.tap import Tap
 from nodeagent.pipeline import Pipeline
 from nodeagent.pods.index import PodIndex, PodInfo
 from nodeagent.settings import Settings
@@ -97,6 +103,10 @@ def _install_extensions(agent: Agent) -> None:
     from nodeagent.adapters import transport_out  # batched TLS output, when collectors are set
 
     transport_out.install(agent)
+    from nodeagent.web import capture_api, page  # the status page; live capture when configured
+
+    page.install(agent)
+    capture_api.install(agent, lambda: kube.api_client(agent.settings.kube.kubeconfig))
 
 
 class Agent:
@@ -115,6 +125,9 @@ class Agent:
         self.receiver = Receiver(settings.listen, self.pipeline, self.fanout.offer,
                                  DropLog(settings.log.drop_interval))
         self.modes: dict[str, str] = {}
+        self.tap = Tap(self.pods, settings.capture.max_sessions, settings.capture.queue_bytes)
+        """Joins the outputs with the first capture: an agent nobody captures from pays nothing."""
+        self.capture_address: tuple[str, int] | None = None
         self.registry = metrics.make_registry(self.status)
         self.status_address: tuple[str, int] | None = None
         self._routes: list[status.Route] = []
@@ -148,6 +161,16 @@ class Agent:
     def report_mode(self, pod_key: str, mode: str) -> None:
         self.modes[pod_key] = mode
         self.stats.pod(pod_key)  # listed in /status with its mode even before its first packet
+
+    def open_capture(self, flt: CaptureFilter, queue_limit: int = QUEUE_LIMIT) -> Session:
+        """A capture session of the forwarded packets ``flt`` selects (see ``nodeagent.capture``)."""
+        if self.tap not in self.fanout.outputs:
+            self.fanout.add(self.tap)
+        return self.tap.open_session(flt, queue_limit)
+
+    def close_captures(self) -> None:
+        for session in self.tap.sessions:
+            session.close()
 
     def stop(self) -> None:
         """Ask ``run`` to shut down (what SIGTERM does)."""

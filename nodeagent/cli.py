@@ -30,6 +30,8 @@ SUBCOMMANDS = {
     "webhook": "nodeagent.webhook.cli",
     "lab": "nodeagent.lab.runner",
     "collect": "nodeagent.collector.main",
+    "capture": "nodeagent.client.capture_cmd",
+    "status": "nodeagent.client.status_cmd",
 }
 """Subcommand -> the module whose ``register(subparsers)`` defines it (imported on demand)."""
 
@@ -68,7 +70,24 @@ def _register_run(subparsers: Any) -> None:
     p.add_argument("--log-level", choices=("DEBUG", "INFO", "WARNING", "ERROR"))
     p.add_argument("--node-name", metavar="NAME", help="take the pod table from Kubernetes for this node")
     p.add_argument("--kubeconfig", metavar="FILE", help="with --node-name (default: in-cluster account)")
+    _register_capture(p)
     p.set_defaults(func=_run)
+
+
+def _register_capture(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("live capture (GET /v1/capture, TLS; off unless --capture is given)")
+    g.add_argument("--capture", metavar="IP:PORT",
+                   help=f"capture listener (port {settings_mod.CAPTURE_PORT}); needs a certificate "
+                        "and an auth method")
+    g.add_argument("--capture-cert", metavar="FILE", help="the listener's certificate chain (PEM)")
+    g.add_argument("--capture-key", metavar="FILE", help="the listener's private key (PEM)")
+    g.add_argument("--capture-client-ca", metavar="FILE",
+                   help="readers present a client certificate signed by this CA (mutual TLS)")
+    g.add_argument("--capture-token-file", metavar="FILE",
+                   help="readers send 'Authorization: Bearer <the file's first line>'")
+    g.add_argument("--capture-kube-auth", action="store_true",
+                   help="readers send a Kubernetes bearer token; TokenReview + SubjectAccessReview "
+                        "(get pods/capture in the namespaces selected)")
 
 
 def run_overrides(args: argparse.Namespace) -> dict[str, Any]:
@@ -101,6 +120,12 @@ def run_overrides(args: argparse.Namespace) -> dict[str, Any]:
         over["dedup"] = {"vantage": args.dedup_vantage}
     if args.log_level:
         over["log"] = {"level": args.log_level}
+    capture = {key: value for key, value in (
+        ("listen", args.capture), ("cert", args.capture_cert), ("key", args.capture_key),
+        ("client_ca", args.capture_client_ca), ("token_file", args.capture_token_file),
+        ("kube_auth", args.capture_kube_auth or None)) if value}
+    if capture:
+        over["capture"] = capture
     if args.node_name or args.kubeconfig:
         kube = {"node_name": args.node_name, "kubeconfig": args.kubeconfig}
         over["kube"] = {key: value for key, value in kube.items() if value}
@@ -155,3 +180,21 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 1
     except KeyboardInterrupt:
         return 0
+
+
+PLUGIN_COMMANDS = ("capture", "status")
+
+
+def kubectl_plugin(argv: Sequence[str] | None = None) -> int:
+    """``kubectl-podmirror``: ``kubectl podmirror capture -n shop -l app=web`` runs ``nodeagent capture``.
+
+    kubectl runs any executable named ``kubectl-<name>`` on the PATH for ``kubectl <name> ...`` with
+    the remaining arguments; installing podmirror puts this one beside ``nodeagent``. It offers the
+    operator commands only. kubectl's own flags reach a plugin only after its name, so
+    ``--kubeconfig``/``--context`` go after the subcommand."""
+    args = list(sys.argv[1:] if argv is None else argv)
+    if not args or args[0] not in PLUGIN_COMMANDS:
+        print(f"usage: kubectl podmirror {{{'|'.join(PLUGIN_COMMANDS)}}} [options] (--help after it)",
+              file=sys.stderr)
+        return 0 if args and args[0] in ("-h", "--help") else 2
+    return main(args)

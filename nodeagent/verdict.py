@@ -1,12 +1,15 @@
 """The accounting vocabulary: every packet ends as one ``Forward`` or one ``Drop`` reason.
 
 One ``Drop`` value is the metric label, the ``/status`` key and the log token, so the three can
-never disagree.
+never disagree. ``Drop`` lists only what the pipeline decides; what an output loses after the
+pipeline forwarded a packet is its sibling ``OutputDrop`` (at the end of this module), counted by
+each output under ``state()["dropped"]``.
 """
 
 from __future__ import annotations
 
 import enum
+import errno
 from typing import NamedTuple
 
 from nodeagent.pods.index import PodInfo
@@ -36,10 +39,6 @@ class Drop(enum.StrEnum):
     INTERNAL_ERROR = "internal_error"
     """Processing raised on this datagram (a bug, never expected): the receiver counts it here, logs
     it with its traceback (rate-limited) and goes on with the next datagram."""
-    QUEUE_FULL = "queue_full"
-    """Every output that should take the packet was full."""
-    OUTPUT_ERROR = "output_error"
-    """Every output that should take the packet failed to write or send it."""
 
 
 class Direction(enum.IntEnum):
@@ -68,3 +67,41 @@ class Forward(NamedTuple):
 
 
 Verdict = Forward | Drop
+
+
+class OutputDrop(enum.StrEnum):
+    """Why an output did not deliver a packet the pipeline forwarded (its sibling ``Drop`` counts
+    the pipeline's decisions; ``received == forwarded + sum(drops)`` does not see these).
+
+    Each output counts per packet, where the loss happens, in ``state()["dropped"]`` {reason:
+    count}, listing exactly the reasons it can emit; ``/metrics`` exports them as
+    ``podmirror_output_packets_dropped_total{output=, reason=}``. One value is the ``/status`` key,
+    the metric label and the log token, as for ``Drop``.
+    """
+
+    QUEUE_FULL = "queue_full"
+    """The output's bounded queue was full: the pcap writer's backlog, a collector's outbox (oldest
+    batches evicted first), a sensor socket's send buffer (EAGAIN, ENOBUFS)."""
+    UNREACHABLE = "unreachable"
+    """The destination said it cannot be reached (ICMP unreachable, reported on a VXLAN send), or
+    the rest of a super-packet was abandoned with it."""
+    SEND_ERROR = "send_error"
+    """Any other failed send; the output's ``last_error`` names the errno."""
+    WRITE_ERROR = "write_error"
+    """The pcap file write failed (disk full, I/O error): the records of that buffer are lost."""
+    SHUTDOWN = "shutdown"
+    """Still unacknowledged by a collector when the output closed."""
+    INTERNAL_ERROR = "internal_error"
+    """The output raised while taking the packet (a bug): counted by ``adapters.outputs.Fanout``."""
+
+
+_SEND_FAILURES = {
+    **dict.fromkeys((errno.ECONNREFUSED, errno.EHOSTUNREACH, errno.ENETUNREACH, errno.EHOSTDOWN),
+                    OutputDrop.UNREACHABLE),
+    **dict.fromkeys((errno.EAGAIN, errno.ENOBUFS), OutputDrop.QUEUE_FULL),
+}
+
+
+def send_failure(err: int | None) -> OutputDrop:
+    """The reason a datagram send that failed with errno ``err`` lost its packet."""
+    return _SEND_FAILURES.get(err or 0, OutputDrop.SEND_ERROR)

@@ -8,7 +8,7 @@ cd "$(dirname "$0")/.."
 
 pkgs=(iproute2 tcpdump tshark iperf3 nftables openssl procps ca-certificates)
 if [ "${1:-}" = "--test" ]; then
-  pkgs+=(etcd-server golang-go golang-github-modern-go-reflect2-dev dpkg-dev rsync)
+  pkgs+=(etcd-server golang-go golang-github-modern-go-reflect2-dev dpkg-dev rsync chromium curl)
   command -v kubectl >/dev/null 2>&1 || pkgs+=(kubernetes-client)
 fi
 python3 -c 'import ensurepip, venv' 2>/dev/null || pkgs+=(python3-venv)

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The README's second command: set up, then run every test tier (unit, component, namespaces,
-# end to end, Kubernetes against the fake API and against a real kube-apiserver), the linters and
-# the import-layering contracts. Extra arguments go to pytest.
+# end to end, Kubernetes against the fake API and against a real kube-apiserver), the linters,
+# the import-layering contracts and the type checker. Extra arguments go to pytest.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/setup.sh --test
@@ -11,4 +11,5 @@ PODMIRROR_APISERVER=$(.ci/apiserver.sh)
 export PODMIRROR_APISERVER
 .venv/bin/ruff check nodeagent sidecar_lite tests bench
 .venv/bin/lint-imports
+.venv/bin/mypy  # strict, over nodeagent and sidecar_lite (pyproject.toml [tool.mypy])
 exec .venv/bin/pytest "$@"

@@ -1,4 +1,4 @@
-"""Find the node agent's address (issue 4): service, node-ip or label discovery.
+"""Find the node agent's address: service, node-ip or label discovery.
 
 - ``service``: the configured host, resolved with the system resolver (a Service name with
   ``internalTrafficPolicy: Local`` keeps the tunnel on the node: the kernel drops it if there is no
@@ -26,7 +26,10 @@ def resolve(settings: Settings) -> str:
     if settings.discovery == "label":
         from sidecar_lite import discovery_label  # imports kubernetes: only in this mode
 
-        return discovery_label.find_agent(settings)
+        try:
+            return discovery_label.find_agent(settings)
+        except discovery_label.NoAgent as exc:
+            raise DiscoveryError(str(exc)) from exc
     host = settings.agent_host or ""
     try:
         return str(ipaddress.IPv4Address(host))

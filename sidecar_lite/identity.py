@@ -15,6 +15,16 @@ VNI_MAX = (1 << 24) - 1
 AUTO = "auto"
 
 
+def is_ip(text: str) -> bool:
+    """``text`` is an IPv4 or IPv6 address (how the sidecar's and the agent's settings tell an
+    address from a name)."""
+    try:
+        ipaddress.ip_address(text)
+    except ValueError:
+        return False
+    return True
+
+
 def vni_for_address(ip: str) -> int:
     """The VNI of the pod whose IPv4 address is ``ip`` (low 24 bits)."""
     try:
@@ -27,7 +37,8 @@ def vni_for_address(ip: str) -> int:
 def parse_vni(text: str, *, hex_default: bool = False) -> int | None:
     """Parse a VNI: decimal, ``0x``-prefixed hex, or ``auto`` (returns None).
 
-    ``hex_default`` reads unprefixed digits as hexadecimal: the seed's ``VNI`` variable is hex.
+    ``hex_default`` reads unprefixed digits as hexadecimal: the reference sidecar's ``VNI`` variable
+    is hex (docs/datapath.md).
     """
     value = text.strip().lower()
     if value == AUTO:

@@ -5,8 +5,9 @@ root pulls in much more and the sidecar must stay under 40 MiB RSS). It executes
 ``plan.diff`` computes, so every decision is in the pure ``plan`` module; this file only translates.
 
 pyroute2 0.9.x never sends classic BPF bytecode to cls_bpf (``TCA_BPF_OPS_LEN``/``TCA_BPF_OPS`` are
-declared with the wrong types and never emitted, DATAPLANE.md). ``_ClsBpf`` is a drop-in plugin with
-the right attribute map that emits both; it is registered for kind ``bpf`` when a ``Kernel`` opens.
+declared with the wrong types and never emitted, docs/datapath.md "tc on this kernel"). ``_ClsBpf``
+is a drop-in plugin with the right attribute map that emits both; it is registered for kind ``bpf``
+when a ``Kernel`` opens.
 """
 
 from __future__ import annotations
@@ -15,9 +16,9 @@ import logging
 import socket
 from typing import Any
 
-from pyroute2.iproute.linux import IPRoute  # type: ignore[import-untyped]
-from pyroute2.netlink.exceptions import NetlinkError  # type: ignore[import-untyped]
-from pyroute2.netlink.rtnl.tcmsg import plugins as tc_plugins  # type: ignore[import-untyped]
+from pyroute2.iproute.linux import IPRoute
+from pyroute2.netlink.exceptions import NetlinkError
+from pyroute2.netlink.rtnl.tcmsg import plugins as tc_plugins
 from pyroute2.netlink.rtnl.tcmsg import sched_bpf
 
 from sidecar_lite import plan as planmod

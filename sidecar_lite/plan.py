@@ -8,7 +8,7 @@ Model: ``build(...)`` describes what kernel mode wants in the pod's namespace:
   our mark) running ``bpf.mirror_program`` in classic
   mode and, on a match, ``mirred egress mirror`` into the VXLAN device;
 - a clsact qdisc on the VXLAN device whose ingress drops everything (direct action): the device binds
-  the tunnel port inside the pod and would otherwise decapsulate injected VXLAN (DATAPLANE.md);
+  the tunnel port inside the pod and would otherwise decapsulate injected VXLAN (docs/datapath.md);
 - optionally a route to the agent with a locked MTU (``--tunnel-mtu``).
 
 ``diff(plan, observed)`` returns the ordered steps that turn ``observed`` into the plan; an empty
@@ -22,7 +22,7 @@ import dataclasses
 from collections.abc import Mapping, Sequence
 from typing import NamedTuple
 
-from sidecar_lite import bpf
+from sidecar_lite import bpf, cbpf
 
 INGRESS = 0xFFFFFFF2
 EGRESS = 0xFFFFFFF3
@@ -45,7 +45,7 @@ class FilterSpec:
     ifname: str
     parent: int
     program: bytes
-    """Packed classic BPF (``bpf.pack``)."""
+    """Packed classic BPF (``cbpf.pack``)."""
     mirror_to: str | None
     """VXLAN device that matching packets are mirrored into; None: direct action (the drop filter)."""
 
@@ -74,16 +74,16 @@ def build(
     agent_ip: str,
     agent_port: int,
     vni: int,
-    pushed: Sequence[bpf.Insn] | None = None,
+    pushed: Sequence[cbpf.Instruction] | None = None,
     tunnel_mtu: int | None = None,
 ) -> MirrorPlan:
     """The desired kernel state for mirroring ``interface`` to the agent."""
     vx = VxlanSpec(device_name(vni), vni, agent_ip, agent_port)
-    mirror = bpf.pack(bpf.mirror_program(agent_ip, agent_port, pushed))
+    mirror = cbpf.pack(bpf.mirror_program(agent_ip, agent_port, pushed))
     filters = (
         FilterSpec(interface, INGRESS, mirror, vx.name),
         FilterSpec(interface, EGRESS, mirror, vx.name),
-        FilterSpec(vx.name, INGRESS, bpf.pack(bpf.drop_all()), None),
+        FilterSpec(vx.name, INGRESS, cbpf.pack(bpf.drop_all()), None),
     )
     route = RouteSpec(agent_ip, tunnel_mtu) if tunnel_mtu else None
     return MirrorPlan(interface, vx, filters, route)

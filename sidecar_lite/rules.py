@@ -1,4 +1,4 @@
-"""Push-down: fetch the agent's classic BPF program for this pod (issue 3).
+"""Push-down: fetch the agent's classic BPF program for this pod.
 
 The agent answers ``GET <rules-url>?ip=<pod ip>&vni=<vni>&mode=<kernel|sniff>`` with
 ``{"version": "<opaque>", "bpf": [[code, jt, jf, k], ...] | null}``; ``null`` means mirror
@@ -18,7 +18,7 @@ import urllib.parse
 import urllib.request
 from typing import NamedTuple
 
-from sidecar_lite import bpf
+from sidecar_lite import cbpf
 
 log = logging.getLogger(__name__)
 
@@ -29,7 +29,7 @@ MAX_BODY = 1 << 20
 
 class Pushdown(NamedTuple):
     version: str
-    program: bpf.Program | None
+    program: cbpf.Program | None
 
 
 class BadAnswer(ValueError):
@@ -53,8 +53,8 @@ def parse(body: bytes) -> Pushdown:
         raise BadAnswer("missing string field 'version'")
     raw = doc.get("bpf")
     try:
-        program = None if raw is None else bpf.validate(raw)
-    except bpf.BadProgram as exc:
+        program = None if raw is None else cbpf.parse(raw, cbpf.MAX_PUSHED_INSNS)
+    except cbpf.BpfError as exc:
         raise BadAnswer(str(exc)) from exc
     return Pushdown(doc["version"], program)
 

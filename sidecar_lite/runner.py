@@ -13,7 +13,7 @@ import threading
 import time
 from typing import TYPE_CHECKING
 
-from sidecar_lite import bpf, plan, rules
+from sidecar_lite import bpf, cbpf, plan, rules
 from sidecar_lite.rules import Poller, Pushdown
 from sidecar_lite.sniffer import Sniffer
 from sidecar_lite.stopper import Stopper
@@ -35,7 +35,7 @@ class Target:
     tunnel_mtu: int | None = None
 
 
-def build_plan(t: Target, pushed: bpf.Program | None) -> plan.MirrorPlan:
+def build_plan(t: Target, pushed: cbpf.Program | None) -> plan.MirrorPlan:
     return plan.build(interface=t.interface, agent_ip=t.agent_ip, agent_port=t.agent_port, vni=t.vni,
                       pushed=pushed, tunnel_mtu=t.tunnel_mtu)
 

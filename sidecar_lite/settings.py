@@ -1,16 +1,17 @@
 """Sidecar settings: command line and environment -> one frozen ``Settings``, validated once.
 
-Precedence, highest first: command-line flag, ``PODMIRROR_*`` variable, the seed's variable
-(``INTERFACE``, ``VNI`` read as hex as the seed does, ``SENSOR``), default.
+Precedence, highest first: command-line flag, ``PODMIRROR_*`` variable, the variable of the
+reference sidecar this one replaces (``INTERFACE``, ``VNI`` read as hex as it does, ``SENSOR``;
+docs/datapath.md "The reference sidecar"), default.
 
 Discovery of the agent (``PODMIRROR_DISCOVERY`` / ``--discovery``):
 
 - ``service`` (default): ``--agent``/``PODMIRROR_AGENT`` HOST:PORT, HOST may be a DNS name such as a
-  Service with ``internalTrafficPolicy: Local``; the seed's ``SENSOR=<IP>`` also works.
+  Service with ``internalTrafficPolicy: Local``; the reference sidecar's ``SENSOR=<IP>`` also works.
 - ``node-ip``: the node's address from the downward API (``NODE_IP``), agent on hostNetwork; the
   port comes from ``PODMIRROR_AGENT`` when given (``:PORT`` alone is fine), else 14789.
-- ``label``: the seed's ``SENSOR=<label value>``: the agent pod on this node whose label
-  ``PODMIRROR_LABEL_KEY`` (default ``run``, as in the seed) has that value, listed in
+- ``label``: the reference sidecar's ``SENSOR=<label value>``: the agent pod on this node whose label
+  ``PODMIRROR_LABEL_KEY`` (default ``run``, as it used) has that value, listed in
   ``PODMIRROR_AGENT_NAMESPACE`` (default: the pod's namespace). Chosen implicitly when ``SENSOR`` is
   set to something that is not an IP address and no agent address is given.
 
@@ -21,7 +22,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import ipaddress
 from collections.abc import Mapping, Sequence
 
 from sidecar_lite import identity
@@ -111,19 +111,11 @@ def split_host_port(text: str, field: str) -> tuple[str | None, int]:
     return (host or None), number
 
 
-def _is_ip(text: str) -> bool:
-    try:
-        ipaddress.ip_address(text)
-    except ValueError:
-        return False
-    return True
-
-
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="sidecar-lite", description="Mirror this pod's traffic to its agent.")
-    p.add_argument("--agent", help="agent HOST:PORT (env PODMIRROR_AGENT, seed SENSOR)")
-    p.add_argument("--vni", help="decimal, 0x.. or auto (env PODMIRROR_VNI, seed VNI in hex)")
-    p.add_argument("--interface", help="mirrored interface (env PODMIRROR_INTERFACE, seed INTERFACE)")
+    p.add_argument("--agent", help="agent HOST:PORT (env PODMIRROR_AGENT or SENSOR)")
+    p.add_argument("--vni", help="decimal, 0x.. or auto (env PODMIRROR_VNI, or VNI in hex)")
+    p.add_argument("--interface", help="mirrored interface (env PODMIRROR_INTERFACE or INTERFACE)")
     p.add_argument("--mode", choices=MODES, help="auto|kernel|sniff (env PODMIRROR_MODE)")
     p.add_argument("--discovery", choices=DISCOVERY, help="env PODMIRROR_DISCOVERY")
     p.add_argument("--rules-url", help="push-down URL (env PODMIRROR_RULES_URL); absent: no polling")
@@ -141,7 +133,7 @@ def parse(argv: Sequence[str], env: Mapping[str, str]) -> Settings:
     agent_text = args.agent or env.get("PODMIRROR_AGENT", "").strip()
     discovery = args.discovery or env.get("PODMIRROR_DISCOVERY", "").strip()
     if not discovery:
-        discovery = "label" if sensor and not agent_text and not _is_ip(sensor) else "service"
+        discovery = "label" if sensor and not agent_text and not identity.is_ip(sensor) else "service"
     host, port = _agent(discovery, agent_text, sensor, env)
     pod = PodIdentity(*(env.get(k) or None for k in ("POD_IP", "POD_NAME", "POD_NAMESPACE",
                                                         "NODE_NAME", "NODE_IP")))

@@ -26,6 +26,7 @@ import time
 from collections.abc import Callable, Sequence
 
 from sidecar_lite import bpf, vxlan
+from sidecar_lite.cbpf import Instruction
 
 log = logging.getLogger(__name__)
 
@@ -60,7 +61,9 @@ class Counters:
 class Sniffer:
     """Capture ``interface`` and send every frame to ``agent`` with ``vni``."""
 
-    def __init__(self, interface: str, agent: tuple[str, int], vni: int, program: Sequence[bpf.Insn]) -> None:
+    def __init__(
+        self, interface: str, agent: tuple[str, int], vni: int, program: Sequence[Instruction]
+    ) -> None:
         self.counters = Counters()
         self._agent = agent
         self._buf = bytearray(BUFFER)
@@ -76,7 +79,7 @@ class Sniffer:
         self._tx.setsockopt(socket.IPPROTO_IP, IP_MTU_DISCOVER, IP_PMTUDISC_DONT)
         self._tx.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4 << 20)
 
-    def set_program(self, program: Sequence[bpf.Insn]) -> None:
+    def set_program(self, program: Sequence[Instruction]) -> None:
         """Replace the socket filter (push-down) without reopening the socket."""
         bpf.attach_socket_filter(self._rx, program)
 

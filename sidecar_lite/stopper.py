@@ -15,7 +15,6 @@ from types import FrameType
 class Stopper:
     def __init__(self) -> None:
         self.stopped = False
-        self.signal_name = ""
         self._r, self._w = socket.socketpair()
         self._r.setblocking(False)
         self._w.setblocking(False)
@@ -27,7 +26,6 @@ class Stopper:
 
     def _handle(self, signum: int, frame: FrameType | None) -> None:
         self.stopped = True
-        self.signal_name = signal.Signals(signum).name
 
     def is_set(self) -> bool:
         return self.stopped

@@ -5,10 +5,12 @@ Contract for an output (pcap files, VXLAN to sensors, batched transport, ...):
 - ``offer(fwd)`` is called on the event loop for every packet and **never blocks**. ``fwd.frame``
   is a view into the receiver's reused buffer: it is valid only during the call, so an output that
   keeps the bytes copies them (``bytes(fwd.frame)``) or writes them into its own buffer at once.
-  An output that cannot take a packet (queue full, send error) counts it in its own ``state()``;
+  An output that cannot take a packet (queue full, send error) counts it in its own ``state()``
+  under ``dropped`` {``verdict.OutputDrop`` reason: packets}, listing every reason it can emit;
   the pipeline already counted the packet as forwarded, so the invariant
   ``received == forwarded + sum(drops)`` is untouched by output trouble (the per-output counters
-  say what each output really delivered).
+  say what each output really delivered). ``Fanout`` adds ``internal_error`` to every output's
+  ``dropped``: the packets of the calls in which the output raised.
 - ``open()`` runs before the receiver is bound; ``run()`` is the output's background work (timers,
   reconnects), a root task under the agent's supervisor: returning is fine, raising stops the agent.
 - ``flush()`` pushes buffered data out (SIGTERM calls it); ``close()`` releases everything.
@@ -33,7 +35,7 @@ import logging
 from collections.abc import Callable, Sequence
 from typing import Any, Protocol, runtime_checkable
 
-from nodeagent.verdict import Forward
+from nodeagent.verdict import Forward, OutputDrop
 from nodeagent.wire.normalize import Normalizer
 
 log = logging.getLogger(__name__)
@@ -68,7 +70,8 @@ class Fanout:
         self.segments = segments
         """Hand a super-packet's segments in one ``offer_segments`` call where an output has it
         (False: one ``offer`` per segment everywhere; the bench's before/after switch)."""
-        self.errors: dict[str, int] = {}
+        self.failed: dict[str, int] = {}
+        """Output name -> packets of the ``offer``/``offer_segments`` calls that raised."""
         self._many: list[tuple[Output, Callable[[Forward, list[memoryview]], None] | None]] = []
         for output in outputs:
             self.add(output)
@@ -99,6 +102,7 @@ class Fanout:
     def _offer_segments(self, fwd: Forward, frames: list[memoryview]) -> None:
         singles: list[Forward] | None = None
         for output, many in self._many:
+            taken = 0  # segments the output took before it raised (one call for offer_segments)
             try:
                 if many is not None:
                     many(fwd, frames)
@@ -107,24 +111,25 @@ class Fanout:
                     singles = [fwd._replace(frame=f, wire_len=len(f)) for f in frames]
                 for single in singles:
                     output.offer(single)
+                    taken += 1
             except Exception:  # as in _offer_all: counted, logged once, the others go on
-                self._failed(output)
+                self._failed(output, len(frames) - taken)
 
     def _offer_all(self, fwd: Forward) -> None:
         for output in self.outputs:
             try:
                 output.offer(fwd)
             except Exception:  # an output's bug must not stop the others: counted, logged once
-                self._failed(output)
+                self._failed(output, 1)
 
-    def _failed(self, output: Output) -> None:
-        count = self.errors.get(output.name, 0)
-        self.errors[output.name] = count + 1
+    def _failed(self, output: Output, packets: int) -> None:
+        count = self.failed.get(output.name, 0)
+        self.failed[output.name] = count + packets
         if count == 0:
             log.exception("output %s failed to take a packet (further failures only counted)", output.name)
 
     def state(self) -> dict[str, Any]:
         out = {o.name: o.state() for o in self.outputs}
-        for name, count in self.errors.items():
-            out.setdefault(name, {})["offer_exceptions"] = count
+        for name, state in out.items():
+            state.setdefault("dropped", {})[OutputDrop.INTERNAL_ERROR] = self.failed.get(name, 0)
         return out

@@ -8,7 +8,10 @@ the size bound is exact and the thread needs no shared state with it.
 
 Invariants:
 - At most ``max_pending`` buffers wait for the thread; past that, packets are dropped and counted
-  as ``dropped_backlog`` (a slow disk never grows memory without bound nor blocks the loop).
+  under ``OutputDrop.QUEUE_FULL`` (a slow disk never grows memory without bound nor blocks the
+  loop). A buffer whose write fails loses its records, counted under ``OutputDrop.WRITE_ERROR``
+  by the thread. So ``packets`` (records buffered) ``- dropped[write_error]`` reached the files,
+  and every packet offered is in ``packets`` or ``dropped[queue_full]``.
 - A file never exceeds ``max_bytes`` (unless one record alone is larger); after each rotation the
   closed files of this prefix are deleted oldest first until they and a full new file fit in
   ``max_total_bytes``.
@@ -27,7 +30,7 @@ import time
 from typing import Any
 
 from nodeagent.settings import PcapSettings
-from nodeagent.verdict import Forward
+from nodeagent.verdict import Forward, OutputDrop
 from nodeagent.wire import pcap
 
 log = logging.getLogger(__name__)
@@ -43,16 +46,18 @@ class _Writer:
         self._path = ""
         self._seq = 0
         self.files_deleted = 0
-        self.write_errors = 0
+        self.lost_packets = 0
+        """Records in buffers whose write failed (``OutputDrop.WRITE_ERROR``)."""
         self.last_error = ""
 
-    def write(self, data: bytes | bytearray, rotate: bool) -> None:
+    def write(self, data: bytes | bytearray, rotate: bool, packets: int) -> None:
+        """Write ``data`` (``packets`` records), first opening the next file if ``rotate``."""
         try:
             if rotate or self._file is None:
                 self._open_next()
             self._file.write(data)
         except OSError as exc:
-            self.write_errors += 1
+            self.lost_packets += packets
             self.last_error = f"{self._path}: {exc.strerror}"
             log.error("pcap write failed: %s", self.last_error)
 
@@ -118,13 +123,16 @@ class PcapOutput:
         self._writer = _Writer(settings, settings.dir)
         self._pool = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="pcap-writer")
         self._buf = bytearray()
+        self._buf_packets = 0
         self._file_bytes = 0
         self._file_opened = 0.0
         self._rotate_next = True
         self._submitted = 0
         self._completed = 0
         """Written by the writer thread only; ``_submitted - _completed`` is the backlog."""
-        self.packets = self.bytes = self.dropped_backlog = self.files = 0
+        self.packets = self.bytes = self.files = 0
+        self.queue_full = 0
+        """Packets offered while ``max_pending`` buffers waited (``OutputDrop.QUEUE_FULL``)."""
 
     async def open(self) -> None:
         os.makedirs(self._dir, exist_ok=True)
@@ -140,7 +148,7 @@ class PcapOutput:
 
     def offer(self, fwd: Forward) -> None:
         if self._submitted - self._completed >= self.max_pending:
-            self.dropped_backlog += 1
+            self.queue_full += 1
             return
         size = pcap.RECORD_SIZE + min(len(fwd.frame), self._s.snaplen)
         if self._file_bytes and self._file_bytes + size > self._s.max_bytes:
@@ -153,6 +161,7 @@ class PcapOutput:
             self._buf, time.time_ns(), fwd.frame, fwd.wire_len, nanos=self._nanos, snaplen=self._s.snaplen
         )
         self._file_bytes += size
+        self._buf_packets += 1
         self.packets += 1
         self.bytes += size
         if len(self._buf) >= self._s.buffer_bytes:
@@ -180,6 +189,7 @@ class PcapOutput:
         buf += pcap.record_header(ts_ns, len(last), len(last), nanos=nanos)
         buf += last
         self._file_bytes += total
+        self._buf_packets += count
         self.packets += count
         self.bytes += total
         if len(buf) >= self._s.buffer_bytes:
@@ -188,10 +198,11 @@ class PcapOutput:
     def _submit(self, rotate_after: bool = False) -> None:
         """Give the buffer to the writer thread; ``rotate_after``: the next record starts a new file."""
         data, self._buf = self._buf, bytearray()
+        packets, self._buf_packets = self._buf_packets, 0
         rotate, self._rotate_next = self._rotate_next, False
         if data or rotate:
             self._submitted += 1
-            future = self._pool.submit(self._writer.write, data, rotate)
+            future = self._pool.submit(self._writer.write, data, rotate, packets)
             future.add_done_callback(self._done)
         if rotate_after:
             self._rotate_next = True
@@ -218,8 +229,8 @@ class PcapOutput:
             "bytes": self.bytes,
             "files_opened": self.files,
             "files_deleted": self._writer.files_deleted,
-            "dropped_backlog": self.dropped_backlog,
-            "write_errors": self._writer.write_errors,
+            "dropped": {OutputDrop.QUEUE_FULL: self.queue_full,
+                        OutputDrop.WRITE_ERROR: self._writer.lost_packets},
             "pending_buffers": self._submitted - self._completed,
             "last_error": self._writer.last_error,
         }

@@ -44,13 +44,13 @@ from nodeagent.settings import ConfigError, TransportSettings
 from nodeagent.transport import affinity, compression, messages, outbox, records
 from nodeagent.transport.batcher import Batch, Batcher
 from nodeagent.transport.records import Record
-from nodeagent.verdict import Forward
+from nodeagent.verdict import Forward, OutputDrop
 from nodeagent.wire import Malformed
 
 log = logging.getLogger(__name__)
 
-QUEUE_FULL = "queue_full"
-SHUTDOWN = "shutdown"
+QUEUE_FULL, SHUTDOWN = OutputDrop.QUEUE_FULL, OutputDrop.SHUTDOWN
+"""The outputs' drop vocabulary (``verdict.OutputDrop``): the two reasons this output can emit."""
 WRITE_HIGH = 4 << 20
 """Bytes buffered in the TLS transport before the sender waits for the socket (flow control)."""
 _FAULTS = (OSError, ssl.SSLError, asyncio.TimeoutError, asyncio.IncompleteReadError, Malformed,
@@ -64,7 +64,7 @@ class TransportOptions:
     batch_bytes: int = 256 * 1024
     """A batch closes at this many bytes of frames (plus per-record overhead)."""
     max_delay: float = 0.02
-    """Seconds a packet may wait in an open batch: bounds latency (issue 5: default <= 50 ms)."""
+    """Seconds a packet may wait in an open batch: bounds latency (required: <= 50 ms)."""
     queue_bytes: int = 32 * 1024 * 1024
     """Uncompressed batch bytes kept per collector until acknowledged; beyond it the oldest go."""
     level: int = 3
@@ -410,10 +410,8 @@ class TransportOutput:
         total = {k: sum(s[k] for s in links.values())
                  for k in ("offered", "delivered", "queued_packets", "open_packets", "bytes_sent")}
         dropped = {r: sum(s["dropped"][r] for s in links.values()) for r in (QUEUE_FULL, SHUTDOWN)}
-        # Flat integers too: ``/metrics`` turns top-level integers into podmirror_output_* gauges.
-        flat = {f"dropped_{reason}": n for reason, n in dropped.items()}
-        flat["collectors_up"] = sum(1 for s in links.values() if s["state"] == "up")
-        return {"kind": "transport", **total, **flat, "dropped": dropped, "collectors": links}
+        up = sum(1 for s in links.values() if s["state"] == "up")
+        return {"kind": "transport", **total, "collectors_up": up, "dropped": dropped, "collectors": links}
 
 
 def from_settings(ts: TransportSettings, agent: str = "nodeagent") -> TransportOutput:

@@ -3,12 +3,15 @@
 One *connected*, non-blocking UDP socket per sensor: ``send`` never blocks, and a connected socket
 is the only kind to which the kernel reports ICMP port/host unreachable (as ECONNREFUSED or
 EHOSTUNREACH on a later send), so a sensor that is down is visible per sensor in ``state()``.
-Header and frame go out in one ``sendmsg`` with two buffers: no concatenation copy.
+Header and frame go out in one ``sendmsg`` with two buffers: no concatenation copy. A packet that
+does not leave is counted per sensor under ``dropped`` by ``verdict.send_failure`` of its errno
+(``unreachable``, ``queue_full`` for EAGAIN/ENOBUFS, ``send_error``; ``last_error`` names the
+errno), so for each sensor: packets offered == ``packets`` + ``sum(dropped)``.
 
 The VNI is the sender's (the pod's identity travels to the sensor) unless the sensor's settings
 fix one.
 
-Flow affinity (issue 5): each packet goes to *one* sensor, chosen by the symmetric flow hash on a
+Flow affinity (docs/transport.md): each packet goes to *one* sensor, chosen by the symmetric flow hash on a
 consistent ring (``transport.affinity``): both directions of a connection reach the same sensor (a Zeek
 cluster needs that), and a sensor that goes down moves only its own flows. The outer UDP source
 port follows the same hash: each sensor has a small pool of connected sockets, each bound to its
@@ -53,7 +56,7 @@ from typing import Any
 from nodeagent.adapters import mmsg
 from nodeagent.settings import SensorSettings
 from nodeagent.transport import affinity
-from nodeagent.verdict import Forward
+from nodeagent.verdict import Forward, OutputDrop, send_failure
 from nodeagent.wire import vxlan
 
 log = logging.getLogger(__name__)
@@ -71,7 +74,8 @@ POOL = 8
 HOLDDOWN_MIN, HOLDDOWN_MAX = 1.0, 30.0
 """Seconds a sensor stays down after an ICMP unreachable, doubling on each repeated failure."""
 PROBE_INTERVAL = 2.0
-_UNREACHABLE = frozenset({errno.ECONNREFUSED, errno.EHOSTUNREACH, errno.ENETUNREACH, errno.EHOSTDOWN})
+SENSOR_DROPS = (OutputDrop.QUEUE_FULL, OutputDrop.UNREACHABLE, OutputDrop.SEND_ERROR)
+"""What a sensor can lose a packet to (``verdict.send_failure`` of the errno)."""
 
 
 class MultiSend:
@@ -123,8 +127,9 @@ class Sensor:
         self.vni = settings.vni if isinstance(settings.vni, int) else None
         self.socks: list[socket.socket] = []
         self.packets = self.bytes = 0
-        self.errors: dict[str, int] = {}
+        self.dropped = dict.fromkeys(SENSOR_DROPS, 0)
         self.last_error = ""
+        """The errno name of the last failed send."""
         self._headers: dict[int, bytes] = {}
         self.gso = settings.gso
         """UDP GSO for ``send_segments`` (``SensorSettings.gso``); False after the kernel refused it."""
@@ -135,10 +140,6 @@ class Sensor:
         """Consecutive hold-downs; reset after HOLDDOWN_MAX seconds up."""
         self.since = 0.0
         """``now`` of the last health change."""
-
-    @property
-    def sock(self) -> socket.socket | None:
-        return self.socks[0] if self.socks else None
 
     def open(self) -> None:
         family = socket.AF_INET6 if ":" in self.settings.host else socket.AF_INET
@@ -162,8 +163,7 @@ class Sensor:
             self.bytes += self.socks[flow % len(self.socks)].sendmsg((self._header(fwd.vni), fwd.frame))
             self.packets += 1
         except OSError as exc:
-            self._count(exc)
-            return exc.errno not in _UNREACHABLE
+            return self._failed(exc, 1)
         return True
 
     def send_segments(self, vni: int, frames: list[memoryview], flow: int) -> bool:
@@ -176,6 +176,8 @@ class Sensor:
             part = frames[start : start + step]
             if not self.gso or len(part) == 1:
                 if not self._send_many(sock, header, part):
+                    # The sensor is unreachable: the rest of the super-packet goes down with it.
+                    self.dropped[OutputDrop.UNREACHABLE] += len(frames) - start - len(part)
                     return False
                 continue
             try:
@@ -186,8 +188,7 @@ class Sensor:
                 if exc.errno in _GSO_REFUSED:
                     self._refuse_gso(exc)
                     return self.send_segments(vni, frames[start:], flow)
-                self._count(exc)
-                return exc.errno not in _UNREACHABLE
+                return self._failed(exc, len(frames) - start)   # this part and the rest
         return True
 
     def _send_many(self, sock: socket.socket, header: bytes, frames: list[memoryview]) -> bool:
@@ -199,21 +200,23 @@ class Sensor:
             except TypeError:
                 pass  # read-only frames: no address for the iovec, plain sendmsg below
             except OSError as exc:
-                self._count(exc)
-                return exc.errno not in _UNREACHABLE
+                return self._failed(exc, len(frames))
             else:
                 self.mmsg_sends += 1
                 self.packets += sent
                 self.bytes += sent * len(header) + sum(len(f) for f in frames[:sent])
-        return all(self._send_one(sock, header, frame) for frame in frames[sent:])
+        for i in range(sent, len(frames)):
+            if not self._send_one(sock, header, frames[i]):
+                self.dropped[OutputDrop.UNREACHABLE] += len(frames) - i - 1   # abandoned with it
+                return False
+        return True
 
     def _send_one(self, sock: socket.socket, header: bytes, frame: memoryview) -> bool:
         try:
             self.bytes += sock.sendmsg((header, frame))
             self.packets += 1
         except OSError as exc:
-            self._count(exc)
-            return exc.errno not in _UNREACHABLE
+            return self._failed(exc, 1)
         return True
 
     def _refuse_gso(self, exc: OSError) -> None:
@@ -222,14 +225,17 @@ class Sensor:
         log.warning("VXLAN to sensor %s:%d: UDP GSO refused (%s), one sendmsg per segment from now on",
                     self.address[0], self.address[1], exc.strerror)
 
-    def _count(self, exc: OSError) -> None:
-        name = errno.errorcode.get(exc.errno or 0, "EUNKNOWN")
-        count = self.errors.get(name, 0)
-        self.errors[name] = count + 1
-        self.last_error = name
-        if count == 0:
-            log.warning("VXLAN to sensor %s:%d: %s (further errors of this kind only counted)",
-                        self.address[0], self.address[1], exc.strerror)
+    def _failed(self, exc: OSError, packets: int) -> bool:
+        """Count ``packets`` lost to ``exc``; False when the sensor is unreachable (the caller stops
+        sending to it and marks it down)."""
+        reason = send_failure(exc.errno)
+        first = self.dropped[reason] == 0
+        self.dropped[reason] += packets
+        self.last_error = errno.errorcode.get(exc.errno or 0, "EUNKNOWN")
+        if first:
+            log.warning("VXLAN to sensor %s:%d: %s, %s (further drops of this kind only counted)",
+                        self.address[0], self.address[1], reason, exc.strerror)
+        return reason is not OutputDrop.UNREACHABLE
 
     def close(self) -> None:
         for sock in self.socks:
@@ -239,7 +245,7 @@ class Sensor:
     def state(self) -> dict[str, Any]:
         return {"address": f"{self.address[0]}:{self.address[1]}", "vni": self.vni,
                 "state": "up" if self.up else "down", "packets": self.packets, "bytes": self.bytes,
-                "errors": dict(self.errors), "last_error": self.last_error, "gso": self.gso,
+                "dropped": dict(self.dropped), "last_error": self.last_error, "gso": self.gso,
                 "gso_sends": self.gso_sends, "gso_fallbacks": self.gso_fallbacks,
                 "mmsg_sends": self.mmsg_sends}
 
@@ -333,7 +339,7 @@ class VxlanOutput:
     def state(self) -> dict[str, Any]:
         return {
             "packets": sum(s.packets for s in self.sensors),
-            "errors": sum(sum(s.errors.values()) for s in self.sensors),
+            "dropped": {reason: sum(s.dropped[reason] for s in self.sensors) for reason in SENSOR_DROPS},
             "gso_sends": sum(s.gso_sends for s in self.sensors),
             "gso_fallbacks": sum(s.gso_fallbacks for s in self.sensors),
             "sensors": [s.state() for s in self.sensors],

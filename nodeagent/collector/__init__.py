@@ -7,9 +7,10 @@ configured sink, and only then acknowledges it. So an ACK means "written to the 
 agent's resume after a broken connection loses and duplicates nothing.
 
 Sinks (``sinks``), none of which needs the sensor to change: rotating pcapng files with the pod
-identity in interface descriptions (``pcapng``), VXLAN to a sensor (VNI kept unless configured,
+identity in interface descriptions (``wire.pcapng``, the project's one pcapng encoder), VXLAN to a
+sensor (VNI kept unless configured,
 outer source port from the symmetric flow hash), or a local veth pair a sensor sniffs.
 
-Layout: ``pcapng`` (pure encoder), ``sinks`` (file/socket adapters), ``server`` (TLS server and the
+Layout: ``sinks`` (file/socket adapters), ``server`` (TLS server and the
 per-connection protocol), ``web`` (``/status``, ``/metrics``), ``main`` (settings, wiring, CLI).
 """

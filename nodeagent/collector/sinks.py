@@ -12,18 +12,18 @@ from __future__ import annotations
 import contextlib
 import os
 import socket
-import struct
 import threading
 import time
 from collections.abc import Sequence
 from typing import Any, Protocol
 
-from nodeagent.collector import pcapng
 from nodeagent.transport import affinity
 from nodeagent.transport.records import Record
-from nodeagent.wire import Malformed, headers
+from nodeagent.verdict import OutputDrop, send_failure
+from nodeagent.wire import Malformed, headers, pcapng, vxlan
 
-_VXLAN = struct.Struct("!B3xI")
+SINK_DROPS = (OutputDrop.QUEUE_FULL, OutputDrop.UNREACHABLE, OutputDrop.SEND_ERROR)
+"""What a sending sink can lose a record to (``verdict.send_failure`` of the errno)."""
 _DIRECTION_FLAGS = {1: pcapng.FLAG_OUTBOUND, 2: pcapng.FLAG_INBOUND}   # egress leaves the pod
 
 
@@ -123,7 +123,8 @@ class VxlanSink:
             s.setblocking(False)
             s.bind(("::" if family == socket.AF_INET6 else "0.0.0.0", 0))
             self._socks.append(s)
-        self.packets = self.errors = 0
+        self.packets = 0
+        self.dropped = dict.fromkeys(SINK_DROPS, 0)
         self.last_error = ""
 
     def deliver(self, records: Sequence[Record], agent: str) -> None:
@@ -131,10 +132,10 @@ class VxlanSink:
         for r in records:
             vni = r.vni if self.vni is None else self.vni
             try:
-                socks[_flow(r.frame) % n].sendto(_VXLAN.pack(0x08, vni << 8) + r.frame, addr)
+                socks[_flow(r.frame) % n].sendto(vxlan.header(vni) + r.frame, addr)
                 self.packets += 1
             except OSError as exc:      # ENOBUFS, ECONNREFUSED from an earlier ICMP: count, go on
-                self.errors += 1
+                self.dropped[send_failure(exc.errno)] += 1
                 self.last_error = str(exc)
 
     def close(self) -> None:
@@ -143,7 +144,7 @@ class VxlanSink:
 
     def state(self) -> dict[str, Any]:
         return {"kind": "vxlan", "sensor": f"{self.addr[0]}:{self.addr[1]}", "packets": self.packets,
-                "errors": self.errors, "last_error": self.last_error}
+                "dropped": dict(self.dropped), "last_error": self.last_error}
 
 
 class InterfaceSink:
@@ -159,7 +160,8 @@ class InterfaceSink:
         self._sock = socket.socket(socket.AF_PACKET, socket.SOCK_RAW)
         self._sock.setblocking(False)
         self._sock.bind((name, 0))
-        self.packets = self.errors = 0
+        self.packets = 0
+        self.dropped = dict.fromkeys(SINK_DROPS, 0)
         self.last_error = ""
 
     def _create(self) -> None:
@@ -186,7 +188,7 @@ class InterfaceSink:
                 send(r.frame)
                 self.packets += 1
             except OSError as exc:
-                self.errors += 1
+                self.dropped[send_failure(exc.errno)] += 1
                 self.last_error = str(exc)
 
     def close(self) -> None:
@@ -201,11 +203,11 @@ class InterfaceSink:
 
     def state(self) -> dict[str, Any]:
         return {"kind": "interface", "interface": self.name, "peer": self.peer, "packets": self.packets,
-                "errors": self.errors, "last_error": self.last_error}
+                "dropped": dict(self.dropped), "last_error": self.last_error}
 
 
 def _iproute() -> Any:
-    from pyroute2 import IPRoute  # type: ignore[import-untyped]  # only the interface sink needs it
+    from pyroute2 import IPRoute  # only the interface sink needs it
 
     return IPRoute()
 

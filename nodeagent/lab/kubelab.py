@@ -46,10 +46,9 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 
 from nodeagent.lab.netns import LabError, Namespaces
 from nodeagent.lab.topology import Lab, Node, Pod
+from nodeagent.pods.kube import MONITOR_ANNOTATION, MONITORED_LABEL
 
 DEFAULT_BINARY = "/var/cache/podmirror/kube-apiserver"
-MONITORED_LABEL = "podmirror.io/monitored"
-MONITOR_ANNOTATION = "podmirror.io/monitor"
 RBAC_KINDS = frozenset({"Namespace", "ServiceAccount", "ClusterRole", "ClusterRoleBinding", "Role",
                         "RoleBinding"})
 AGENT_ACCOUNT = ("podmirror", "podmirror-agent")

@@ -1,7 +1,7 @@
 """Start podmirror itself inside a lab: the node agent in its namespace, a sidecar in each pod.
 
 Both run as real processes through their console scripts, exactly as a user runs them
-(``nodeagent run ...``, ``sidecar-lite ...``, the command-line contract of issue 2), so the lab
+(``nodeagent run ...``, ``sidecar-lite ...``, the README's command-line contracts), so the lab
 and the end-to-end tests exercise the shipped entry points. Readiness is observed, never assumed:
 the agent is ready when ``/status`` answers; a sidecar is mirroring when a probe datagram sent
 from its pod shows up in the agent's per-pod counters.
@@ -30,23 +30,25 @@ NODEAGENT = [sys.executable, "-m", "nodeagent"]
 SIDECAR = [sys.executable, "-m", "sidecar_lite"]
 
 
-@dataclasses.dataclass
-class Agent:
+class Served:
+    """A podmirror process in a lab namespace that serves ``/status`` over HTTP (the node agent,
+    the collector): GET from inside its namespace, readiness, stop. Subclasses say where."""
+
     lab: Lab
-    node: Node
     proc: subprocess.Popen[bytes]
     log: Path
+    program = "nodeagent"
+    """Named in errors."""
 
-    @property
-    def ip(self) -> str:
-        assert self.node.agent is not None
-        return self.node.agent.ip
+    def endpoint(self) -> tuple[str, str, int]:
+        """(namespace, address, port) of the status endpoint."""
+        raise NotImplementedError
 
     def get(self, path: str) -> tuple[int, bytes]:
-        """GET ``path`` from the agent's status endpoint, from inside the agent's namespace."""
-        assert self.node.agent is not None
-        conn = http.client.HTTPConnection(self.ip, STATUS_PORT, timeout=3)
-        conn.sock = self.lab.ns.connect(self.node.agent.ns, self.ip, STATUS_PORT)
+        """GET ``path`` from the status endpoint, from inside the process's namespace."""
+        ns, ip, port = self.endpoint()
+        conn = http.client.HTTPConnection(ip, port, timeout=3)
+        conn.sock = self.lab.ns.connect(ns, ip, port)
         try:
             conn.request("GET", path)
             resp = conn.getresponse()
@@ -57,8 +59,41 @@ class Agent:
     def status(self) -> dict[str, Any]:
         code, body = self.get("/status")
         if code != 200:
-            raise LabError(f"/status answered {code}")
+            raise LabError(f"{self.program} /status answered {code}")
         return json.loads(body)  # type: ignore[no-any-return]
+
+    def wait_ready(self, timeout: float = 20.0) -> dict[str, Any]:
+        deadline = time.monotonic() + timeout
+        while True:
+            if self.proc.poll() is not None:
+                raise LabError(f"{self.program} exited with {self.proc.returncode}: {tail(self.log)}")
+            try:
+                return self.status()
+            except (OSError, LabError, ValueError):
+                if time.monotonic() > deadline:
+                    raise LabError(f"{self.program} status not ready after {timeout}s: {tail(self.log)}") \
+                        from None
+                time.sleep(0.1)
+
+    def stop(self) -> int:
+        return self.lab.ns.stop(self.proc, timeout=10.0)
+
+
+@dataclasses.dataclass
+class Agent(Served):
+    lab: Lab
+    node: Node
+    proc: subprocess.Popen[bytes]
+    log: Path
+
+    @property
+    def ip(self) -> str:
+        assert self.node.agent is not None
+        return self.node.agent.ip
+
+    def endpoint(self) -> tuple[str, str, int]:
+        assert self.node.agent is not None
+        return self.node.agent.ns, self.ip, STATUS_PORT
 
     def pod(self, pod: Pod) -> dict[str, Any]:
         return self.status().get("pods", {}).get(pod.key, {})  # type: ignore[no-any-return]
@@ -74,21 +109,6 @@ class Agent:
                 return st
             time.sleep(0.1)
         raise LabError(f"the agent kept receiving for {timeout}s: a mirror loop?")
-
-    def wait_ready(self, timeout: float = 20.0) -> dict[str, Any]:
-        deadline = time.monotonic() + timeout
-        while True:
-            if self.proc.poll() is not None:
-                raise LabError(f"nodeagent exited with {self.proc.returncode}: {tail(self.log)}")
-            try:
-                return self.status()
-            except (OSError, LabError, ValueError):
-                if time.monotonic() > deadline:
-                    raise LabError(f"nodeagent status not ready after {timeout}s: {tail(self.log)}") from None
-                time.sleep(0.1)
-
-    def stop(self) -> int:
-        return self.lab.ns.stop(self.proc, timeout=10.0)
 
 
 def tail(path: Path, lines: int = 15) -> str:
@@ -116,20 +136,26 @@ def start_agent(lab: Lab, node: Node, logdir: Path, *, sensors: Sequence[Host | 
         cmd += ["--sender", f"{pod.ip},{pod.vni},{pod.key}"]
     for sensor in sensors:
         cmd += ["--sensor", sensor.ip if isinstance(sensor, Host) else sensor]
-    if pcap_dir is not None:
-        pcap_dir.mkdir(parents=True, exist_ok=True)
-        cmd += ["--pcap-dir", str(pcap_dir)]
+    cmd += pcap_flags(pcap_dir)
     log = logdir / f"agent-node{node.index}.log"
     agent = Agent(lab, node, lab.ns.spawn(agent_ns.ns, [*cmd, *extra], log=log, env=ENV), log)
     agent.wait_ready()
     return agent
 
 
+def pcap_flags(pcap_dir: Path | None) -> list[str]:
+    """``--pcap-dir`` for a directory made now (None: no pcap output)."""
+    if pcap_dir is None:
+        return []
+    pcap_dir.mkdir(parents=True, exist_ok=True)
+    return ["--pcap-dir", str(pcap_dir)]
+
+
 def start_sidecar(lab: Lab, pod: Pod, logdir: Path, *, mode: str = "kernel", vni: str = "auto",
                   rules: bool = False, extra: Sequence[str] = ()) -> subprocess.Popen[bytes]:
     """``sidecar-lite`` in the pod's namespace, with the downward-API environment a pod would have.
 
-    ``rules``: poll the agent's push-down endpoint (issue 3; the agent then shows the pod's mode).
+    ``rules``: poll the agent's push-down endpoint (``/v1/pushdown``; the agent then shows the pod's mode).
     Off by default in tests: the poll is pod traffic too, at times the test does not choose."""
     agent = pod.node.agent
     if agent is None:

@@ -251,11 +251,15 @@ def summarize(r: Run, args: argparse.Namespace) -> None:
 
 
 def compact(state: Any) -> str:
-    """An output's state on one line: its scalar fields, without the empty ones."""
+    """An output's state on one line: its scalar fields, without the empty ones, and what it
+    dropped by reason (``verdict.OutputDrop``)."""
     if not isinstance(state, dict):
         return str(state)
-    return ", ".join(f"{k}={v}" for k, v in state.items()
-                     if not isinstance(v, (dict, list)) and v not in ("", None)) or "-"
+    fields = [f"{k}={v}" for k, v in state.items() if not isinstance(v, (dict, list)) and v not in ("", None)]
+    dropped = state.get("dropped")
+    if isinstance(dropped, dict):
+        fields.append("dropped " + (", ".join(f"{k} {v}" for k, v in dropped.items() if v) or "0"))
+    return ", ".join(fields) or "-"
 
 
 def tunnel_sent(r: Run) -> int | None:

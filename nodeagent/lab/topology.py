@@ -172,9 +172,6 @@ class Lab:
     def mac(self, ns: str, dev: str) -> str:
         return self.ns.exec(ns, ["cat", f"/sys/class/net/{dev}/address"]).stdout.strip()
 
-    def all_pods(self) -> list[Pod]:
-        return [pod for node in self.nodes for pod in node.pods]
-
     # -- helpers --------------------------------------------------------------------------------
     def _routed(self, node: Node, name: str, namespace: str, host: int, *, mtu: int) -> Pod:
         ns = self.ns.create(f"n{node.index}-{name}")

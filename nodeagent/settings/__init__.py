@@ -38,6 +38,7 @@ from nodeagent.settings.base import (
     parse_ports,
     parse_vni,
 )
+from nodeagent.settings.capture import CAPTURE_PORT, CaptureSettings
 from nodeagent.settings.inputs import (
     KubeSettings,
     ListenSettings,
@@ -63,6 +64,8 @@ from nodeagent.settings.stages import (
 )
 
 __all__ = [
+    "CAPTURE_PORT",
+    "CaptureSettings",
     "COLLECTOR_PORT",
     "CollectorEndpointSettings",
     "ConfigError",
@@ -111,10 +114,13 @@ class Settings:
     cutoff: CutoffSettings = CutoffSettings()
     log: LogSettings = LogSettings()
     kube: KubeSettings = KubeSettings()
+    capture: CaptureSettings = CaptureSettings()
 
     _unique: ClassVar[tuple[str, ...]] = ("senders", "peers")
 
     def __post_init__(self) -> None:
+        check(not self.capture.kube_auth or self.kube.enabled, "capture.kube_auth",
+              "needs the pod table from Kubernetes (kube.node_name)")
         seen: set[str] = set()
         for group in self._unique:
             for i, pod in enumerate(getattr(self, group)):

@@ -10,6 +10,8 @@ import typing
 from collections.abc import Mapping
 from typing import Any
 
+from sidecar_lite.identity import is_ip
+
 TUNNEL_PORT = 14789
 """Default UDP port for sidecar tunnels: not 4789 (Calico/Antrea VXLAN), 8472 (flannel/Cilium), 6081."""
 STATUS_PORT = 9477
@@ -45,6 +47,29 @@ def check(ok: bool, field: str, problem: str) -> None:
         raise ConfigError(field, problem)
 
 
+class Endpoint:
+    """For a settings group that is an ``IP[:PORT]`` (fields ``host`` and ``port``): the one-string
+    shorthand ``from_text`` with the group's ``DEFAULT_PORT``, and the checks of both fields."""
+
+    DEFAULT_PORT: typing.ClassVar[int]
+    LISTENS: typing.ClassVar[bool] = False
+    """Port 0 ("any free port") is allowed only where the agent listens."""
+    host: str
+    port: int
+
+    @classmethod
+    def from_text(cls, text: str) -> typing.Self:
+        host, port = parse_hostport(text, cls.DEFAULT_PORT, "")
+        return cls(host=host, port=port)  # type: ignore[call-arg]  # the dataclass's own __init__
+
+    def check_endpoint(self) -> None:
+        check(is_ip(self.host), "host", f"must be an IP address, got {self.host!r}")
+        if self.LISTENS:
+            check(0 <= self.port < 65536, "port", "must be in 0..65535 (0: any free port)")
+        else:
+            check(0 < self.port < 65536, "port", "must be in 1..65535")
+
+
 def parse_hostport(text: str, default_port: int | None, field: str) -> tuple[str, int]:
     """``IP:PORT``, ``[IPv6]:PORT``, bare ``IP`` (when ``default_port`` is given) -> (ip, port)."""
     text = text.strip()
@@ -63,14 +88,6 @@ def parse_hostport(text: str, default_port: int | None, field: str) -> tuple[str
     check(is_ip(host), field, f"must be an IP address, got {host!r}")
     check(0 <= port < 65536, field, f"port must be in 0..65535, got {port}")
     return host, port
-
-
-def is_ip(text: str) -> bool:
-    try:
-        ipaddress.ip_address(text)
-    except ValueError:
-        return False
-    return True
 
 
 def parse_vni(value: object, ip: str, field: str) -> int:

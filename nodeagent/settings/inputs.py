@@ -10,20 +10,21 @@ from nodeagent.settings.base import (
     PUSHDOWN_PORT,
     STATUS_PORT,
     TUNNEL_PORT,
+    Endpoint,
     check,
     check_ports,
-    is_ip,
-    parse_hostport,
     parse_ports,
     parse_vni,
     split_pod,
 )
+from sidecar_lite.identity import is_ip
 
 
 @dataclasses.dataclass(frozen=True)
-class ListenSettings:
+class ListenSettings(Endpoint):
     """Where the sidecars' tunnels arrive."""
 
+    DEFAULT_PORT, LISTENS = TUNNEL_PORT, True
     host: str = "0.0.0.0"
     port: int = TUNNEL_PORT
     rcvbuf: int = 32 << 20
@@ -34,14 +35,8 @@ class ListenSettings:
     recvmmsg: bool = True
     """Receive up to 32 datagrams per system call (Linux recvmmsg through ctypes)."""
 
-    @classmethod
-    def from_text(cls, text: str) -> ListenSettings:
-        host, port = parse_hostport(text, TUNNEL_PORT, "")
-        return cls(host=host, port=port)
-
     def __post_init__(self) -> None:
-        check(is_ip(self.host), "host", f"must be an IP address, got {self.host!r}")
-        check(0 <= self.port < 65536, "port", "must be in 0..65535 (0: any free port)")
+        self.check_endpoint()
         check(self.rcvbuf >= 65536, "rcvbuf", "must be >= 65536 bytes")
         check(1 <= self.batch <= 4096, "batch", "must be in 1..4096")
 
@@ -78,7 +73,7 @@ class SenderSettings:
 
 @dataclasses.dataclass(frozen=True)
 class PeerSettings:
-    """A monitored pod on another node (issue 3: cross-node dedup ownership)."""
+    """A monitored pod on another node (cross-node dedup ownership, docs/dedup.md)."""
 
     ip: str
     namespace: str
@@ -104,43 +99,33 @@ class PeerSettings:
 
 
 @dataclasses.dataclass(frozen=True)
-class StatusSettings:
+class StatusSettings(Endpoint):
+    DEFAULT_PORT, LISTENS = STATUS_PORT, True
     host: str = "0.0.0.0"
     port: int = STATUS_PORT
 
-    @classmethod
-    def from_text(cls, text: str) -> StatusSettings:
-        host, port = parse_hostport(text, STATUS_PORT, "")
-        return cls(host=host, port=port)
-
     def __post_init__(self) -> None:
-        check(is_ip(self.host), "host", f"must be an IP address, got {self.host!r}")
-        check(0 <= self.port < 65536, "port", "must be in 0..65535 (0: any free port)")
+        self.check_endpoint()
 
 
 @dataclasses.dataclass(frozen=True)
-class PushdownSettings:
+class PushdownSettings(Endpoint):
     """Where sidecars fetch their push-down program (``GET /v1/pushdown``, ``web/pushdown_api.py``):
     a listener of its own, so a NetworkPolicy can open it to every pod while ``status`` (``/status``,
     ``/metrics``) stays reachable only by the node and Prometheus. Each pod is answered only about
     itself (the request's source address)."""
 
+    DEFAULT_PORT, LISTENS = PUSHDOWN_PORT, True
     host: str = "0.0.0.0"
     port: int = PUSHDOWN_PORT
 
-    @classmethod
-    def from_text(cls, text: str) -> PushdownSettings:
-        host, port = parse_hostport(text, PUSHDOWN_PORT, "")
-        return cls(host=host, port=port)
-
     def __post_init__(self) -> None:
-        check(is_ip(self.host), "host", f"must be an IP address, got {self.host!r}")
-        check(0 <= self.port < 65536, "port", "must be in 0..65535 (0: any free port)")
+        self.check_endpoint()
 
 
 @dataclasses.dataclass(frozen=True)
 class KubeSettings:
-    """The pod table from the Kubernetes API (issue 4, ``adapters/kube.py``); off while ``node_name``
+    """The pod table from the Kubernetes API (``adapters/kube.py``); off while ``node_name``
     is empty. In a cluster the DaemonSet passes ``--node-name=$(NODE_NAME)`` (downward API)."""
 
     node_name: str = ""

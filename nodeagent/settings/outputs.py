@@ -8,9 +8,8 @@ import dataclasses
 from nodeagent.settings.base import (
     COLLECTOR_PORT,
     SENSOR_PORT,
+    Endpoint,
     check,
-    is_ip,
-    parse_hostport,
     parse_vni,
 )
 
@@ -44,15 +43,16 @@ class PcapSettings:
 
 
 @dataclasses.dataclass(frozen=True)
-class SensorSettings:
+class SensorSettings(Endpoint):
     """A remote sensor that decapsulates VXLAN (Zeek, Suricata, Corelight)."""
 
+    DEFAULT_PORT = SENSOR_PORT
     host: str
     port: int = SENSOR_PORT
     vni: int | str | None = None
     """VNI to send with; None keeps each sender's VNI."""
     probe_port: int | None = None
-    """TCP port probed every 2 s to decide the sensor's health (issue 5); without it, ICMP
+    """TCP port probed every 2 s to decide the sensor's health; without it, ICMP
     unreachable errors on sends mark the sensor down for a growing hold-down."""
     gso: bool = False
     """Send a GSO super-packet's segments with UDP GSO (``adapters/vxlan_out.py``: several times
@@ -60,14 +60,8 @@ class SensorSettings:
     the kernel's software GSO before the driver): a virtual path (veth to a sensor on the same
     node) hands the unsegmented super-datagram to the sensor's sniffer."""
 
-    @classmethod
-    def from_text(cls, text: str) -> SensorSettings:
-        host, port = parse_hostport(text, SENSOR_PORT, "")
-        return cls(host=host, port=port)
-
     def __post_init__(self) -> None:
-        check(is_ip(self.host), "host", f"must be an IP address, got {self.host!r}")
-        check(0 < self.port < 65536, "port", "must be in 1..65535")
+        self.check_endpoint()
         if self.vni is not None:
             object.__setattr__(self, "vni", parse_vni(self.vni, "0.0.0.0", "vni"))
         if self.probe_port is not None:
@@ -76,25 +70,20 @@ class SensorSettings:
 
 
 @dataclasses.dataclass(frozen=True)
-class CollectorEndpointSettings:
+class CollectorEndpointSettings(Endpoint):
     """A collector the batched transport sends to (``IP[:PORT]``)."""
 
+    DEFAULT_PORT = COLLECTOR_PORT
     host: str
     port: int = COLLECTOR_PORT
 
-    @classmethod
-    def from_text(cls, text: str) -> CollectorEndpointSettings:
-        host, port = parse_hostport(text, COLLECTOR_PORT, "")
-        return cls(host=host, port=port)
-
     def __post_init__(self) -> None:
-        check(is_ip(self.host), "host", f"must be an IP address, got {self.host!r}")
-        check(0 < self.port < 65536, "port", "must be in 1..65535")
+        self.check_endpoint()
 
 
 @dataclasses.dataclass(frozen=True)
 class TransportSettings:
-    """Batched, zstd-compressed output over TLS to collectors (issue 5). Off unless ``collectors``
+    """Batched, zstd-compressed output over TLS to collectors (docs/transport.md). Off unless ``collectors``
     is set. Each flow goes to one collector (symmetric hash, consistent ring)."""
 
     collectors: tuple[CollectorEndpointSettings, ...] = ()
@@ -112,7 +101,7 @@ class TransportSettings:
     """A batch closes at this many frame bytes (at most 4 MiB: a collector refuses batches above
     ``transport.records.MAX_RAW``)."""
     max_delay: float = 0.02
-    """Seconds a packet may wait in an open batch: bounds the latency (issue 5: <= 50 ms)."""
+    """Seconds a packet may wait in an open batch: bounds the latency (required: <= 50 ms)."""
     queue_bytes: int = 32 << 20
     """Compressed bytes kept per collector until acknowledged; the oldest batches go beyond it."""
     level: int = 3

@@ -8,13 +8,13 @@ import ipaddress
 from nodeagent.settings.base import (
     ConfigError,
     check,
-    is_ip,
 )
+from sidecar_lite.identity import is_ip
 
 
 @dataclasses.dataclass(frozen=True)
 class DedupSettings:
-    """Issue 3's dedup (``nodeagent/dedup.py``, ``vantage.py``): on by default, flags or file."""
+    """Deduplication (``stages/vantage.py``, ``stages/dedup.py``, docs/dedup.md): on by default."""
 
     enabled: bool = True
     vantage: str = "client"

@@ -1,10 +1,11 @@
-"""Classic BPF (cBPF): compile tcpdump expressions once, evaluate them per packet as Python code.
+"""tcpdump expression -> classic BPF program (libpcap) -> Python predicate, once at start-up.
 
 Model: ``compile_expression(text)`` asks libpcap (through scapy's binding, loaded lazily: scapy never
-runs per packet) for the program of a tcpdump expression over Ethernet frames (link type 1), as a
-tuple of ``(code, jt, jf, k)`` instructions, the form the kernel's ``SO_ATTACH_FILTER`` and cls_bpf
-take. ``to_function(program)`` translates it once into generated Python source and returns a
-``Matcher``: ``matcher(frame) -> int``, the program's return value (non-zero: the frame matches).
+runs per packet) for the program of a tcpdump expression over Ethernet frames (link type 1), in the
+project's cBPF vocabulary (``sidecar_lite.cbpf``: the form the kernel's ``SO_ATTACH_FILTER`` and
+cls_bpf take, and what the agent pushes to sidecars). ``to_function(program)`` validates it with
+``cbpf.validate`` and translates it once into generated Python source, returning a ``Matcher``:
+``matcher(frame) -> int``, the program's return value (non-zero: the frame matches).
 
 Translation: cBPF jumps only forward, so the program is a DAG. Every instruction reached from one
 place only is inlined into an ``if``/``else`` tree; an instruction reached from several places
@@ -13,42 +14,29 @@ with the program. Semantics follow the kernel's interpreter: registers are unsig
 outside the frame or a division by zero ends the program with 0 (no match).
 
 Invariant: ``to_function(p)(frame) == interpret(p, frame)`` for every program and frame; the unit
-tests check it against an independent reference interpreter on many packets.
+tests check it against an independent reference interpreter (``tests/cbpf_reference.py``).
 """
 
 from __future__ import annotations
 
 import struct
 from collections.abc import Callable, Sequence
+from typing import cast
 
-Instruction = tuple[int, int, int, int]
-Program = tuple[Instruction, ...]
+from sidecar_lite import cbpf
+from sidecar_lite.cbpf import ALU, JMP, LD, LDX, MISC, RET, ST, STX, BpfError, Program
+
 Matcher = Callable[[bytes | memoryview], int]
 
-ACCEPT_ALL: Program = ((0x06, 0, 0, 0xFFFFFFFF),)
-REJECT_ALL: Program = ((0x06, 0, 0, 0),)
-MAX_INSNS = 4096
-"""BPF_MAXINSNS: the kernel rejects longer classic programs."""
-
-# Instruction classes and fields (linux/filter.h).
-_LD, _LDX, _ST, _STX, _ALU, _JMP, _RET, _MISC = range(8)
-_W, _H, _B = 0x00, 0x08, 0x10
-_IMM, _ABS, _IND, _MEM, _LEN, _MSH = 0x00, 0x20, 0x40, 0x60, 0x80, 0xA0
-_K, _X = 0x00, 0x08
-_ALU_OPS = {0x00: "+", 0x10: "-", 0x20: "*", 0x30: "//", 0x40: "|", 0x50: "&", 0x60: "<<",
-            0x70: ">>", 0x90: "%", 0xA0: "^"}
-_JMP_OPS = {0x10: "==", 0x20: ">", 0x30: ">="}
-_MASK = 0xFFFFFFFF
+_ALU_OPS = {cbpf.ADD: "+", cbpf.SUB: "-", cbpf.MUL: "*", cbpf.DIV: "//", cbpf.OR: "|", cbpf.AND: "&",
+            cbpf.LSH: "<<", cbpf.RSH: ">>", cbpf.MOD: "%", cbpf.XOR: "^"}
+_JMP_OPS = {cbpf.JEQ: "==", cbpf.JGT: ">", cbpf.JGE: ">="}
 _INDENT_LIMIT = 40
 """Inlining deeper than this starts a nested function: CPython's parser stops at 100 indent levels."""
 
 
-class BpfError(ValueError):
-    """An expression libpcap rejects, or a program this module cannot translate."""
-
-
 def compile_expression(text: str) -> Program:
-    """The cBPF program of tcpdump expression ``text`` for Ethernet frames. Raises ``BpfError``."""
+    """The cBPF program of tcpdump expression ``text`` for Ethernet frames. Raises ``cbpf.BpfError``."""
     try:
         from scapy.arch.common import compile_filter  # lazy: scapy is startup-only
         from scapy.error import Scapy_Exception
@@ -60,45 +48,17 @@ def compile_expression(text: str) -> Program:
         raise BpfError(str(exc)) from None
     insns = compiled.bf_insns
     # scapy declares k as a signed int: 0xfd000000 arrives as a negative number.
-    return tuple((insns[i].code & 0xFFFF, insns[i].jt & 0xFF, insns[i].jf & 0xFF, insns[i].k & _MASK)
-                 for i in range(compiled.bf_len))
+    return cbpf.validate([(insns[i].code & 0xFFFF, insns[i].jt & 0xFF, insns[i].jf & 0xFF,
+                           insns[i].k & 0xFFFFFFFF) for i in range(compiled.bf_len)])
 
 
-def validate(program: Sequence[Instruction]) -> None:
-    """Check what the kernel checks: length, jumps in range, ends with a return."""
-    if not 0 < len(program) <= MAX_INSNS:
-        raise BpfError(f"program length {len(program)} is not in 1..{MAX_INSNS}")
-    for pc, (code, jt, jf, k) in enumerate(program):
-        cls = code & 0x07
-        if cls == _JMP:
-            targets = (pc + 1 + k,) if code & 0xF0 == 0 else (pc + 1 + jt, pc + 1 + jf)
-            if any(t >= len(program) for t in targets):
-                raise BpfError(f"instruction {pc}: jump out of the program")
-        elif cls in (_LD, _LDX) and code & 0xE0 == _MEM or cls in (_ST, _STX):
-            if k >= 16:
-                raise BpfError(f"instruction {pc}: scratch slot {k} out of range")
-        elif cls in (_LD,) and code & 0xE0 in (_ABS, _IND) and k >= 0xFFFFF000:
-            raise BpfError(f"instruction {pc}: Linux ancillary loads are not supported")
-    if program[-1][0] & 0x07 != _RET:
-        raise BpfError("program does not end with a return")
-
-
-def to_function(program: Sequence[Instruction]) -> Matcher:
-    """Translate ``program`` into a Python function (once, at startup)."""
-    program = tuple((int(c) & 0xFFFF, int(jt) & 0xFF, int(jf) & 0xFF, int(k) & _MASK)
-                    for c, jt, jf, k in program)
-    validate(program)
-    source = _Generator(program).source()
+def to_function(program: Sequence[Sequence[int]]) -> Matcher:
+    """Translate ``program`` into a Python function (once, at startup). Raises ``cbpf.BpfError``."""
+    source = _Generator(cbpf.validate(program)).source()
     namespace: dict[str, object] = {"_W": struct.Struct("!I").unpack_from,
                                     "_H": struct.Struct("!H").unpack_from, "_error": struct.error}
     exec(compile(source, "<bpf>", "exec"), namespace)  # noqa: S102 - our own generated code
-    matcher = namespace["match"]
-    return matcher  # type: ignore[return-value]
-
-
-def matches(program: Sequence[Instruction]) -> Matcher:
-    """Alias of ``to_function`` that reads well at call sites: ``bpf.matches(prog)(frame)``."""
-    return to_function(program)
+    return cast(Matcher, namespace["match"])
 
 
 class _Generator:
@@ -110,16 +70,16 @@ class _Generator:
         self.preds[0] = 1
         for pc, (code, jt, jf, k) in enumerate(program):
             cls = code & 0x07
-            if cls == _RET:
+            if cls == RET:
                 continue
-            if cls == _JMP:
-                for t in ((pc + 1 + k,) if code & 0xF0 == 0 else (pc + 1 + jt, pc + 1 + jf)):
+            if cls == JMP:
+                for t in ((pc + 1 + k,) if code & 0xF0 == cbpf.JA else (pc + 1 + jt, pc + 1 + jf)):
                     self.preds[t] += 1
             else:
                 self.preds[pc + 1] += 1
         self.functions: dict[int, list[str]] = {}
         self.pending: list[int] = []
-        self.uses_mem = any(c & 0x07 in (_ST, _STX) for c, _, _, _ in program)
+        self.uses_mem = any(c & 0x07 in (ST, STX) for c, _, _, _ in program)
 
     def source(self) -> str:
         body = self._block(0)
@@ -163,10 +123,10 @@ class _Generator:
             first = False
             code, jt, jf, k = self.program[pc]
             cls = code & 0x07
-            if cls == _RET:
-                out.append(pad + (f"return {k}" if code & 0x18 == _K else "return A"))
+            if cls == RET:
+                out.append(pad + (f"return {k}" if code & 0x18 == cbpf.K else "return A"))
                 return
-            if cls == _JMP:
+            if cls == JMP:
                 self._jump(pc, out, depth)
                 return
             out.append(pad + _statement(code, k))
@@ -176,13 +136,11 @@ class _Generator:
         code, jt, jf, k = self.program[pc]
         op = code & 0xF0
         pad = "    " * depth
-        if op == 0x00:  # ja
+        if op == cbpf.JA:
             self._goto(pc + 1 + k, out, depth)
             return
-        rhs = "X" if code & 0x08 == _X else str(k)
-        cond = f"A & {rhs}" if op == 0x40 else f"A {_JMP_OPS[op]} {rhs}"
-        if op not in _JMP_OPS and op != 0x40:
-            raise BpfError(f"instruction {pc}: unknown jump 0x{code:02x}")
+        rhs = "X" if code & 0x08 == cbpf.X else str(k)
+        cond = f"A & {rhs}" if op == cbpf.JSET else f"A {_JMP_OPS[op]} {rhs}"
         out.append(pad + f"if {cond}:")
         self._goto(pc + 1 + jt, out, depth + 1)
         out.append(pad + "else:")
@@ -190,51 +148,41 @@ class _Generator:
 
 
 def _statement(code: int, k: int) -> str:
-    """One non-jump, non-return instruction as a Python statement."""
+    """One non-jump, non-return instruction (of a validated program) as a Python statement."""
     cls, size, mode = code & 0x07, code & 0x18, code & 0xE0
-    if cls == _LD:
-        if mode == _IMM:
-            return f"A = {k}"
-        if mode == _LEN:
-            return "A = n"
-        if mode == _MEM:
-            return f"A = M[{k}]"
-        where = str(k) if mode == _ABS else f"X + {k}"
-        if size == _W:
+    if cls in (LD, LDX):
+        register = "A" if cls == LD else "X"
+        if mode == cbpf.IMM:
+            return f"{register} = {k}"
+        if mode == cbpf.LEN:
+            return f"{register} = n"
+        if mode == cbpf.MEM:
+            return f"{register} = M[{k}]"
+    if cls == LDX:  # the one other LDX mode: MSH, the IPv4 header length
+        return f"X = (p[{k}] & 0x0F) << 2"
+    if cls == LD:
+        where = str(k) if mode == cbpf.ABS else f"X + {k}"
+        if size == cbpf.W:
             return f"(A,) = _W(p, {where})"
-        if size == _H:
+        if size == cbpf.H:
             return f"(A,) = _H(p, {where})"
         return f"A = p[{where}]"
-    if cls == _LDX:
-        if mode == _IMM:
-            return f"X = {k}"
-        if mode == _LEN:
-            return "X = n"
-        if mode == _MEM:
-            return f"X = M[{k}]"
-        if mode == _MSH:
-            return f"X = (p[{k}] & 0x0F) << 2"
-    if cls == _ST:
-        return f"M[{k}] = A"
-    if cls == _STX:
-        return f"M[{k}] = X"
-    if cls == _ALU:
+    if cls in (ST, STX):
+        return f"M[{k}] = {'A' if cls == ST else 'X'}"
+    if cls == ALU:
         return _alu(code, k)
-    if cls == _MISC:
-        return "X = A" if code & 0xF8 == 0x00 else "A = X"
-    raise BpfError(f"unsupported instruction 0x{code:02x}")
+    if cls == MISC:
+        return "X = A" if code & 0xF8 == cbpf.TAX else "A = X"
+    raise BpfError(f"unsupported instruction 0x{code:02x}")  # unreachable after cbpf.validate
 
 
 def _alu(code: int, k: int) -> str:
     op = code & 0xF0
-    if op == 0x80:
+    if op == cbpf.NEG:
         return "A = -A & 0xFFFFFFFF"
-    rhs = "X" if code & 0x08 == _X else str(k)
-    symbol = _ALU_OPS.get(op)
-    if symbol is None:
-        raise BpfError(f"unsupported ALU instruction 0x{code:02x}")
-    if op in (0x60,):  # lsh: the kernel shifts modulo 32 on most paths; libpcap never shifts >= 32
+    rhs = "X" if code & 0x08 == cbpf.X else str(k)
+    if op == cbpf.LSH:  # the kernel shifts modulo 32 on most paths; libpcap never shifts >= 32
         return f"A = (A << ({rhs} & 31)) & 0xFFFFFFFF"
-    if op == 0x70:
+    if op == cbpf.RSH:
         return f"A = A >> ({rhs} & 31)"
-    return f"A = (A {symbol} {rhs}) & 0xFFFFFFFF"
+    return f"A = (A {_ALU_OPS[op]} {rhs}) & 0xFFFFFFFF"

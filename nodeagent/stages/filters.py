@@ -32,6 +32,7 @@ from nodeagent.settings import ConfigError, FilterSettings, RuleSettings
 from nodeagent.stages import bpfexpr
 from nodeagent.verdict import Direction
 from nodeagent.wire.headers import PacketMeta
+from sidecar_lite import cbpf
 
 EXCLUDE, INCLUDE = -1, 0
 HEALTH_PRESET = "drop-health-probes"
@@ -54,7 +55,7 @@ class Rule:
     outcome: int
     """EXCLUDE, INCLUDE or a snap length."""
     checks: tuple[Check, ...]
-    program: bpfexpr.Program | None
+    program: cbpf.Program | None
 
 
 def compile(settings: FilterSettings) -> FilterSet:  # noqa: A001 - the verb the style guide uses
@@ -90,7 +91,7 @@ def _compile_rule(path: str, spec: RuleSettings) -> Rule:
         try:
             program = bpfexpr.compile_expression(spec.bpf)
             matcher = bpfexpr.to_function(program)
-        except bpfexpr.BpfError as exc:
+        except cbpf.BpfError as exc:
             raise ConfigError(f"filters.{path}.bpf", f"invalid BPF in rule {name!r}: {exc}") from None
         checks.append(lambda f, m, d, a, p: matcher(f) != 0)
     outcome = EXCLUDE if spec.action == "exclude" else (spec.snaplen or INCLUDE)

@@ -38,6 +38,7 @@ from typing import NamedTuple
 from nodeagent.pods.index import PodInfo
 from nodeagent.settings import RuleSettings
 from nodeagent.stages import bpfexpr, containers, filters
+from sidecar_lite import cbpf
 
 MODES = ("kernel", "sniff")
 _TRUE, _FALSE = "1", "0"
@@ -46,7 +47,7 @@ _TRUE, _FALSE = "1", "0"
 
 class PushdownPlan(NamedTuple):
     version: str
-    program: bpfexpr.Program | None
+    program: cbpf.Program | None
     expression: str | None
     """The tcpdump expression compiled (None: mirror everything); for logs and tests."""
 
@@ -76,12 +77,16 @@ def expression(filterset: filters.FilterSet, pod: PodInfo) -> str:
 
 
 def plan(filterset: filters.FilterSet, pod: PodInfo) -> PushdownPlan:
-    """Compile the pod's expression (libpcap, at most once per distinct expression by the caller)."""
+    """Compile the pod's expression (libpcap, at most once per distinct expression by the caller).
+
+    The program passes the validator the sidecar applies to what it receives (``cbpf.parse``), with
+    room for the sidecar's tunnel exclusion; ``cbpf.BpfError`` otherwise (the sidecar keeps its
+    current program, the agent still enforces every rule)."""
     text = expression(filterset, pod)
     if text == _TRUE:
         return PushdownPlan(version(None), None, None)
-    program = bpfexpr.REJECT_ALL if text == _FALSE else bpfexpr.compile_expression(text)
-    return PushdownPlan(version(program), program, text)
+    program = cbpf.REJECT_ALL if text == _FALSE else bpfexpr.compile_expression(text)
+    return PushdownPlan(version(program), cbpf.validate(program, cbpf.MAX_PUSHED_INSNS), text)
 
 
 def condition(spec: RuleSettings, pod: PodInfo) -> str:
@@ -132,7 +137,7 @@ def _pushable(spec: RuleSettings) -> bool:
     return spec.peer_namespace is None and spec.peer_labels is None
 
 
-def version(program: Sequence[bpfexpr.Instruction] | None) -> str:
+def version(program: Sequence[cbpf.Instruction] | None) -> str:
     blob = json.dumps(None if program is None else [list(i) for i in program]).encode()
     return hashlib.sha256(blob).hexdigest()[:16]
 

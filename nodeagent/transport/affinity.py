@@ -5,16 +5,13 @@ Model:
 - ``flow_hash(meta, frame)`` maps a packet to a 32-bit value that depends only on the *unordered*
   pair of endpoints ``{(src, sport), (dst, dport)}`` and the protocol. Both directions of a
   connection therefore get the same value, so they reach the same sensor, as a Zeek cluster
-  requires (REFERENCE.md). IP fragments are hashed with ports 0: a non-first fragment carries no
-  ports, and hashing every fragment the same way keeps all fragments of one datagram together
-  (a fragmented UDP flow may then differ from its unfragmented packets; TCP is rarely fragmented).
-  Non-IP frames (ARP...) hash on the unordered MAC pair.
+  requires (docs/transport.md, "Flow affinity"). IP fragments are hashed with ports 0: a non-first
+  fragment carries no ports, and hashing every fragment the same way keeps all fragments of one
+  datagram together (a fragmented UDP flow may then differ from its unfragmented packets; TCP is
+  rarely fragmented). Non-IP frames (ARP...) hash on the unordered MAC pair.
 - ``Ring`` places each sensor at ``VNODES`` pseudo-random points on a 2**32 circle; a flow goes to
   the first point clockwise from its hash whose sensor is up. Removing one of N sensors moves only
   the flows that sensor owned (about 1/N); when it comes back, exactly those flows return.
-- ``source_port(h)`` derives the outer UDP source port of a VXLAN datagram from the same hash, in
-  the range RFC 7348 section 5 recommends (49152-65535), so receivers that balance on the outer
-  header keep flows together too.
 
 Pure: no I/O, no clock. ``flow_hash`` runs per packet: one ``bytes`` join, one ``zlib.crc32`` and
 an integer finaliser (crc32 alone clusters poorly on a ring; the finaliser spreads it).
@@ -26,7 +23,7 @@ import bisect
 import hashlib
 import struct
 import zlib
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable
 
 from nodeagent.wire.headers import PacketMeta
 
@@ -60,11 +57,6 @@ def flow_hash(meta: PacketMeta, frame: bytes | memoryview = b"") -> int:
         m1, m2 = bytes(view[0:6]), bytes(view[6:12])
         key = min(m1, m2) + max(m1, m2) + meta.ethertype.to_bytes(2, "big")
     return _mix(zlib.crc32(key))
-
-
-def source_port(h: int) -> int:
-    """Outer UDP source port for a flow hash: 49152 + h mod 16384 (RFC 7348 section 5)."""
-    return 49152 + (h & 0x3FFF)
 
 
 def _point(name: str, replica: int) -> int:
@@ -112,10 +104,3 @@ class Ring:
         i = bisect.bisect_left(self._points, h)
         return self._owners[i if i < len(self._owners) else 0]
 
-
-def spread(ring: Ring, hashes: Sequence[int]) -> dict[str, int]:
-    """How many of ``hashes`` each member owns (tests and benches)."""
-    counts = dict.fromkeys(ring.members, 0)
-    for h in hashes:
-        counts[ring.lookup(h)] += 1
-    return counts

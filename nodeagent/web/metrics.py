@@ -4,7 +4,10 @@ client_python's model: one ``CollectorRegistry`` per agent (no global default re
 and several agents in one process never share metrics), and a ``Collector`` whose ``collect``
 builds metric families from the same ``status()`` dict that ``/status`` serves, so the two views
 cannot disagree. Names follow Prometheus conventions: ``podmirror_`` prefix, ``_total`` counters,
-``_bytes`` units, labels for reason, namespace/pod and output.
+``_bytes`` units, labels for reason, namespace/pod and output. The pipeline's drops are
+``podmirror_packets_dropped_total{reason=}`` (``verdict.Drop``), the outputs' are
+``podmirror_output_packets_dropped_total{output=, reason=}`` (``verdict.OutputDrop``, from each
+output's ``state()["dropped"]``).
 """
 
 from __future__ import annotations
@@ -25,7 +28,9 @@ class AgentCollector(Collector):
         yield from _totals(status)
         yield from _pods(status.get("pods", {}))
         yield from _outputs(status.get("outputs", {}))
+        yield from _output_drops(status.get("outputs", {}))
         yield from _misc(status)
+        yield from _health(status)
         yield from _tables(status.get("pipeline", {}))
 
 
@@ -108,6 +113,36 @@ def _outputs(outputs: dict[str, dict[str, Any]]) -> Iterator[Metric]:
                     )
                 family.add_metric([name], value)
     yield from families.values()
+
+
+def _output_drops(outputs: dict[str, dict[str, Any]]) -> Iterator[Metric]:
+    """Each output's ``dropped`` {reason: packets} as one counter family, labelled output and reason."""
+    family = CounterMetricFamily("podmirror_output_packets_dropped",
+                                 "Forwarded packets an output could not deliver, by reason.",
+                                 labels=["output", "reason"])
+    for name, state in outputs.items():
+        for reason, count in state.get("dropped", {}).items():
+            family.add_metric([name, str(reason)], count)
+    yield family
+
+
+def _health(s: dict[str, Any]) -> Iterator[Metric]:
+    """Gauges for alerts: each VXLAN sensor's health, the monitored pods whose sidecar is silent
+    (0 without a Kubernetes pod table), the agent's readiness."""
+    sensors = GaugeMetricFamily("podmirror_sensor_up", "1 while the output considers the sensor reachable.",
+                                labels=["output", "sensor"])
+    for name, state in s.get("outputs", {}).items():
+        for sensor in state.get("sensors", []) if isinstance(state, dict) else []:
+            up = 1 if sensor.get("state") == "up" else 0
+            sensors.add_metric([name, str(sensor.get("address", ""))], up)
+    yield sensors
+    silent = GaugeMetricFamily("podmirror_silent_pods",
+                               "Monitored pods of this node whose sidecar sends nothing.")
+    silent.add_metric([], len(s.get("silent") or []))
+    yield silent
+    ready = GaugeMetricFamily("podmirror_ready", "1 when the agent is ready (/readyz).")
+    ready.add_metric([], 1 if s.get("ready") else 0)
+    yield ready
 
 
 def _misc(s: dict[str, Any]) -> Iterator[Metric]:

@@ -2,14 +2,17 @@
 
 ``make_app`` takes a ``StatusSource`` (the agent) and returns an aiohttp application; ``serve``
 runs it with ``AppRunner(handle_signals=False)`` so that the agent, not aiohttp, owns SIGTERM.
-Extra routes (``Route`` tuples) come from other parts of the agent, e.g. issue 3's pushdown.
+Extra routes (``Route`` tuples) come from other parts of the agent, e.g. the push-down endpoint.
 
 ``/status`` is built by the source in one synchronous call on the loop thread, so the invariant
-``received == forwarded + sum(drops)`` holds in every response.
+``received == forwarded + sum(drops)`` holds in every response. ``drops`` holds the pipeline's
+reasons (``verdict.Drop``); what each output lost after that is under ``outputs.<name>.dropped``
+(``verdict.OutputDrop``), so no reason is listed twice or where nothing can emit it.
 """
 
 from __future__ import annotations
 
+import ssl
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, NamedTuple, Protocol
 
@@ -66,11 +69,13 @@ def _dumps(value: Any) -> str:
     return json.dumps(value, indent=1, sort_keys=True) + "\n"
 
 
-async def serve(app: web.Application, host: str, port: int) -> tuple[web.AppRunner, tuple[str, int]]:
-    """Start ``app`` on host:port (0: any free port). Returns the runner and the bound address."""
-    runner = web.AppRunner(app, handle_signals=False, access_log=None)
+async def serve(app: web.Application, host: str, port: int, *, ssl_context: ssl.SSLContext | None = None,
+                shutdown_timeout: float = 60.0) -> tuple[web.AppRunner, tuple[str, int]]:
+    """Start ``app`` on host:port (0: any free port), over TLS with ``ssl_context``. Returns the
+    runner and the bound address. The one way the agent serves HTTP (status, capture)."""
+    runner = web.AppRunner(app, handle_signals=False, access_log=None, shutdown_timeout=shutdown_timeout)
     await runner.setup()
-    site = web.TCPSite(runner, host, port, reuse_address=True)
+    site = web.TCPSite(runner, host, port, ssl_context=ssl_context, reuse_address=True)
     try:
         await site.start()
     except OSError:

@@ -72,7 +72,7 @@ class InjectConfig:
     discovery: str = "service"
     """PODMIRROR_DISCOVERY: ``service``, ``node-ip`` (agent on hostNetwork) or ``label``."""
     agent_label: str = "podmirror-agent"
-    """With ``label`` discovery: the agent pods' ``run`` label value (the seed's SENSOR)."""
+    """With ``label`` discovery: the agent pods' ``run`` label value (``SENSOR``, docs/datapath.md)."""
     agent_namespace: str = "podmirror"
     default_mode: str = "auto"
     sniff_capabilities: str = "add"

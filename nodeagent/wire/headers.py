@@ -1,7 +1,7 @@
 """Ethernet / 802.1Q / IPv4 / IPv6 / TCP / UDP / ICMP headers -> ``PacketMeta`` (offsets, no copies).
 
 ``decode`` is on the per-packet path: precompiled ``struct`` objects over a ``memoryview``, one
-``PacketMeta`` tuple per packet, no scapy (DATAPLANE.md: 0.64 us against 400 us for scapy).
+``PacketMeta`` tuple per packet, no scapy (docs/datapath.md: 0.64 us against 400 us for scapy).
 Addresses are packed bytes (4 or 16) so that lookups never format strings.
 
 Bounded work (every byte comes from a pod that may be hostile): at most ``MAX_VLAN_TAGS`` tags

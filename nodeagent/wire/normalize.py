@@ -1,11 +1,11 @@
 """Make mirrored frames acceptable to sensors: re-segment GSO super-packets, complete partial checksums.
 
-Why (DATAPLANE.md, measured): tc mirred copies a pod's packets *before* the NIC would segment or
-checksum them. TCP arrives as GSO super-packets of up to 64 KB, and locally generated TCP/UDP
-carries a *partial* L4 checksum (only the folded pseudo-header sum, CHECKSUM_PARTIAL). Zeek drops
-packets whose checksum does not verify and truncates frames beyond its 9216-byte snap length;
-Suricata flags them; tshark marks them bad. So the agent rewrites what it hands on, once, before
-every output, and the sensors need no "ignore checksums" option:
+Why (measured, docs/datapath.md "MTU, GSO and checksums"): tc mirred copies a pod's packets
+*before* the NIC would segment or checksum them. TCP arrives as GSO super-packets of up to 64 KB,
+and locally generated TCP/UDP carries a *partial* L4 checksum (only the folded pseudo-header sum,
+CHECKSUM_PARTIAL). Zeek drops packets whose checksum does not verify and truncates frames beyond its
+9216-byte snap length; Suricata flags them; tshark marks them bad. So the agent rewrites what it
+hands on, once, before every output, and the sensors need no "ignore checksums" option:
 
 - **Re-segmentation** of a TCP frame longer than ``max_frame`` (default 1514: an Ethernet MTU of
   1500) into MSS-sized segments, exactly as the kernel's GSO would have put them on the wire:

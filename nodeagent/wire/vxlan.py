@@ -1,22 +1,20 @@
-"""VXLAN (RFC 7348): an 8-byte header before an Ethernet frame, carried in UDP.
+"""VXLAN (RFC 7348) for the agent: the per-packet decode of a tunnel datagram.
 
-    0                   1                   2                   3
-    |R|R|R|R|I|R|R|R|            Reserved                           |
-    |                VXLAN Network Identifier (VNI) |   Reserved    |
+The header's layout and its encoder are the sidecar's (``sidecar_lite.vxlan``: one codec for the
+project); this module re-exports ``HEADER``, ``header`` and ``encode`` and adds ``decode``, which
+raises the agent's ``Malformed`` and is tuned for the receive path.
 """
 
 from __future__ import annotations
 
-import struct
 from typing import NamedTuple
 
 from nodeagent.wire.errors import Malformed
+from sidecar_lite.vxlan import FLAG_VNI_VALID, HEADER, encode, header
 
-HEADER = struct.Struct("!B3xI")
-FLAG_VNI_VALID = 0x08
+__all__ = ["HEADER", "VxlanFrame", "decode", "encode", "header"]
+
 ETHERNET_HEADER = 14
-IANA_PORT = 4789
-"""The port Zeek, Suricata and Corelight sensors decapsulate by default."""
 
 
 class VxlanFrame(NamedTuple):
@@ -44,14 +42,3 @@ def decode(datagram: memoryview | bytes) -> VxlanFrame:
     if not flags & FLAG_VNI_VALID:
         raise Malformed("vxlan: I flag not set")
     return _new(VxlanFrame, (word >> 8, view[_HEADER_SIZE:]))
-
-
-def header(vni: int) -> bytes:
-    """The 8-byte header for ``vni`` (0 <= vni < 2**24)."""
-    if not 0 <= vni < 1 << 24:
-        raise ValueError(f"VNI {vni} is out of range 0..16777215")
-    return HEADER.pack(FLAG_VNI_VALID, vni << 8)
-
-
-def encode(vni: int, frame: bytes | memoryview) -> bytes:
-    return header(vni) + bytes(frame)

@@ -7,18 +7,19 @@ import contextlib
 import json
 import socket
 import struct
-import time
 import urllib.request
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from typing import Any
 
 from scapy.layers.inet import IP, TCP, UDP
 from scapy.layers.l2 import Ether
 
+from nodeagent import app
 from nodeagent import settings as settings_mod
 from nodeagent.app import Agent
 from nodeagent.settings import Settings
 from nodeagent.wire import headers, normalize, vxlan
+from tests.waiting import wait_for
 
 MAC1, MAC2 = "02:00:00:00:00:01", "02:00:00:00:00:02"
 KNOWN, UNKNOWN = "127.0.0.1", "127.0.0.2"
@@ -38,18 +39,13 @@ def make_settings(tmp_path: Any = None, **groups: Any) -> Settings:
     return settings_mod.load(settings_mod.merge(base, groups))
 
 
-async def wait_for(predicate: Callable[[], bool], timeout: float = 5.0, what: str = "condition") -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        await asyncio.sleep(0.01)
-
-
 @contextlib.asynccontextmanager
-async def running(settings: Settings) -> AsyncIterator[Agent]:
-    """An agent running in this loop (no signal handlers); stopped and checked for exit 0 after."""
+async def running(settings: Settings, *, extensions: bool = False) -> AsyncIterator[Agent]:
+    """An agent running in this loop (no signal handlers); stopped and checked for exit 0 after.
+    ``extensions``: also install what ``nodeagent run`` installs (push-down, page, capture...)."""
     agent = Agent(settings)
+    if extensions:
+        app._install_extensions(agent)
     task = asyncio.create_task(agent.run(handle_signals=False), name="agent-under-test")
     try:
         await wait_for(lambda: agent.is_ready() or task.done(), what="agent ready")
@@ -125,5 +121,4 @@ async def get_status(agent: Agent) -> dict[str, Any]:
     return json.loads(body)
 
 
-def accounted(status: dict[str, Any]) -> bool:
-    return status["received"] == status["forwarded"] + sum(status["drops"].values())
+

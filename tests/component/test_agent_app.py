@@ -19,8 +19,8 @@ from tests.component.agent_kit import (
     sender,
     tcp_frame,
     tunnel_port,
-    wait_for,
 )
+from tests.waiting import wait_for
 
 
 class RecordingOutput:
@@ -81,7 +81,7 @@ async def test_added_route_task_and_output_are_served_run_and_fed():
     assert code == 200 and json.loads(body) == {"hello": 3}
     assert output.frames == [frame] * 3
     assert output.events == ["open", "run", "flush", "close"]
-    assert status["outputs"]["recording"] == {"packets": 3}
+    assert status["outputs"]["recording"] == {"packets": 3, "dropped": {"internal_error": 0}}
 
 
 async def test_a_failing_root_task_stops_the_agent_with_exit_code_1_after_flushing():
@@ -113,7 +113,8 @@ async def test_an_output_that_raises_is_counted_and_the_others_still_get_the_pac
         send_tunnel(good, tunnel_port(agent), tcp_frame(), count=4)
         await wait_for(lambda: len(good_output.frames) == 4)
         good.close()
-        assert agent.fanout.state()["broken"]["offer_exceptions"] == 4
+        assert agent.fanout.state()["broken"]["dropped"]["internal_error"] == 4
+        assert agent.fanout.state()["good"]["dropped"]["internal_error"] == 0
 
 
 async def test_reported_mode_appears_for_a_pod_without_traffic():

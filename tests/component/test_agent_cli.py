@@ -16,6 +16,7 @@ import pytest
 
 from nodeagent.wire import pcap
 from tests.component.agent_kit import KNOWN, UNKNOWN, http_get, send_tunnel, sender, tcp_frame
+from tests.waiting import poll
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -53,13 +54,6 @@ def _status(address: tuple[str, int]) -> dict:
     return json.loads(body)
 
 
-def _poll(predicate, timeout: float = 10.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        assert time.monotonic() < deadline, "timed out"
-        time.sleep(0.02)
-
-
 def test_sigterm_flushes_the_pcap_and_exits_0(tmp_path):
     proc = _start(
         "--listen",
@@ -80,7 +74,7 @@ def test_sigterm_flushes_the_pcap_and_exits_0(tmp_path):
         good, stranger = sender(KNOWN), sender(UNKNOWN)
         send_tunnel(good, port, tcp_frame(), count=30)
         send_tunnel(stranger, port, tcp_frame(), count=5)
-        _poll(lambda: _status(address)["received"] == 35)
+        poll(lambda: _status(address)["received"] == 35)
         status = _status(address)
         assert status["forwarded"] == 30 and status["drops"]["unknown_sender"] == 5
         assert "default/db" in status["pods"]
@@ -107,7 +101,7 @@ def test_config_file_with_flag_overrides(tmp_path):
         port, address = _addresses(proc)
         good = sender(KNOWN)
         send_tunnel(good, port, tcp_frame(), vni=7, count=3)
-        _poll(lambda: _status(address)["forwarded"] == 3)
+        poll(lambda: _status(address)["forwarded"] == 3)
         good.close()
         os.kill(proc.pid, signal.SIGINT)
         assert proc.wait(timeout=15) == 0

@@ -7,6 +7,7 @@ import os
 import shutil
 import socket
 import subprocess
+import threading
 import time
 from pathlib import Path
 
@@ -14,6 +15,10 @@ import pytest
 from scapy.layers.inet import TCP
 from scapy.layers.l2 import Ether
 
+from nodeagent.adapters.pcap_out import PcapOutput
+from nodeagent.pods.index import PodInfo
+from nodeagent.settings import PcapSettings
+from nodeagent.verdict import Direction, Forward
 from nodeagent.wire import headers, pcap, vxlan
 from tests.component.agent_kit import (
     KNOWN,
@@ -24,9 +29,9 @@ from tests.component.agent_kit import (
     tcp_frame,
     tunnel_port,
     udp_frame,
-    wait_for,
     with_partial_checksum,
 )
+from tests.waiting import wait_for
 
 needs_tshark = pytest.mark.skipif(
     shutil.which("tshark") is None or shutil.which("capinfos") is None,
@@ -121,7 +126,7 @@ async def test_pcap_rotates_by_size_and_deletes_oldest_to_stay_under_the_bound(t
         _, records = pcap.read(Path(path).read_bytes())
         assert records and all(r.data == frame for r in records)
     record = pcap.RECORD_SIZE + len(frame)
-    assert state["dropped_backlog"] == 0
+    assert state["dropped"] == {"queue_full": 0, "write_error": 0, "internal_error": 0}
     assert state["packets"] == 200 and state["bytes"] == 200 * record
 
 
@@ -171,8 +176,8 @@ async def test_vxlan_errors_are_counted_per_sensor_when_the_sensor_is_gone():
         await wait_for(lambda: agent.stats.total.forwarded == 5)
         good.close()
         sensor_state = agent.fanout.state()["vxlan"]["sensors"][0]
-    assert sensor_state["errors"].get("ECONNREFUSED", 0) >= 1
-    assert sensor_state["packets"] + sum(sensor_state["errors"].values()) <= 5
+    assert sensor_state["dropped"]["unreachable"] >= 1 and sensor_state["last_error"] == "ECONNREFUSED"
+    assert sensor_state["packets"] + sum(sensor_state["dropped"].values()) == 5  # each packet once
 
 
 async def test_gso_super_packet_reaches_the_sensor_as_valid_mss_segments():
@@ -215,21 +220,14 @@ async def test_partial_udp_checksum_is_completed_for_the_pcap(tmp_path):
 
 async def test_a_stalled_disk_drops_and_counts_instead_of_growing_or_blocking(tmp_path):
     """The writer thread is held; the loop keeps taking packets, bounded by max_pending buffers."""
-    import threading
-
-    from nodeagent.adapters.pcap_out import PcapOutput
-    from nodeagent.pods.index import PodInfo
-    from nodeagent.settings import PcapSettings
-    from nodeagent.verdict import Direction, Forward
-
     out = PcapOutput(PcapSettings(dir=str(tmp_path), buffer_bytes=1000))
     out.max_pending = 4
     release = threading.Event()
     write = out._writer.write
 
-    def slow_write(data, rotate):
+    def slow_write(data, rotate, packets):
         release.wait(10)
-        write(data, rotate)
+        write(data, rotate, packets)
 
     out._writer.write = slow_write  # type: ignore[method-assign]
     await out.open()
@@ -248,13 +246,30 @@ async def test_a_stalled_disk_drops_and_counts_instead_of_growing_or_blocking(tm
         out.offer(fwd)
     assert time.monotonic() - started < 1.0  # never waited for the disk
     state = out.state()
-    assert state["dropped_backlog"] > 0
-    assert state["packets"] + state["dropped_backlog"] == 200
+    assert state["dropped"]["queue_full"] > 0
+    assert state["packets"] + state["dropped"]["queue_full"] == 200
     assert state["pending_buffers"] <= 4
     release.set()
     await out.close()
     _, records = pcap.read(Path(_pcaps(tmp_path)[0]).read_bytes())
     assert len(records) == state["packets"]
+
+
+async def test_a_failed_write_counts_its_records_as_write_errors(tmp_path):
+    """A real failure: the directory is gone when the writer opens its first file."""
+    directory = tmp_path / "gone"
+    out = PcapOutput(PcapSettings(dir=str(directory)))
+    await out.open()
+    directory.rmdir()
+    frame = memoryview(udp_frame(b"w" * 100))
+    fwd = Forward(frame, headers.decode(frame), 5, PodInfo(ip="10.0.0.5", vni=5, namespace="a", name="b"),
+                  Direction.EGRESS, len(frame), 0.0)
+    for _ in range(10):
+        out.offer(fwd)
+    await out.close()
+    state = out.state()
+    assert state["packets"] == 10 and state["dropped"] == {"queue_full": 0, "write_error": 10}
+    assert "No such file" in state["last_error"]
 
 
 @needs_tshark

@@ -24,7 +24,8 @@ from nodeagent.collector.server import Collector, Limits
 from nodeagent.transport import messages, records, streams
 from nodeagent.transport.compression import StreamCompressor
 from nodeagent.transport.records import Record
-from tests.component.transport_kit import Certs, RecordingSink, forward, frame, start_collector, wait_for
+from tests.component.transport_kit import Certs, RecordingSink, forward, frame, start_collector
+from tests.waiting import wait_for
 
 FAST = TransportOptions(max_delay=0.01, backoff_initial=0.05, backoff_max=0.2, connect_timeout=2.0)
 VICTIM = bytes(range(16))

@@ -5,13 +5,15 @@ the flow tables' sizes and evictions."""
 from __future__ import annotations
 
 import asyncio
+import functools
 
 from prometheus_client.parser import text_string_to_metric_families
 
-from nodeagent.stages import bpfexpr
+from sidecar_lite import cbpf
+from tests import cbpf_reference
+from tests.books import assert_balanced
 from tests.component.agent_kit import (
     KNOWN,
-    accounted,
     get_status,
     http_get,
     make_settings,
@@ -20,9 +22,9 @@ from tests.component.agent_kit import (
     tcp_frame,
     tunnel_port,
     udp_frame,
-    wait_for,
 )
 from tests.component.test_pushdown_api import fetch, running
+from tests.waiting import wait_for
 
 PEER = "10.0.0.9"
 
@@ -45,7 +47,7 @@ async def test_selected_ports_at_the_agent_in_the_push_down_and_in_metrics() -> 
     async with running(settings) as agent:
         code, body = await fetch(agent, f"ip={KNOWN}&vni=5&mode=sniff")
         assert code == 200 and body["bpf"] is not None
-        match = bpfexpr.to_function(tuple(tuple(insn) for insn in body["bpf"]))
+        match = functools.partial(cbpf_reference.run, cbpf.parse(body["bpf"], cbpf.MAX_PUSHED_INSNS))
         assert match(tcp_from_pod(8080, 1)) and not match(tcp_from_pod(9090, 1))
 
         sock = sender(KNOWN)
@@ -59,7 +61,7 @@ async def test_selected_ports_at_the_agent_in_the_push_down_and_in_metrics() -> 
         sock.close()
 
         status = await get_status(agent)
-        assert accounted(status)
+        assert_balanced(status)
         assert status["forwarded"] == 10 and status["drops"]["other_container"] == 2
         assert status["pipeline"]["dedup"] == {"entries": 4, "evictions": 6}
 

@@ -11,8 +11,9 @@ from contextlib import asynccontextmanager
 
 from nodeagent.app import Agent
 from nodeagent.settings import Settings
-from nodeagent.stages import bpfexpr
 from nodeagent.web import pushdown_api
+from sidecar_lite import cbpf
+from tests import cbpf_reference
 from tests.component.agent_kit import (
     KNOWN,
     UNKNOWN,
@@ -23,8 +24,8 @@ from tests.component.agent_kit import (
     sender,
     tunnel_port,
     udp_frame,
-    wait_for,
 )
+from tests.waiting import wait_for
 
 RULES = {"rules": [{"action": "exclude", "ports": [53]}]}
 
@@ -72,10 +73,10 @@ async def test_sidecar_gets_a_program_and_its_mode_is_recorded() -> None:
     async with running(settings) as agent:
         code, body = await fetch(agent, f"ip={KNOWN}&vni=5&mode=kernel")
         assert code == 200 and set(body) == {"version", "bpf"}
-        program = tuple(tuple(insn) for insn in body["bpf"])
+        program = cbpf.parse(body["bpf"], cbpf.MAX_PUSHED_INSNS)  # the sidecar's intake
         dns = udp_frame(src=KNOWN, dst="10.96.0.10", dport=53)
         ntp = udp_frame(src=KNOWN, dst="10.96.0.10", dport=123)
-        assert bpfexpr.to_function(program)(dns) == 0 and bpfexpr.to_function(program)(ntp) != 0
+        assert cbpf_reference.run(program, dns) == 0 and cbpf_reference.run(program, ntp) != 0
         again = await fetch(agent, f"ip={KNOWN}&vni=0x5&mode=kernel")
         assert again[1]["version"] == body["version"]
         status = await get_status(agent)

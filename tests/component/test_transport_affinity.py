@@ -15,8 +15,8 @@ from tests.component.transport_kit import (
     forward,
     frame,
     start_collector,
-    wait_for,
 )
+from tests.waiting import wait_for
 
 OPTS = TransportOptions(max_delay=0.01, backoff_initial=0.05, backoff_max=0.3, connect_timeout=2.0)
 FLOWS = [(30000 + i, 80 + i % 3, i % 4 == 0) for i in range(200)]   # (sport, dport, udp)

@@ -28,8 +28,8 @@ from tests.component.transport_kit import (
     free_port,
     pcapng_packets,
     start_collector,
-    wait_for,
 )
+from tests.waiting import wait_for
 
 
 @contextlib.asynccontextmanager

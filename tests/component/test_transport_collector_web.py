@@ -9,7 +9,8 @@ from typing import Any
 
 from nodeagent.adapters.transport_out import TransportOptions, TransportOutput
 from nodeagent.collector import web
-from tests.component.transport_kit import Certs, RecordingSink, forward, frame, start_collector, wait_for
+from tests.component.transport_kit import Certs, RecordingSink, forward, frame, start_collector
+from tests.waiting import wait_for
 
 
 async def test_status_and_metrics_count_what_was_delivered(tmp_path: Path, aiohttp_client: Any) -> None:
@@ -39,7 +40,7 @@ async def test_status_and_metrics_count_what_was_delivered(tmp_path: Path, aioht
         text = await (await client.get("/metrics")).text()
         assert "podmirror_collector_delay_seconds" in text
         state = out.state()
-        assert state["collectors_up"] == 1 and state["dropped_queue_full"] == 0
+        assert state["collectors_up"] == 1 and state["dropped"]["queue_full"] == 0
     finally:
         await out.close()
         runner.cancel()

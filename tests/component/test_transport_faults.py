@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from nodeagent.adapters.transport_out import TransportOptions, TransportOutput
+from tests.books import output_balances
 from tests.component.transport_kit import (
     Certs,
     ChildCollector,
@@ -17,15 +18,10 @@ from tests.component.transport_kit import (
     frame,
     free_port,
     pcapng_packets,
-    wait_for,
 )
+from tests.waiting import wait_for
 
 QUEUE = 256 * 1024
-
-
-def accounted(s: dict) -> bool:  # type: ignore[type-arg]
-    held = s["queued_packets"] + s["open_packets"]
-    return s["offered"] == s["delivered"] + sum(s["dropped"].values()) + held
 
 
 async def _traffic(out: TransportOutput, stop: asyncio.Event, peaks: dict[str, int]) -> None:
@@ -39,7 +35,7 @@ async def _traffic(out: TransportOutput, stop: asyncio.Event, peaks: dict[str, i
                               loop.time()))
             i += 1
         peaks["outbox"] = max(peaks["outbox"], link.outbox.nbytes)
-        assert accounted(out.state())
+        assert output_balances(out.state())
         await asyncio.sleep(0.01)
 
 
@@ -71,7 +67,7 @@ async def _kill_and_resume(tmp_path: Path, down_seconds: float) -> None:
         await wait_for(lambda: out.state()["queued_packets"] == 0 and out.state()["open_packets"] == 0,
                        15, "the backlog to drain")
         final = out.state()
-        assert accounted(final) and final["dropped"]["shutdown"] == 0
+        assert output_balances(final) and final["dropped"]["shutdown"] == 0
         assert final["offered"] == final["delivered"] + final["dropped"]["queue_full"]
         assert link.reconnects >= 1 and link.status == "up"
         # Bounded memory: the outbox never held more than its bound plus one batch.

@@ -13,7 +13,8 @@ import pytest
 from nodeagent.adapters.transport_out import TransportOptions, TransportOutput
 from nodeagent.collector.server import Collector, server_context
 from nodeagent.collector.sinks import PcapngSink
-from tests.component.transport_kit import Certs, forward, frame, pcapng_packets, wait_for
+from tests.component.transport_kit import Certs, forward, frame, pcapng_packets
+from tests.waiting import wait_for
 
 needs_tshark = pytest.mark.skipif(shutil.which("tshark") is None, reason="needs tshark")
 

@@ -10,6 +10,7 @@ import pytest
 import trustme
 
 from nodeagent.adapters.transport_out import TransportOptions, TransportOutput, client_context
+from tests.books import output_balances
 from tests.component.transport_kit import (
     CLIENT,
     Certs,
@@ -17,15 +18,10 @@ from tests.component.transport_kit import (
     forward,
     frame,
     start_collector,
-    wait_for,
 )
+from tests.waiting import wait_for
 
 FAST = TransportOptions(max_delay=0.01, backoff_initial=0.05, backoff_max=0.2, connect_timeout=2.0)
-
-
-def accounted(state: dict) -> bool:  # type: ignore[type-arg]
-    return state["offered"] == (state["delivered"] + sum(state["dropped"].values())
-                                + state["queued_packets"] + state["open_packets"])
 
 
 @contextlib.asynccontextmanager
@@ -54,7 +50,7 @@ async def test_batches_reach_the_collector_in_order_with_identity(tmp_path: Path
                 out.offer(forward(raw, loop.time()))
             await wait_for(lambda: out.state()["delivered"] == len(frames), 10, "all packets acknowledged")
             state = out.state()
-            assert accounted(state) and state["dropped"] == {"queue_full": 0, "shutdown": 0}
+            assert output_balances(state) and state["dropped"] == {"queue_full": 0, "shutdown": 0}
             assert state["collectors"][f"127.0.0.1:{port}"]["state"] == "up"
         assert [r.frame for r in sink.records] == frames                  # order kept, nothing lost
         assert {r.pod for r in sink.records} == {"shop/client", "shop/server"}
@@ -85,7 +81,7 @@ async def test_a_collector_with_an_untrusted_certificate_is_refused(tmp_path: Pa
             await wait_for(lambda: link.reconnects >= 2, 10, "repeated refused connections")
             assert link.status == "down"
             assert "CERTIFICATE_VERIFY_FAILED" in link.last_error
-            assert accounted(out.state()) and out.state()["delivered"] == 0
+            assert output_balances(out.state()) and out.state()["delivered"] == 0
         assert sink.records == []
         assert out.state()["dropped"]["shutdown"] == 50                    # every packet accounted
     finally:

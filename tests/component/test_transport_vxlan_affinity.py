@@ -13,7 +13,8 @@ from nodeagent.adapters import vxlan_out
 from nodeagent.adapters.vxlan_out import HOLDDOWN_MIN, VxlanOutput
 from nodeagent.settings import SensorSettings
 from nodeagent.wire import vxlan
-from tests.component.transport_kit import flow_key, forward, frame, wait_for
+from tests.component.transport_kit import flow_key, forward, frame
+from tests.waiting import wait_for
 
 FLOWS = [(31000 + i, 80, i % 3 == 0) for i in range(120)]
 

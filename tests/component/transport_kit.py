@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import os
 import signal
 import socket
@@ -10,7 +9,7 @@ import ssl
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -112,15 +111,6 @@ async def start_collector(certs: Certs, sink: Any, client_ca: str | None = MUTUA
     collector = Collector([sink], server_context(certs.cert_file, certs.key_file, ca), limits)
     _, port = await collector.start("127.0.0.1", port)
     return collector, port
-
-
-async def wait_for(cond: Callable[[], bool], timeout: float, what: str) -> None:
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout
-    while not cond():
-        if loop.time() > deadline:
-            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
-        await asyncio.sleep(0.02)
 
 
 def free_port() -> int:

@@ -1,16 +1,19 @@
 """Fixtures for the end-to-end tier: a fresh lab per test (namespaces ``pme2e-<random>-``).
 
-Every lab is closed in a ``finally`` (processes stopped, namespaces deleted) and the test fails
-if any namespace with its tag is left behind. ``podmirror_ready`` skips, with a reason, while the
-agent's or the sidecar's entry point cannot start (they are built in parallel with this tier).
+Every e2e test gets its lab from here: the ``lab`` fixture, or ``open_lab`` for a fixture of wider
+scope or other options (``node_mtu``). Every lab is closed in a ``finally`` (processes stopped,
+namespaces deleted) and the test fails if any namespace with its tag is left behind.
+``podmirror_ready`` skips, with a reason, while the agent's or the sidecar's entry point cannot start.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
 import subprocess
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -19,14 +22,21 @@ from nodeagent.lab.podmirror import ENV, NODEAGENT, SIDECAR
 from nodeagent.lab.topology import Lab
 
 
-@pytest.fixture
-def lab(tmp_path: Path) -> Iterator[Lab]:
-    lab = Lab("pme2e", workdir=tmp_path)
+@contextlib.contextmanager
+def open_lab(workdir: Path | None = None, **options: Any) -> Iterator[Lab]:
+    """A fresh lab (``topology.Lab`` options as keywords), closed and checked whatever happens."""
+    lab = Lab("pme2e", workdir=workdir, **options)
     try:
         yield lab
     finally:
         lab.close()
         assert netns.leftovers(lab.tag) == [], "namespaces left behind"
+
+
+@pytest.fixture
+def lab(tmp_path: Path) -> Iterator[Lab]:
+    with open_lab(tmp_path) as fresh:
+        yield fresh
 
 
 def _entry_point_problem() -> str | None:

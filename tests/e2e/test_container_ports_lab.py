@@ -1,4 +1,4 @@
-"""Issue 4 in the lab: a container selection keeps only the selected containers' ports.
+"""Container selection in the lab: a container selection keeps only the selected containers' ports.
 
 One node, an unmonitored ``client`` and a monitored ``web`` whose selected container declares only
 the HTTP port (static sender with a 4th field, as ``podmirror.io/ports`` gives the agent in a
@@ -21,7 +21,7 @@ from pathlib import Path
 
 import pytest
 
-from nodeagent.lab import capture, netns, podmirror
+from nodeagent.lab import capture, podmirror
 from nodeagent.lab.topology import TUNNEL_PORT, Lab, Pod
 from nodeagent.lab.traffic import DNS_PORT, HTTP_PORT, TLS_PORT
 from nodeagent.lab.workload import Workload
@@ -65,37 +65,34 @@ def other_ports(traffic: capture.Traffic) -> list[tuple[str, ...]]:
 
 
 @pytest.mark.parametrize("pushed", [True, False], ids=["pushed", "agent-only"])
-def test_only_the_selected_containers_port_reaches_the_outputs(tmp_path: Path, pushed: bool) -> None:
-    lab = Lab("pmpt", workdir=tmp_path)
-    try:
-        node = lab.add_node()
-        client, web = lab.add_pod(node, "client"), lab.add_pod(node, "web")
-        lab.add_agent(node)
-        agent = podmirror.start_agent(lab, node, tmp_path, pods=[], config=CONFIG, pcap_dir=tmp_path / "pcap",
-                                      extra=["--sender", f"{web.ip},{web.vni},{web.key},{HTTP_PORT}"])
-        assert agent.node.agent is not None
-        wire = capture.start_tcpdump(lab, agent.node.agent.ns, "eth0", tmp_path / "wire.pcap",
-                                     f"udp dst port {TUNNEL_PORT}")
-        sidecar = podmirror.start_sidecar(lab, web, tmp_path, mode="kernel", rules=pushed,
-                                          extra=["--tunnel-mtu", "1600"])
-        work = Workload(lab, tmp_path)
-        work.start_servers(web, iperf=False)
-        if pushed:
-            wait_installed(tmp_path / f"sidecar-{web.name}.log")
-        wait_http_mirrored(lab, agent, client, web)
-        truth_path = tmp_path / "truth.pcap"
-        truth_dump = capture.start_tcpdump(lab, web.ns, "eth0", truth_path,
-                                           f"not (ip dst host {agent.ip} and ip proto 17) and not arp")
-        before = agent.pod(web)
-        result = work.client(client, web, rounds=1, ping=2, ipv6=False)
-        capture.stop_tcpdump(lab, truth_dump, truth_path)
-        after = settled(agent, web)
-        capture.stop_tcpdump(lab, wire, tmp_path / "wire.pcap")
-        assert lab.ns.stop(sidecar, timeout=10) == 0
-        assert agent.stop() == 0
-    finally:
-        lab.close()
-        assert netns.leftovers(lab.tag) == []
+def test_only_the_selected_containers_port_reaches_the_outputs(
+    lab: Lab, tmp_path: Path, pushed: bool
+) -> None:
+    node = lab.add_node()
+    client, web = lab.add_pod(node, "client"), lab.add_pod(node, "web")
+    lab.add_agent(node)
+    agent = podmirror.start_agent(lab, node, tmp_path, pods=[], config=CONFIG, pcap_dir=tmp_path / "pcap",
+                                  extra=["--sender", f"{web.ip},{web.vni},{web.key},{HTTP_PORT}"])
+    assert agent.node.agent is not None
+    wire = capture.start_tcpdump(lab, agent.node.agent.ns, "eth0", tmp_path / "wire.pcap",
+                                 f"udp dst port {TUNNEL_PORT}")
+    sidecar = podmirror.start_sidecar(lab, web, tmp_path, mode="kernel", rules=pushed,
+                                      extra=["--tunnel-mtu", "1600"])
+    work = Workload(lab, tmp_path)
+    work.start_servers(web, iperf=False)
+    if pushed:
+        wait_installed(tmp_path / f"sidecar-{web.name}.log")
+    wait_http_mirrored(lab, agent, client, web)
+    truth_path = tmp_path / "truth.pcap"
+    truth_dump = capture.start_tcpdump(lab, web.ns, "eth0", truth_path,
+                                       f"not (ip dst host {agent.ip} and ip proto 17) and not arp")
+    before = agent.pod(web)
+    result = work.client(client, web, rounds=1, ping=2, ipv6=False)
+    capture.stop_tcpdump(lab, truth_dump, truth_path)
+    after = settled(agent, web)
+    capture.stop_tcpdump(lab, wire, tmp_path / "wire.pcap")
+    assert lab.ns.stop(sidecar, timeout=10) == 0
+    assert agent.stop() == 0
 
     assert result["errors"] == 0
     truth = capture.decode(truth_path)

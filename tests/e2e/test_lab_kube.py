@@ -1,4 +1,4 @@
-"""The lab's Kubernetes mode: the agent takes its pod table from a real kube-apiserver (issue 4).
+"""The lab's Kubernetes mode: the agent takes its pod table from a real kube-apiserver.
 
 The lab's own steps (``runner.build/start/drive/summarize/finish``) run in-process on a lab whose
 namespaces are ``pmlk-<random>-``, so the test reads the agent's ``/status`` while the agent still
@@ -26,6 +26,8 @@ import pytest
 from nodeagent.lab import kubelab, netns, runner
 from nodeagent.lab.podmirror import ENV, SOURCE_ROOT
 from nodeagent.lab.topology import Lab
+from nodeagent.pods.kube import MONITOR_ANNOTATION, MONITORED_LABEL
+from tests.books import assert_balanced
 
 LAB_PODS = {"default/web", "default/client", "default/egress"}
 _missing = kubelab.missing() or (None if shutil.which("kubectl") else "needs kubectl")
@@ -54,10 +56,9 @@ def api_pods(r: runner.Run) -> dict[str, Any]:
 @pytest.mark.kube
 @pytest.mark.usefixtures("podmirror_ready")
 @pytest.mark.skipif(_missing is not None, reason=_missing or "")
-def test_lab_agent_learns_its_pods_from_the_apiserver(tmp_path: Path,
+def test_lab_agent_learns_its_pods_from_the_apiserver(lab: Lab, tmp_path: Path,
                                                       capsys: pytest.CaptureFixture[str]) -> None:
     args = lab_args(tmp_path)
-    lab = Lab("pmlk", workdir=tmp_path)
     try:
         r = runner.build(lab, args, tmp_path)
         runner.start(r, args)
@@ -67,7 +68,7 @@ def test_lab_agent_learns_its_pods_from_the_apiserver(tmp_path: Path,
         runner.summarize(r, args)
         runner.finish(r)
     finally:
-        lab.close()
+        lab.close()   # before the etcd data can go; the fixture's close is then a no-op
         kubelab.remove_data(tmp_path)
     assert netns.leftovers(lab.tag) == [], "namespaces left behind"
     assert not (tmp_path / "kube" / "etcd").exists()
@@ -75,8 +76,8 @@ def test_lab_agent_learns_its_pods_from_the_apiserver(tmp_path: Path,
     # The pods are API objects as kubectl made them: labelled, annotated, bound, with their IPs.
     for key in LAB_PODS:
         pod = stored[key]
-        assert pod["metadata"]["labels"][kubelab.MONITORED_LABEL] == "true"
-        assert pod["metadata"]["annotations"][kubelab.MONITOR_ANNOTATION] == "true"
+        assert pod["metadata"]["labels"][MONITORED_LABEL] == "true"
+        assert pod["metadata"]["annotations"][MONITOR_ANNOTATION] == "true"
         assert pod["spec"]["nodeName"] == "node1" and pod["status"]["podIP"].startswith("10.1.0.")
     # The agent authenticated as the shipped service account, not as the admin.
     conf = (tmp_path / "kube" / "agent.kubeconfig").read_text()
@@ -93,7 +94,7 @@ def test_lab_agent_learns_its_pods_from_the_apiserver(tmp_path: Path,
         assert counters["received"] > 0 and counters["forwarded"] > 0, (key, counters)
         assert counters["mode"] == "kernel", (key, counters)
     assert status["drops"].get("unknown_sender", 0) == 0, status["drops"]
-    assert status["received"] == status["forwarded"] + sum(status["drops"].values())
+    assert_balanced(status)
 
     text = capsys.readouterr().out
     assert "pod table: apiserver" in text and "synced=True, senders 3, peers 1" in text, text

@@ -1,4 +1,4 @@
-"""Issue 2 end to end: every packet of a monitored pod reaches the agent and the sensor exactly once.
+"""End to end: every packet of a monitored pod reaches the agent and the sensor exactly once.
 
 One lab per sidecar mode: pods ``client`` and ``egress`` are monitored, ``web`` (client's peer on
 the same node) is not, so "exactly once" does not depend on deduplication; ``ext`` is a server
@@ -19,11 +19,13 @@ import pytest
 from nodeagent.lab import capture, podmirror
 from nodeagent.lab.topology import TUNNEL_PORT, Lab, Pod
 from nodeagent.lab.workload import Workload
+from tests.books import assert_balanced
+from tests.e2e.conftest import open_lab
 
 pytestmark = [pytest.mark.needs_root, pytest.mark.usefixtures("podmirror_ready")]
 
 WHOLE_PACKETS = {"cutoff": {"enabled": False}}
-"""Issue 2 checks that every byte arrives: the encrypted-flow cutoff (issue 3, on by default) is off."""
+"""These tests check that every byte arrives, so the encrypted-flow cutoff (on by default) is off."""
 IPERF_RATE = "200M"
 """Bulk TCP the Python agent forwards to two outputs on a shared 2-core machine without loss."""
 
@@ -117,14 +119,9 @@ def mirrored(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFa
              podmirror_ready: None) -> Any:
     """``kernel-mtu1500``: node-side MTU left at 1500, so full-size frames' tunnel copies fragment
     (and, past the agent, so do its VXLAN copies to the sensor: the sensor checks are skipped)."""
-    from nodeagent.lab import netns
     mode, _, mtu = request.param.partition("-mtu")
-    lab = Lab("pme2e", node_mtu=int(mtu or 1600))
-    try:
+    with open_lab(node_mtu=int(mtu or 1600)) as lab:
         yield (request.param, *run_mirrored(lab, tmp_path_factory.mktemp(request.param), mode))
-    finally:
-        lab.close()
-        assert netns.leftovers(lab.tag) == []
 
 
 def test_workload_really_ran(mirrored: Any) -> None:
@@ -144,7 +141,7 @@ def test_every_pod_packet_reaches_the_agent_once(mirrored: Any) -> None:
             continue
         assert r.received[key] == truth.frames, f"{key}: agent got {r.received[key]}, pod saw {truth.frames}"
     st = r.status
-    assert st["received"] == st["forwarded"] + sum(st["drops"].values())
+    assert_balanced(st)
     assert st["drops"].get("unknown_sender", 0) == 0 and st["drops"].get("malformed", 0) == 0
 
 

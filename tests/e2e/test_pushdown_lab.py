@@ -1,4 +1,4 @@
-"""Issue 3 in the lab: filters pushed to the sidecar keep filtered packets off the tunnel entirely.
+"""Push-down in the lab: filters pushed to the sidecar keep filtered packets off the tunnel entirely.
 
 One node, a monitored ``client`` and an unmonitored ``web``; the agent excludes DNS (``ports: [53]``)
 and the sidecar polls ``/v1/pushdown`` (``--rules-url``). Once the sidecar logs that the program is
@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from nodeagent.lab import capture, netns, podmirror
+from nodeagent.lab import capture, podmirror
 from nodeagent.lab.topology import TUNNEL_PORT, Lab
 from nodeagent.lab.workload import Workload
 
@@ -34,36 +34,31 @@ def is_dns(key: tuple[str, ...]) -> bool:
 
 
 @pytest.mark.parametrize("mode", ["kernel", "sniff"])
-def test_pushed_filter_keeps_dns_off_the_tunnel(tmp_path: Path, mode: str) -> None:
-    lab = Lab("pmpl", workdir=tmp_path)
-    try:
-        node = lab.add_node()
-        client, web = lab.add_pod(node, "client"), lab.add_pod(node, "web")
-        lab.add_agent(node)
-        agent = podmirror.start_agent(lab, node, tmp_path, pods=[client], config=CONFIG,
-                                      pcap_dir=tmp_path / "pcap")
-        assert agent.node.agent is not None
-        wire = capture.start_tcpdump(lab, agent.node.agent.ns, "eth0", tmp_path / "wire.pcap",
-                                     f"udp dst port {TUNNEL_PORT}")
-        sidecar = podmirror.start_sidecar(lab, client, tmp_path, mode=mode, rules=True,
-                                          extra=["--tunnel-mtu", "1600"])
-        podmirror.wait_mirroring(lab, agent, client, sidecar)
-        wait_installed(tmp_path / f"sidecar-{client.name}.log")
-        work = Workload(lab, tmp_path)
-        work.start_servers(web, iperf=False)
-        truth_path = tmp_path / "truth.pcap"
-        truth_dump = capture.start_tcpdump(lab, client.ns, "eth0", truth_path,
-                                           f"not (ip dst host {agent.ip} and ip proto 17)")
-        before = agent.status()
-        result = work.client(client, web, rounds=2)
-        capture.stop_tcpdump(lab, truth_dump, truth_path)
-        after = agent.status()
-        capture.stop_tcpdump(lab, wire, tmp_path / "wire.pcap")
-        assert lab.ns.stop(sidecar, timeout=10) == 0
-        assert agent.stop() == 0
-    finally:
-        lab.close()
-        assert netns.leftovers(lab.tag) == []
+def test_pushed_filter_keeps_dns_off_the_tunnel(lab: Lab, tmp_path: Path, mode: str) -> None:
+    node = lab.add_node()
+    client, web = lab.add_pod(node, "client"), lab.add_pod(node, "web")
+    lab.add_agent(node)
+    agent = podmirror.start_agent(lab, node, tmp_path, pods=[client], config=CONFIG,
+                                  pcap_dir=tmp_path / "pcap")
+    assert agent.node.agent is not None
+    wire = capture.start_tcpdump(lab, agent.node.agent.ns, "eth0", tmp_path / "wire.pcap",
+                                 f"udp dst port {TUNNEL_PORT}")
+    sidecar = podmirror.start_sidecar(lab, client, tmp_path, mode=mode, rules=True,
+                                      extra=["--tunnel-mtu", "1600"])
+    podmirror.wait_mirroring(lab, agent, client, sidecar)
+    wait_installed(tmp_path / f"sidecar-{client.name}.log")
+    work = Workload(lab, tmp_path)
+    work.start_servers(web, iperf=False)
+    truth_path = tmp_path / "truth.pcap"
+    truth_dump = capture.start_tcpdump(lab, client.ns, "eth0", truth_path,
+                                       f"not (ip dst host {agent.ip} and ip proto 17)")
+    before = agent.status()
+    result = work.client(client, web, rounds=2)
+    capture.stop_tcpdump(lab, truth_dump, truth_path)
+    after = agent.status()
+    capture.stop_tcpdump(lab, wire, tmp_path / "wire.pcap")
+    assert lab.ns.stop(sidecar, timeout=10) == 0
+    assert agent.stop() == 0
 
     assert result["errors"] == 0 and result["dns_ok"] == 4
     capture.strip_vxlan(tmp_path / "wire.pcap", tmp_path / "wire-inner.pcap")

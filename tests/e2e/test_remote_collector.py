@@ -1,4 +1,4 @@
-"""Issue 5 in the lab: the batched transport to collectors on remote hosts, checked against pods.
+"""The batched transport (docs/transport.md) in the lab: to collectors on remote hosts, checked against pods.
 
 ``client`` (monitored) talks to ``web`` (not monitored, so nothing depends on dedup) and ``egress``
 (monitored) to ``ext`` outside the node. The agent's only output is the batched TLS transport
@@ -21,7 +21,7 @@ from typing import Any
 import pytest
 import trustme
 
-from nodeagent.lab import capture, netns, podmirror
+from nodeagent.lab import capture, podmirror
 from nodeagent.lab.collector import LabCollector, start_collector
 from nodeagent.lab.topology import Host, Lab, Pod
 from nodeagent.lab.workload import Workload
@@ -122,17 +122,8 @@ def decode_dir(directory: Path) -> capture.Traffic:
     return t
 
 
-def lab_run(tmp: Path, n: int, veth: bool) -> dict[str, Any]:
-    lab = Lab("pmrs", workdir=tmp)
-    try:
-        return run(lab, tmp, n, veth)
-    finally:
-        lab.close()
-        assert netns.leftovers(lab.tag) == []
-
-
-def test_collector_pcapng_and_sensor_veth_hold_exactly_the_pods_traffic(tmp_path: Path) -> None:
-    r = lab_run(tmp_path, 1, veth=True)
+def test_collector_pcapng_and_sensor_veth_hold_exactly_the_pods_traffic(lab: Lab, tmp_path: Path) -> None:
+    r = run(lab, tmp_path, 1, veth=True)
     assert r["traffic"]["errors"] == 0
     assert r["truth"].tcp_bytes and r["truth"].packets, "the ground truth is empty"
     tr = r["status"]["outputs"]["transport"]
@@ -150,8 +141,8 @@ def test_collector_pcapng_and_sensor_veth_hold_exactly_the_pods_traffic(tmp_path
     assert r["collectors"][0]["delay_seconds"]["p99"] < 1.0
 
 
-def test_two_collectors_hold_every_flow_entirely_at_one_of_them(tmp_path: Path) -> None:
-    r = lab_run(tmp_path, 2, veth=False)
+def test_two_collectors_hold_every_flow_entirely_at_one_of_them(lab: Lab, tmp_path: Path) -> None:
+    r = run(lab, tmp_path, 2, veth=False)
     assert r["traffic"]["errors"] == 0 and r["truth"].tcp_bytes
     parts = [decode_dir(tmp_path / f"pcapng-{h.name}") for h in r["hosts"]]
     union = capture.Traffic()

@@ -1,4 +1,5 @@
-"""Issue 5 faults in the lab: a collector with the wrong certificate, a collector killed under load.
+"""Batched transport faults in the lab (docs/transport.md): a collector with the wrong certificate,
+a collector killed under load.
 
 One node, ``client`` (monitored) sends iperf3 TCP to ``web``; the agent's only output is the batched
 transport to a collector on a remote host. First the collector presents a certificate from a CA the
@@ -21,11 +22,13 @@ from typing import Any
 import pytest
 import trustme
 
-from nodeagent.lab import netns, podmirror
+from nodeagent.lab import podmirror
 from nodeagent.lab.collector import LabCollector, start_collector
 from nodeagent.lab.topology import Lab
 from nodeagent.lab.workload import Workload
+from tests.books import output_balances
 from tests.component.transport_kit import pcapng_packets
+from tests.waiting import poll
 
 pytestmark = [pytest.mark.needs_root, pytest.mark.usefixtures("podmirror_ready")]
 
@@ -52,14 +55,6 @@ def rss_kib(pid: int) -> int:
 def link(agent: podmirror.Agent) -> dict[str, Any]:
     (state,) = agent.status()["outputs"]["transport"]["collectors"].values()
     return state  # type: ignore[no-any-return]
-
-
-def poll(cond: Any, timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while not cond():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.1)
 
 
 def scenario(lab: Lab, tmp: Path, outage: float) -> dict[str, Any]:
@@ -120,30 +115,25 @@ def scenario(lab: Lab, tmp: Path, outage: float) -> dict[str, Any]:
     return out
 
 
-def run_outage(tmp: Path, outage: float) -> None:
-    lab = Lab("pmrs", workdir=tmp)
-    try:
-        r = scenario(lab, tmp, outage)
-    finally:
-        lab.close()
-        assert netns.leftovers(lab.tag) == []
+def run_outage(lab: Lab, tmp: Path, outage: float) -> None:
+    r = scenario(lab, tmp, outage)
     print(f"outage {outage} s: {r['final']} peak RSS growth {r['peak_growth_kib']} KiB "
           f"(baseline {r['baseline_kib']} KiB), written {r['written']}")
     assert "CERTIFICATE_VERIFY_FAILED" in r["refused"]["last_error"] and r["refused"]["delivered"] == 0
     assert r["wrong_packets"] == 0
     f = r["final"]
     assert f["state"] == "up" and f["reconnects"] >= 1
-    assert f["offered"] == f["delivered"] + sum(f["dropped"].values())       # every packet accounted
+    assert output_balances(f) and f["queued_packets"] == f["open_packets"] == 0  # every packet accounted
     assert r["during"]["dropped"]["queue_full"] > 0                         # the stated policy acted
     assert f["dropped"]["shutdown"] == 0
     assert r["peak_growth_kib"] * 1024 < QUEUE + (48 << 20)                 # bounded memory
     assert r["written"] >= f["delivered"]          # both lives together wrote every acknowledged packet
 
 
-def test_wrong_certificate_then_collector_killed_for_5_seconds(tmp_path: Path) -> None:
-    run_outage(tmp_path, 5.0)
+def test_wrong_certificate_then_collector_killed_for_5_seconds(lab: Lab, tmp_path: Path) -> None:
+    run_outage(lab, tmp_path, 5.0)
 
 
 @pytest.mark.slow
-def test_wrong_certificate_then_collector_killed_for_30_seconds(tmp_path: Path) -> None:
-    run_outage(tmp_path, 30.0)
+def test_wrong_certificate_then_collector_killed_for_30_seconds(lab: Lab, tmp_path: Path) -> None:
+    run_outage(lab, tmp_path, 30.0)

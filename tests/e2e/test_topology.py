@@ -66,17 +66,14 @@ def test_two_nodes_route_pods_to_each_other(lab: Lab) -> None:
         assert ping(b.ip6, 1, 78) == 1
 
 
-def test_close_removes_every_namespace_and_process(tmp_path: Path) -> None:
-    lab = Lab("pme2e")
-    try:
-        node = lab.add_node()
-        web = lab.add_pod(node, "web")
-        Workload(lab, tmp_path).start_servers(web)
-        names = list(lab.ns.names)
-        procs = list(lab.ns.procs)
-        assert len(netns.leftovers(lab.tag)) == len(names) == 3
-    finally:
-        lab.close()
+def test_close_removes_every_namespace_and_process(lab: Lab, tmp_path: Path) -> None:
+    node = lab.add_node()
+    web = lab.add_pod(node, "web")
+    Workload(lab, tmp_path).start_servers(web)
+    names = list(lab.ns.names)
+    procs = list(lab.ns.procs)
+    assert len(netns.leftovers(lab.tag)) == len(names) == 3
+    lab.close()   # the fixture closes it again: close is idempotent
     assert netns.leftovers(lab.tag) == []
     assert all(p.poll() is not None for p in procs)
 

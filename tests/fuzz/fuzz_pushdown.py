@@ -1,11 +1,11 @@
 """Target ``pushdown``: the answer a sidecar gets from ``/v1/pushdown``, through its parser and
-validator (``sidecar_lite.rules.parse``, ``sidecar_lite.bpf.validate``), then what it installs.
+validator (``sidecar_lite.rules.parse``, ``sidecar_lite.cbpf.parse``), then what it installs.
 
 The input mutates a real answer (a program compiled from a tcpdump expression, or null), or is
 taken as the body itself one time in four. Checks: only ``BadAnswer`` escapes (the sidecar keeps
 its current program); an accepted program has at most ``MAX_INSNS`` instructions with the tunnel
-exclusion, every jump lands inside it, it ends with a return, and it packs into the kernel's
-``struct sock_filter`` array (what the socket filter and cls_bpf receive).
+exclusion, only opcodes the kernel knows, every jump lands inside it, it ends with a return, and it
+packs into the kernel's ``struct sock_filter`` array (what the socket filter and cls_bpf receive).
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ import atheris
 from tests.fuzz import harness
 
 with harness.instrumented():
-    from sidecar_lite import bpf, rules
+    from sidecar_lite import bpf, cbpf, rules
 
 ANSWERS = [
     {"version": "v1", "bpf": None},
@@ -51,10 +51,11 @@ def test_one_input(data: bytes) -> None:
         return
     assert isinstance(pushed.version, str)
     program = bpf.mirror_program("10.0.0.1", 14789, pushed.program)
-    assert len(program) <= bpf.MAX_INSNS and program[-1].code & 0x07 == bpf.RET_K & 0x07
+    assert len(program) <= cbpf.MAX_INSNS and program[-1].code & 0x07 == cbpf.RET
     for index, insn in enumerate(program):
+        assert insn.code in cbpf.OPCODES, (index, insn)
         assert all(0 <= target < len(program) for target in _jump_targets(index, *insn)), (index, insn)
-    assert len(bpf.pack(program)) == 8 * len(program)
+    assert len(cbpf.pack(program)) == 8 * len(program)
 
 
 if __name__ == "__main__":

@@ -2,23 +2,13 @@
 
 from __future__ import annotations
 
-import asyncio
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 
 import kubernetes.client
 import pytest
 from aiohttp.test_utils import TestServer
 
 from tests.fakes.kubeapi import FakeKubeApi
-
-
-async def eventually(check: Callable[[], object], timeout: float = 10.0) -> None:
-    """Poll ``check`` on the loop until it is truthy or ``timeout`` seconds pass (then fail)."""
-    deadline = asyncio.get_running_loop().time() + timeout
-    while not check():
-        if asyncio.get_running_loop().time() > deadline:
-            raise AssertionError(f"condition not met within {timeout}s: {check}")
-        await asyncio.sleep(0.02)
 
 
 @pytest.fixture

@@ -18,8 +18,9 @@ from scapy.layers.l2 import Ether
 
 from nodeagent import app, settings
 from nodeagent.wire import vxlan
+from tests.books import assert_balanced
 from tests.fakes.kubeapi import pod
-from tests.kube.conftest import eventually
+from tests.waiting import wait_for
 
 pytestmark = pytest.mark.kube
 MON = {"podmirror.io/monitored": "true"}
@@ -52,21 +53,21 @@ async def test_agent_takes_senders_from_the_api_and_reports_silent_pods(fake_api
     app._install_extensions(agent)
     runner = asyncio.create_task(agent.run(handle_signals=False), name="agent")
     try:
-        await eventually(lambda: agent.status_address is not None and agent.receiver.address)
+        await wait_for(lambda: agent.status_address is not None and agent.receiver.address)
         fake.create(pod("quiet", ip="10.0.0.9", labels=MON))
-        await eventually(lambda: agent.is_ready())
+        await wait_for(lambda: agent.is_ready())
         frame = bytes(Ether() / IP(src="127.0.0.1", dst="10.0.0.9") / UDP(dport=53) / b"q")
         tunnel = agent.receiver.address
         with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
             sock.sendto(vxlan.encode(1, frame), tunnel)
-            await eventually(lambda: agent.stats.total.received == 1)
+            await wait_for(lambda: agent.stats.total.received == 1)
             assert agent.stats.total.drops["unknown_sender"] == 1  # not a known pod yet
             fake.create(pod("talker", ip="127.0.0.1", labels=MON))
-            await eventually(lambda: agent.pods.sender("127.0.0.1") is not None)
+            await wait_for(lambda: agent.pods.sender("127.0.0.1") is not None)
             sock.sendto(vxlan.encode(1, frame), tunnel)
-            await eventually(lambda: agent.stats.total.received == 2)
+            await wait_for(lambda: agent.stats.total.received == 2)
         status = await get_status(agent.status_address)
-        assert status["received"] == status["forwarded"] + sum(status["drops"].values())
+        assert_balanced(status)
         assert status["pods"]["default/talker"]["received"] == 1
         assert status["kube"]["synced"] is True and status["kube"]["local"] == 2
         assert status["pods"]["default/talker"]["silent"] is False

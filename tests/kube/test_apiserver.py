@@ -40,7 +40,7 @@ from nodeagent.pods.index import PodIndex
 from nodeagent.pods.kube import LOCAL, PodTable
 from nodeagent.webhook.inject import SIDECAR_NAME
 from tests.kube import controlplane
-from tests.kube.conftest import eventually
+from tests.waiting import wait_for
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
 AGENT = "system:serviceaccount:podmirror:podmirror-agent"
@@ -203,14 +203,14 @@ async def test_watcher_follows_real_list_and_watch_as_the_agent_account(
                 await asyncio.to_thread(create, "after", "node-a", "10.0.0.2", mon)
                 await asyncio.to_thread(create, "peer", "node-b", "10.0.1.1", mon)
                 await asyncio.to_thread(create, "ignored", "node-b", "10.0.1.2", {})
-                await eventually(lambda: index.sender("10.0.0.2") and index.by_addr(bytes([10, 0, 1, 1])), 20)
+                await wait_for(lambda: index.sender("10.0.0.2") and index.by_addr(bytes([10, 0, 1, 1])), 20)
                 # both watches time out (2 s) and resume from their last version before the changes
-                await eventually(lambda: watcher.snapshot()["resumes"] >= 2, 20)
+                await wait_for(lambda: watcher.snapshot()["resumes"] >= 2, 20)
                 await asyncio.to_thread(core.delete_namespaced_pod, "before", "watched",
                                         grace_period_seconds=0)
                 await asyncio.to_thread(core.patch_namespaced_pod, "peer", "watched",
                                         {"metadata": {"labels": {"podmirror.io/monitored": "false"}}})
-                await eventually(lambda: index.sender("10.0.0.1") is None
+                await wait_for(lambda: index.sender("10.0.0.1") is None
                                  and index.by_addr(bytes([10, 0, 1, 1])) is None, 20)
                 assert sorted(p.key for p in index.all()) == ["watched/after"]
                 assert watcher.snapshot()["errors"] == 0  # never forbidden, never failed

@@ -20,7 +20,8 @@ from tests.kube.patching import validate
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
 KUSTOMIZATIONS = ["deploy", "deploy/base", "deploy/example", "deploy/overlays/zeek",
-                  "deploy/overlays/cert-manager", "deploy/overlays/label-discovery"]
+                  "deploy/overlays/cert-manager", "deploy/overlays/label-discovery",
+                  "deploy/overlays/capture"]
 CRD_GROUPS = ("cert-manager.io/",)
 """Custom resources: no schema in kubernetes-validate; their fields are checked below instead."""
 pytestmark = pytest.mark.skipif(shutil.which("kubectl") is None,
@@ -120,6 +121,14 @@ def test_rbac_is_least_privilege() -> None:
     assert not [o for o in objs if o["kind"] in ("Role", "RoleBinding")]
     bindings = [o for o in objs if o["kind"].endswith("Binding")]
     assert all(s["kind"] == "ServiceAccount" for b in bindings for s in b["subjects"])
+
+
+def test_capture_overlay_opens_only_the_capture_port_beyond_the_base_policy() -> None:
+    objs = build("deploy/overlays/capture")
+    extra = find(objs, "NetworkPolicy", "podmirror-agent-capture")["spec"]
+    assert [p for rule in extra["ingress"] for p in rule["ports"]] == [{"protocol": "TCP", "port": 9479}]
+    assert find(objs, "NetworkPolicy", "podmirror-agent")["spec"] == find(
+        build("deploy/base"), "NetworkPolicy", "podmirror-agent")["spec"]
 
 
 def test_label_discovery_overlay_adds_the_namespaced_grant_and_the_webhook_flag() -> None:

@@ -12,7 +12,7 @@ from nodeagent.adapters.kube import Backoff, KubeWatcher, watch_specs
 from nodeagent.pods.index import PodIndex
 from nodeagent.pods.kube import PodTable
 from tests.fakes.kubeapi import label_matcher, pod
-from tests.kube.conftest import eventually
+from tests.waiting import wait_for
 
 pytestmark = pytest.mark.kube
 MON = {"podmirror.io/monitored": "true"}
@@ -45,13 +45,13 @@ async def test_list_then_watch_with_node_and_label_selectors(fake_api) -> None:
         assert sorted(p.key for p in index.all()) == ["default/early", "default/remote"]
         fake.create(pod("late", ip="10.0.0.3", annotations={"podmirror.io/monitor": "true"}))
         fake.create(pod("far", ip="10.0.2.1", node="node-c", labels=MON))
-        await eventually(lambda: index.sender("10.0.0.3") and index.by_addr(bytes([10, 0, 2, 1])))
+        await wait_for(lambda: index.sender("10.0.0.3") and index.by_addr(bytes([10, 0, 2, 1])))
         assert index.by_addr(bytes([10, 0, 2, 1])).local is False
     finally:
         await stop(task)
     selectors = {(r.get("fieldSelector"), r.get("labelSelector")) for r in fake.requests}
     assert selectors == {("spec.nodeName=node-a", None), (None, "podmirror.io/monitored=true")}
-    await eventually(lambda: fake.open_watches == 0, timeout=5)  # stop() closed both streams
+    await wait_for(lambda: fake.open_watches == 0, timeout=5)  # stop() closed both streams
 
 
 async def test_watch_resumes_from_last_version_after_disconnect(fake_api) -> None:
@@ -59,12 +59,12 @@ async def test_watch_resumes_from_last_version_after_disconnect(fake_api) -> Non
     index, watcher, task = await start(client)
     try:
         fake.create(pod("a", ip="10.0.0.1", labels=MON))
-        await eventually(lambda: index.sender("10.0.0.1"))
+        await wait_for(lambda: index.sender("10.0.0.1"))
         version = fake.rv
         lists_before = sum("watch" not in r for r in fake.requests)
         fake.disconnect_watches()
         fake.create(pod("b", ip="10.0.0.2", labels=MON))  # happens while no watch is open
-        await eventually(lambda: index.sender("10.0.0.2"))
+        await wait_for(lambda: index.sender("10.0.0.2"))
         assert sum("watch" not in r for r in fake.requests) == lists_before  # no relist
         resumed = [r for r in fake.requests if "watch" in r][-2:]
         assert {r["resourceVersion"] for r in resumed} == {str(version)}
@@ -83,7 +83,7 @@ async def test_410_gone_relists_and_drops_pods_deleted_meanwhile(fake_api, gone_
         fake.disconnect_watches()
         fake.delete("default", "a")
         fake.compact()  # the DELETED event is gone from the history: only a relist can learn it
-        await eventually(lambda: index.sender("10.0.0.1") is None)
+        await wait_for(lambda: index.sender("10.0.0.1") is None)
         assert index.sender("10.0.0.2") is not None
         assert watcher.snapshot()["relists"] >= 1
     finally:
@@ -107,7 +107,7 @@ async def test_bookmark_advances_the_resume_version(fake_api) -> None:
     index, watcher, task = await start(client, timeout=1)
     try:
         fake.create(pod("x", ip="10.0.5.1", node="node-z"))  # matches neither watch
-        await eventually(lambda: any(r.get("resourceVersion") == str(fake.rv) for r in fake.requests
+        await wait_for(lambda: any(r.get("resourceVersion") == str(fake.rv) for r in fake.requests
                                      if "watch" in r), timeout=5)
     finally:
         await stop(task)

@@ -13,8 +13,7 @@ from scapy.layers.inet import ICMP, IP
 from scapy.layers.l2 import Ether
 
 from sidecar_lite import identity, plan, vxlan
-from tests.netns import nslab
-from tests.netns.test_sidecar_lab import (
+from tests.netns.podlab import (
     NODE_IP,
     POD_IP,
     PORT,
@@ -24,6 +23,7 @@ from tests.netns.test_sidecar_lab import (
     snapshot,
     split_tcp_payload,
 )
+from tests.waiting import poll
 
 pytestmark = pytest.mark.needs_root
 VNI = identity.vni_for_address(POD_IP)
@@ -55,7 +55,7 @@ def assert_pings_mirrored_once(podlab: PodLab, count: int = 3) -> None:
 
 
 def tc_filters(podlab: PodLab, dev: str, hook: str) -> str:
-    return podlab.lab.run(podlab.pod, "tc", "filter", "show", "dev", dev, hook).stdout
+    return podlab.ns.exec(podlab.pod, ["tc", "filter", "show", "dev", dev, hook]).stdout
 
 
 def test_stop_leaves_the_pod_namespace_exactly_as_before(podlab: PodLab) -> None:
@@ -70,7 +70,7 @@ def test_stop_leaves_the_pod_namespace_exactly_as_before(podlab: PodLab) -> None
 def test_restart_after_a_kill_reuses_the_leftovers(podlab: PodLab) -> None:
     before = snapshot(podlab)
     first, _ = podlab.start_sidecar("kernel", "--tunnel-mtu", "1600", log_name="first.log")
-    podlab.lab.stop(first, signal.SIGKILL)
+    podlab.ns.stop(first, signal.SIGKILL)
     assert DEVICE in snapshot(podlab)  # a crash leaves state behind
     second, log = podlab.start_sidecar("kernel", "--tunnel-mtu", "1600", log_name="second.log")
     assert "(0 setup steps)" in log.read_text()
@@ -81,7 +81,6 @@ def test_restart_after_a_kill_reuses_the_leftovers(podlab: PodLab) -> None:
 
 def test_removed_filter_qdisc_and_device_are_repaired(podlab: PodLab) -> None:
     proc, log = podlab.start_sidecar("kernel", "--verify-interval", "0.2", "--stats-interval", "0.2")
-    run = podlab.lab.run
     for n, damage in enumerate(
         (
             ["tc", "filter", "del", "dev", "eth0", "egress"],
@@ -90,10 +89,8 @@ def test_removed_filter_qdisc_and_device_are_repaired(podlab: PodLab) -> None:
         ),
         start=1,
     ):
-        run(podlab.pod, *damage)
-        nslab.wait_for(
-            lambda n=n: log.read_text().count("repaired kernel state") >= n, 10, message=str(damage)
-        )
+        podlab.ns.exec(podlab.pod, damage)
+        poll(lambda n=n: log.read_text().count("repaired kernel state") >= n, 10, str(damage))
         assert "bpf" in tc_filters(podlab, "eth0", "egress") and "bpf" in tc_filters(
             podlab, "eth0", "ingress"
         )
@@ -105,24 +102,24 @@ def test_removed_filter_qdisc_and_device_are_repaired(podlab: PodLab) -> None:
 
 def _inject_ping(podlab: PodLab) -> None:
     """From the node, a VXLAN datagram to the pod's tunnel port carrying an echo request to the pod."""
-    link = json.loads(podlab.lab.run(podlab.pod, "ip", "-j", "link", "show", DEVICE).stdout)[0]
+    link = json.loads(podlab.ns.ip(podlab.pod, "-j", "link", "show", DEVICE))[0]
     inner = Ether(dst=link["address"]) / IP(src="10.77.0.99", dst=POD_IP) / ICMP(id=7, seq=1)
     payload = vxlan.encode(VNI, bytes(inner)).hex()
     send = (
         "import socket; socket.socket(socket.AF_INET, socket.SOCK_DGRAM)"
         f".sendto(bytes.fromhex('{payload}'), ('{POD_IP}', {PORT}))"
     )
-    podlab.lab.run(podlab.node, PY, "-c", send)
+    podlab.ns.exec(podlab.node, [PY, "-c", send])
 
 
 def _echo_requests_received(podlab: PodLab) -> int:
-    snmp = podlab.lab.run(podlab.pod, "cat", "/proc/net/snmp").stdout.splitlines()
+    snmp = podlab.ns.exec(podlab.pod, ["cat", "/proc/net/snmp"]).stdout.splitlines()
     names, values = [line.split() for line in snmp if line.startswith("Icmp:")][:2]
     return int(values[names.index("InEchos")])
 
 
 def _device_rx(podlab: PodLab) -> int:
-    stats = json.loads(podlab.lab.run(podlab.pod, "ip", "-j", "-s", "link", "show", DEVICE).stdout)[0]
+    stats = json.loads(podlab.ns.ip(podlab.pod, "-j", "-s", "link", "show", DEVICE))[0]
     return int(stats["stats64"]["rx"]["packets"])
 
 
@@ -130,28 +127,24 @@ def test_the_tunnel_device_drops_injected_vxlan(podlab: PodLab) -> None:
     proc, log = podlab.start_sidecar("kernel", "--verify-interval", "30")
     echoes, rx = _echo_requests_received(podlab), _device_rx(podlab)
     _inject_ping(podlab)
-    nslab.wait_for(lambda: _device_rx(podlab) > rx, 5, message="injected datagram decapsulated")
+    poll(lambda: _device_rx(podlab) > rx, 5, "injected datagram decapsulated")
     assert _echo_requests_received(podlab) == echoes
     # Control: without the drop filter the same datagram reaches the pod's stack.
-    podlab.lab.run(podlab.pod, "tc", "filter", "del", "dev", DEVICE, "ingress")
+    podlab.ns.exec(podlab.pod, ["tc", "filter", "del", "dev", DEVICE, "ingress"])
     _inject_ping(podlab)
-    nslab.wait_for(lambda: _echo_requests_received(podlab) > echoes, 5, message="control: echo received")
+    poll(lambda: _echo_requests_received(podlab) > echoes, 5, "control: echo received")
     assert podlab.stop_sidecar(proc) == 0
 
 
 def test_bulk_tcp_is_mirrored_without_loss(podlab: PodLab) -> None:
     size = 16 << 20
-    server = podlab.lab.popen(podlab.node, "iperf3", "-s", "-1", "-B", NODE_IP, "-p", "5201")
+    server = podlab.ns.spawn(podlab.node, ["iperf3", "-s", "-1", "-B", NODE_IP, "-p", "5201"])
     proc, log = podlab.start_sidecar("kernel")
-    nslab.wait_for(
-        lambda: podlab.lab.run(podlab.node, "ss", "-ltn").stdout.count(":5201") > 0,
-        5,
-        message="iperf3 listening",
-    )
+    poll(lambda: podlab.ns.exec(podlab.node, ["ss", "-ltn"]).stdout.count(":5201") > 0, 5, "iperf3 listening")
     start = len(podlab.records())
     # Rate-limited so the test's Python receiver keeps up: the loss counted here is the tunnel's.
-    result = podlab.lab.run(
-        podlab.pod, "iperf3", "-c", NODE_IP, "-p", "5201", "-n", str(size), "-b", "300M", "-J", timeout=60
+    result = podlab.ns.exec(
+        podlab.pod, ["iperf3", "-c", NODE_IP, "-p", "5201", "-n", str(size), "-b", "300M", "-J"], timeout=60
     )
     retransmits = json.loads(result.stdout)["end"]["sum_sent"].get("retransmits", 0)
     podlab.wait_quiet()

@@ -11,8 +11,7 @@ import pytest
 from scapy.arch.common import compile_filter
 
 from sidecar_lite import identity
-from tests.netns import nslab
-from tests.netns.test_sidecar_lab import (
+from tests.netns.podlab import (
     NODE_IP,
     POD_IP,
     PUSHDOWN,
@@ -26,6 +25,7 @@ from tests.netns.test_sidecar_lab import (
     vm_rss_kib,
     write_pcap,
 )
+from tests.waiting import poll
 
 pytestmark = pytest.mark.needs_root
 VNI = identity.vni_for_address(POD_IP)
@@ -76,13 +76,11 @@ def test_pushed_program_keeps_filtered_packets_off_the_tunnel(podlab: PodLab, mo
     insns = [[i.code, i.jt, i.jf, i.k] for i in program.bf_insns[: program.bf_len]]
     rules.write_text(json.dumps({"version": "v1", "bpf": insns}))
     server_log = podlab.tmp / "pushdown.log"
-    podlab.lab.popen(
-        podlab.node, "python3", "-c", PUSHDOWN, NODE_IP, str(rules), stdout=server_log.open("wb")
-    )
+    podlab.ns.spawn(podlab.node, ["python3", "-c", PUSHDOWN, NODE_IP, str(rules)], log=server_log)
     proc, log = podlab.start_sidecar(
         mode, "--rules-url", f"http://{NODE_IP}:9477/v1/pushdown", "--rules-interval", "1"
     )
-    nslab.wait_for(lambda: "push-down version 'v1' installed" in log.read_text(), 15, message="v1 installed")
+    poll(lambda: "push-down version 'v1' installed" in log.read_text(), 15, "v1 installed")
     assert f"mode={mode}" in server_log.read_text() and f"vni={VNI}" in server_log.read_text()
     start = len(podlab.records())
     podlab.client("udp", NODE_IP, 5353, count=5)
@@ -93,7 +91,7 @@ def test_pushed_program_keeps_filtered_packets_off_the_tunnel(podlab: PodLab, mo
     assert sum(53 in p for p in ports) == 10  # 5 queries + 5 answers
 
     rules.write_text(json.dumps({"version": "v2", "bpf": None}))  # back to mirror everything
-    nslab.wait_for(lambda: "push-down version 'v2' installed" in log.read_text(), 15, message="v2 installed")
+    poll(lambda: "push-down version 'v2' installed" in log.read_text(), 15, "v2 installed")
     start = len(podlab.records())
     podlab.client("udp", NODE_IP, 5353, count=5)
     podlab.wait_quiet()
@@ -113,7 +111,7 @@ def test_unreachable_rules_url_fails_open(podlab: PodLab) -> None:
     proc, log = podlab.start_sidecar(
         "kernel", "--rules-url", f"http://{NODE_IP}:9/v1/pushdown", "--rules-interval", "1"
     )
-    nslab.wait_for(lambda: "keeping the current program" in log.read_text(), 10, message="fail-open log")
+    poll(lambda: "keeping the current program" in log.read_text(), 10, "fail-open log")
     start = len(podlab.records())
     podlab.client("udp", NODE_IP, 5353, count=2)
     podlab.wait_quiet()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import functools
 
 import pytest
 from scapy.layers.inet import ICMP, IP, UDP, IPerror, UDPerror
@@ -12,10 +13,13 @@ from scapy.layers.l2 import ARP
 from nodeagent.pipeline import Pipeline
 from nodeagent.pods.index import PodIndex, PodInfo
 from nodeagent.settings import ConfigError, PeerSettings, SenderSettings, load
-from nodeagent.stages import bpfexpr, containers, filters, pushdown
+from nodeagent.stages import containers, filters, pushdown
 from nodeagent.stages.vantage import Vantage
 from nodeagent.stats import Stats
 from nodeagent.verdict import Direction, Drop, Forward
+from sidecar_lite import cbpf
+from tests import cbpf_reference
+from tests.books import assert_balanced
 from tests.unit.nodeagent.pipeline_packets import (
     CLIENT,
     CLIENT_IP,
@@ -101,7 +105,7 @@ def test_pipeline_drops_other_containers_traffic_and_accounts_for_it() -> None:
     assert dropped == Drop.OTHER_CONTAINER
     snap = stats.snapshot()
     assert snap["drops"]["other_container"] == 1
-    assert snap["received"] == snap["forwarded"] + sum(snap["drops"].values())
+    assert_balanced(snap)
 
 
 def test_a_flow_the_restricted_peer_does_not_forward_is_kept_by_the_other_vantage() -> None:
@@ -134,7 +138,7 @@ def frames() -> list[bytes]:
 def test_pushed_program_mirrors_every_frame_the_agent_keeps_and_no_other_tcp_or_udp() -> None:
     plan = pushdown.plan(filters.compile(load({}).filters), WEB)
     assert plan.program is not None
-    match = bpfexpr.to_function(plan.program)
+    match = functools.partial(cbpf_reference.run, plan.program)
     for frame in frames():
         m = meta(frame)
         keep = containers.selected(frame, m, WEB, direction(frame, WEB))
@@ -146,7 +150,7 @@ def test_pushed_program_mirrors_every_frame_the_agent_keeps_and_no_other_tcp_or_
 
 def test_push_down_ands_the_selection_with_the_rules() -> None:
     rules = filters.compile(load({"filters": {"rules": [{"action": "exclude", "ports": [53]}]}}).filters)
-    match = bpfexpr.to_function(pushdown.plan(rules, WEB).program or bpfexpr.ACCEPT_ALL)
+    match = functools.partial(cbpf_reference.run, pushdown.plan(rules, WEB).program or cbpf.ACCEPT_ALL)
     assert match(bytes(tcp(CLIENT_IP, SERVER_IP, dport=8080)))
     assert not match(bytes(udp(CLIENT_IP, SERVER_IP, dport=53)))  # selected, excluded by a rule
     assert not match(bytes(tcp(CLIENT_IP, SERVER_IP, dport=9090)))  # included by default, not selected

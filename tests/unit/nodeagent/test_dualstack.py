@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import functools
 import ipaddress
 
 from nodeagent.pipeline import Pipeline
@@ -10,10 +11,12 @@ from nodeagent.pods import kube
 from nodeagent.pods.index import PodIndex, PodInfo
 from nodeagent.pods.kube import LOCAL, PodTable
 from nodeagent.settings import load
-from nodeagent.stages import bpfexpr, filters, pushdown
+from nodeagent.stages import filters, pushdown
 from nodeagent.stages.vantage import Vantage
 from nodeagent.stats import Stats
 from nodeagent.verdict import Drop, Forward
+from sidecar_lite import cbpf
+from tests import cbpf_reference
 from tests.fakes.kubeapi import pod
 from tests.unit.nodeagent.pipeline_packets import CLIENT, REMOTE, SERVER, TCP, IPv6, datagram, eth
 
@@ -90,13 +93,13 @@ def test_direction_rules_hold_for_the_other_family_at_the_agent_and_in_the_push_
     out, into = tcp6(SERVER6, REMOTE6, sport=80, dport=40000), tcp6(REMOTE6, SERVER6)
     assert isinstance(pipe.process(datagram(out, DS_SERVER), SERVER.ip, 1.0), Forward)
     assert pipe.process(datagram(into, DS_SERVER), SERVER.ip, 1.0) == Drop.FILTERED
-    match = bpfexpr.to_function(pushdown.plan(rules, DS_SERVER).program or bpfexpr.REJECT_ALL)
-    assert match(out) and not match(into)
+    program = pushdown.plan(rules, DS_SERVER).program or cbpf.REJECT_ALL
+    assert cbpf_reference.run(program, out) and not cbpf_reference.run(program, into)
 
 
 def test_peer_cidr_rules_are_pushed_for_each_family() -> None:
     rules = filters.compile(load({"filters": {"rules": [{"action": "exclude",
                                                          "peer": ["fd00:1::/64", "10.1.0.0/16"]}]}}).filters)
-    match = bpfexpr.to_function(pushdown.plan(rules, DS_SERVER).program or bpfexpr.ACCEPT_ALL)
+    match = functools.partial(cbpf_reference.run, pushdown.plan(rules, DS_SERVER).program or cbpf.ACCEPT_ALL)
     assert not match(tcp6(SERVER6, REMOTE6)) and not match(tcp6(REMOTE6, SERVER6))
     assert match(tcp6(SERVER6, "fd00:2::1"))

@@ -5,8 +5,10 @@ from __future__ import annotations
 from typing import Any
 
 from nodeagent.settings import load
-from nodeagent.stages import bpfexpr, filters, pushdown
+from nodeagent.stages import filters, pushdown
 from nodeagent.verdict import Direction
+from sidecar_lite import cbpf
+from tests import cbpf_reference
 from tests.unit.nodeagent.pipeline_packets import (
     CLIENT,
     CLIENT_IP,
@@ -46,7 +48,7 @@ def agent_keeps(fs: filters.FilterSet, frame: bytes) -> bool:
 
 
 def sidecar_mirrors(plan: pushdown.PushdownPlan, frame: bytes) -> bool:
-    return plan.program is None or bpfexpr.to_function(plan.program)(frame) != 0
+    return plan.program is None or cbpf_reference.run(plan.program, frame) != 0
 
 
 RULESETS: list[tuple[list[dict[str, Any]], dict[str, Any]]] = [
@@ -88,7 +90,7 @@ def test_nothing_pushable_is_null_and_exclude_all_is_a_reject_program() -> None:
     assert pushdown.plan(compile_rules([]), CLIENT).as_json()["bpf"] is None
     assert pushdown.plan(compile_rules([{"action": "exclude", "namespace": "other"}]), CLIENT).program is None
     plan = pushdown.plan(compile_rules([], default="exclude"), CLIENT)
-    assert plan.program == bpfexpr.REJECT_ALL
+    assert plan.program == cbpf.REJECT_ALL
 
 
 def test_version_is_stable_and_changes_with_the_rules() -> None:

@@ -1,23 +1,22 @@
-"""The tunnel exclusion and mirror programs, run through a cBPF interpreter on scapy-built frames."""
+"""The tunnel exclusion and mirror programs, run by the reference cBPF interpreter on scapy frames."""
 
 from __future__ import annotations
 
 import socket
-import struct
 
 import pytest
 from scapy.layers.inet import ICMP, IP, TCP, UDP, fragment
 from scapy.layers.inet6 import ICMPv6EchoRequest, IPv6
 from scapy.layers.l2 import ARP, Ether
 
-from sidecar_lite import bpf
-from tests.unit.sidecar_lite import cbpf
+from sidecar_lite import bpf, cbpf
+from tests import cbpf_reference
 
 AGENT, PORT, POD = "10.77.0.1", 14789, "10.77.0.2"
 
 
-def verdict(frame: bytes, pushed: bpf.Program | None = None) -> int:
-    return cbpf.run(bpf.mirror_program(AGENT, PORT, pushed), frame)
+def verdict(frame: bytes, pushed: cbpf.Program | None = None) -> int:
+    return cbpf_reference.run(bpf.mirror_program(AGENT, PORT, pushed), frame)
 
 
 def eth() -> Ether:
@@ -52,19 +51,19 @@ def test_every_fragment_of_a_large_tunnel_datagram_is_skipped() -> None:
     ids=["dns-to-agent-host", "port-elsewhere", "tcp", "icmp", "from-agent", "ipv6", "arp"],
 )
 def test_other_traffic_is_mirrored_whole(packet: object) -> None:
-    assert verdict(bytes(eth() / packet)) == bpf.ACCEPT_ALL
+    assert verdict(bytes(eth() / packet)) == cbpf.SNAPLEN
 
 
 def test_first_fragment_of_other_udp_to_agent_is_mirrored() -> None:
     frags = fragment(IP(src=POD, dst=AGENT) / UDP(dport=53) / (b"x" * 3000), fragsize=1400)
-    assert verdict(bytes(eth() / frags[0])) == bpf.ACCEPT_ALL
+    assert verdict(bytes(eth() / frags[0])) == cbpf.SNAPLEN
 
 
 def test_pushed_program_runs_after_the_exclusion() -> None:
     # "not udp port 5353" compiled by libpcap, as the agent would push it.
     from scapy.arch.common import compile_filter
 
-    pushed = bpf.validate([list(i) for i in _insns(compile_filter("not udp port 5353", linktype=1))])
+    pushed = cbpf.parse([list(i) for i in _insns(compile_filter("not udp port 5353", linktype=1))])
     mdns = bytes(eth() / IP(src=POD, dst="224.0.0.251") / UDP(sport=5353, dport=5353) / b"q")
     dns = bytes(eth() / IP(src=POD, dst="10.77.0.1") / UDP(sport=4444, dport=53) / b"q")
     tunnel = bytes(eth() / IP(src=POD, dst=AGENT) / UDP(sport=1, dport=PORT) / b"q")
@@ -79,35 +78,17 @@ def _insns(fprog: object) -> list[tuple[int, int, int, int]]:
 
 
 def test_drop_all_returns_shot() -> None:
-    assert cbpf.run(bpf.drop_all(), b"\0" * 60) == bpf.TC_ACT_SHOT
+    assert cbpf_reference.run(bpf.drop_all(), b"\0" * 60) == bpf.TC_ACT_SHOT
 
 
-def test_pack_is_the_kernel_sock_filter_layout() -> None:
-    packed = bpf.pack([bpf.Insn(0x28, 1, 2, 12)])
-    assert packed == struct.pack("=HBBI", 0x28, 1, 2, 12) and len(packed) == 8
-
-
-@pytest.mark.parametrize(
-    "raw, message",
-    [
-        ([], "non-empty"),
-        ("nope", "non-empty"),
-        ([[6, 0, 0]], "not \\[code"),
-        ([[6, 0, 0, "x"]], "non-integer"),
-        ([[0x15, 5, 0, 1], [6, 0, 0, 0]], "past the end"),
-        ([[0x05, 0, 0, 9], [6, 0, 0, 0]], "past the end"),
-        ([[0x28, 0, 0, 12]], "return"),
-        ([[6, 0, 0, 1 << 32]], "out of range"),
-        ([[6, 0, 0, 1]] * 5000, "too many"),
-    ],
-)
-def test_bad_pushed_programs_are_refused(raw: object, message: str) -> None:
-    with pytest.raises(bpf.BadProgram, match=message):
-        bpf.validate(raw)
+def test_the_exclusion_leaves_room_for_the_longest_pushed_program() -> None:
+    pushed = cbpf.REJECT_ALL * cbpf.MAX_PUSHED_INSNS
+    assert len(bpf.tunnel_exclusion(AGENT, PORT)) == cbpf.EXCLUSION_INSNS
+    assert len(cbpf.validate(bpf.mirror_program(AGENT, PORT, pushed))) == cbpf.MAX_INSNS
 
 
 def test_socket_filter_attaches_on_a_plain_socket() -> None:
     # SO_ATTACH_FILTER works on any socket, so the packing is checked by the kernel without root.
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
         bpf.attach_socket_filter(sock, bpf.mirror_program(AGENT, PORT))
-        bpf.attach_socket_filter(sock, bpf.mirror_program(AGENT, PORT, (bpf.Insn(6, 0, 0, 0),)))
+        bpf.attach_socket_filter(sock, bpf.mirror_program(AGENT, PORT, (cbpf.Instruction(6, 0, 0, 0),)))

@@ -52,7 +52,7 @@ def test_label_discovery_picks_the_first_running_agent_by_name() -> None:
     s = parse([], {"SENSOR": "agent", "NODE_NAME": "n1", "POD_NAMESPACE": "ns"})
     pods = [_pod("b", "Running", "10.0.0.2"), _pod("a", "Pending", None), _pod("c", "Running", "10.0.0.3")]
     assert discovery_label.choose(pods, s) == "10.0.0.2"
-    with pytest.raises(discovery.DiscoveryError, match="n1"):
+    with pytest.raises(discovery_label.NoAgent, match="n1"):
         discovery_label.choose([_pod("a", "Pending", None)], s)
 
 

@@ -6,7 +6,7 @@ import dataclasses
 
 import pytest
 
-from sidecar_lite import bpf, plan
+from sidecar_lite import bpf, cbpf, plan
 from sidecar_lite.plan import Observed, ObservedFilter, ObservedLink
 
 AGENT, PORT, VNI = "10.77.0.1", 14789, 0x4D0002
@@ -38,13 +38,13 @@ def test_plan_mirrors_both_directions_into_a_named_vxlan_device() -> None:
     eth0 = [f for f in p.filters if f.ifname == "eth0"]
     assert {f.parent for f in eth0} == {plan.INGRESS, plan.EGRESS}
     assert all(f.mirror_to == "pm-4d0002" for f in eth0)
-    assert all(f.program == bpf.pack(bpf.mirror_program(AGENT, PORT)) for f in eth0)
+    assert all(f.program == cbpf.pack(bpf.mirror_program(AGENT, PORT)) for f in eth0)
 
 
 def test_vxlan_device_ingress_drops_everything() -> None:
     (guard,) = [f for f in desired().filters if f.ifname == "pm-4d0002"]
     assert guard.parent == plan.INGRESS and guard.mirror_to is None
-    assert guard.program == bpf.pack(bpf.drop_all())
+    assert guard.program == cbpf.pack(bpf.drop_all())
 
 
 def test_fresh_namespace_needs_every_step_in_order() -> None:
@@ -138,12 +138,10 @@ def test_filter_pointing_at_an_old_device_index_is_replaced() -> None:
 
 def test_pushed_program_changes_only_the_two_mirror_filters() -> None:
     before = desired()
-    after = desired(pushed=(bpf.Insn(6, 0, 0, 0),))
+    after = desired(pushed=cbpf.REJECT_ALL)
     steps = plan.diff(after, in_place(before))
     assert actions(steps) == [("set-filter", "eth0"), ("set-filter", "eth0")]
-    assert all(
-        s.filter is not None and s.filter.program.endswith(bpf.pack([bpf.Insn(6, 0, 0, 0)])) for s in steps
-    )
+    assert all(s.filter is not None and s.filter.program.endswith(cbpf.pack(cbpf.REJECT_ALL)) for s in steps)
 
 
 def test_someone_elses_filter_in_our_slot_is_replaced() -> None:

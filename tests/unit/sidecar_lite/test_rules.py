@@ -9,7 +9,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from sidecar_lite import bpf, rules
+from sidecar_lite import cbpf, rules
 
 
 def test_build_url_adds_the_contract_query() -> None:
@@ -24,7 +24,7 @@ def test_build_url_adds_the_contract_query() -> None:
 
 def test_parse_program_and_null() -> None:
     answer = rules.parse(b'{"version": "v1", "bpf": [[6, 0, 0, 0]]}')
-    assert answer == rules.Pushdown("v1", (bpf.Insn(6, 0, 0, 0),))
+    assert answer == rules.Pushdown("v1", (cbpf.Instruction(6, 0, 0, 0),))
     assert rules.parse(b'{"version": "v2", "bpf": null}') == rules.Pushdown("v2", None)
 
 
@@ -70,7 +70,7 @@ def test_poller_reports_only_changes(agent: tuple[http.server.HTTPServer, type[_
     )
     poller = rules.Poller(url)
     handler.answer = json.dumps({"version": "a", "bpf": [[6, 0, 0, 0]]}).encode()
-    assert poller.poll() == rules.Pushdown("a", (bpf.Insn(6, 0, 0, 0),))
+    assert poller.poll() == rules.Pushdown("a", (cbpf.Instruction(6, 0, 0, 0),))
     assert poller.poll() is None
     handler.answer = json.dumps({"version": "b", "bpf": None}).encode()
     assert poller.poll() == rules.Pushdown("b", None)

@@ -1,6 +1,7 @@
-"""Helpers for the sidecar's namespace tests (no tests here): a pod, a node with the agent, tools.
+"""The sidecar's namespace tests' lab: one pod, its node with a stand-in agent, and tools to compare.
 
-Topology (all inside namespaces named ``pmsc-...``)::
+Built on the product lab's namespace registry (``nodeagent.lab.netns.Namespaces``: unique tag
+``pmsc-<hex>-``, everything removed on close, also after a failure). Topology::
 
     pod ns: eth0 10.77.0.2/24 fd77::2/64  <-- veth -->  node ns: vpod 10.77.0.1/24 fd77::1/64
                                                                   agent receiver  UDP 10.77.0.1:14789
@@ -13,6 +14,7 @@ to a record file: ``RECORD`` (receive time, outer source address, length) then t
 from __future__ import annotations
 
 import collections
+import secrets
 import signal
 import struct
 import subprocess
@@ -22,9 +24,9 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from tests.netns import nslab
+from nodeagent.lab import netns
+from tests.waiting import poll
 
-ROOT = Path(__file__).resolve().parents[2]
 PY = sys.executable
 POD_IP, NODE_IP, POD6, NODE6 = "10.77.0.2", "10.77.0.1", "fd77::2", "fd77::1"
 PORT = 14789
@@ -137,9 +139,9 @@ class Record:
 
 @dataclass
 class PodLab:
-    lab: nslab.Lab
-    pod: nslab.Netns
-    node: nslab.Netns
+    ns: netns.Namespaces
+    pod: str
+    node: str
     tmp: Path
     receiver_file: Path
     sidecars: list[subprocess.Popen[bytes]] = field(default_factory=list)
@@ -148,36 +150,16 @@ class PodLab:
         self, mode: str, *extra: str, log_name: str = "sidecar.log", wrapper: tuple[str, ...] = ()
     ) -> tuple[subprocess.Popen[bytes], Path]:
         log = self.tmp / log_name
-        proc = self.lab.popen(
-            self.pod,
-            *wrapper,
-            PY,
-            "-m",
-            "sidecar_lite",
-            "--agent",
-            f"{NODE_IP}:{PORT}",
-            "--vni",
-            "auto",
-            "--interface",
-            "eth0",
-            "--mode",
-            mode,
-            *extra,
-            cwd=ROOT,
-            stdout=subprocess.DEVNULL,
-            stderr=log.open("wb"),
-        )
+        cmd = [*wrapper, PY, "-m", "sidecar_lite", "--agent", f"{NODE_IP}:{PORT}", "--vni", "auto",
+               "--interface", "eth0", "--mode", mode, *extra]
+        proc = self.ns.spawn(self.pod, cmd, log=log)
         self.sidecars.append(proc)
-        nslab.wait_for(
-            lambda: "mirroring eth0" in log.read_text() or proc.poll() is not None,
-            15,
-            message="sidecar start",
-        )
+        poll(lambda: "mirroring eth0" in log.read_text() or proc.poll() is not None, 15, "sidecar start")
         assert proc.poll() is None, log.read_text()
         return proc, log
 
     def stop_sidecar(self, proc: subprocess.Popen[bytes]) -> int:
-        return self.lab.stop(proc, signal.SIGTERM, timeout=15)
+        return self.ns.stop(proc, signal.SIGTERM, timeout=15)
 
     def records(self, since: float = 0.0, until: float = float("inf")) -> list[Record]:
         return [r for r in read_records(self.receiver_file) if since <= r.ts <= until]
@@ -192,14 +174,14 @@ class PodLab:
                 state["size"], state["since"] = size, time.monotonic()
             return time.monotonic() - state["since"] >= idle
 
-        nslab.wait_for(quiet, timeout, interval=0.05, message="receiver quiet")
+        poll(quiet, timeout, "receiver quiet", interval=0.05)
 
     def client(self, kind: str, host: str, port: int, count: int = 3, size: int = 64) -> None:
-        self.lab.run(self.pod, PY, "-c", CLIENT, kind, host, str(port), str(count), str(size))
+        self.ns.exec(self.pod, [PY, "-c", CLIENT, kind, host, str(port), str(count), str(size)])
 
     def drive_mix(self) -> None:
         """ARP, ICMP, IPv6 (ND + ICMPv6), UDP DNS-like, TCP: one of each kind, small."""
-        self.lab.run(self.pod, "ip", "neigh", "flush", "dev", "eth0")
+        self.ns.ip(self.pod, "neigh", "flush", "dev", "eth0")
         self.client("ping", NODE_IP, 0, count=3)
         self.client("ping6", NODE6, 0, count=3)
         self.client("udp", NODE_IP, 53, count=3)
@@ -242,29 +224,16 @@ class GroundTruth:
     def __init__(self, pl: PodLab, name: str = "truth.pcap") -> None:
         self.pl, self.path = pl, pl.tmp / name
         err = pl.tmp / (name + ".err")
-        self.proc = pl.lab.popen(
-            pl.pod,
-            "tcpdump",
-            "-i",
-            "eth0",
-            "-s",
-            "0",
-            "-U",
-            "--immediate-mode",
-            "-n",
-            "-w",
-            str(self.path),
-            self.FILTER,
-            stdout=subprocess.DEVNULL,
-            stderr=err.open("wb"),
-        )
-        nslab.wait_for(lambda: "listening on" in err.read_text(), 10, message="tcpdump listening")
+        cmd = ["tcpdump", "-i", "eth0", "-s", "0", "-U", "--immediate-mode", "-n", "-w", str(self.path),
+               self.FILTER]
+        self.proc = pl.ns.spawn(pl.pod, cmd, log=err)
+        poll(lambda: "listening on" in err.read_text(), 10, "tcpdump listening")
         self.started = time.time()
 
     def stop(self) -> list[bytes]:
         self.pl.wait_quiet()
         self.stopped = time.time()
-        self.pl.lab.stop(self.proc)
+        self.pl.ns.stop(self.proc)
         return [frame for _, frame in read_pcap(self.path)]
 
 
@@ -332,7 +301,7 @@ def write_pcap(path: Path, frames: list[bytes]) -> None:
 
 def is_tunnel(frame: bytes) -> bool:
     """An inner frame that is a piece of our own tunnel: a VXLAN datagram to the agent (double
-    encapsulation) or a non-first IP fragment of one (the leak DATAPLANE.md measured)."""
+    encapsulation) or a non-first IP fragment of one (the leak docs/datapath.md describes)."""
     if len(frame) < 34 or frame[12:14] != b"\x08\x00" or frame[23] != 17:
         return False
     if frame[30:34] != bytes(map(int, NODE_IP.split("."))):
@@ -352,46 +321,41 @@ def vm_rss_kib(pid: int) -> int:
 
 def snapshot(pl: PodLab) -> str:
     """The pod namespace's network state that teardown must restore."""
-    run = pl.lab.run
-    parts = [
-        run(pl.pod, "ip", "-d", "link").stdout,
-        run(pl.pod, "tc", "qdisc").stdout,
-        run(pl.pod, "ip", "route").stdout,
-        run(pl.pod, "ip", "-6", "route").stdout,
-    ]
-    for hook in ("ingress", "egress"):
-        parts.append(run(pl.pod, "tc", "filter", "show", "dev", "eth0", hook).stdout)
-    return "\n".join(parts)
+    commands = [["ip", "-d", "link"], ["tc", "qdisc"], ["ip", "route"], ["ip", "-6", "route"]]
+    commands += [["tc", "filter", "show", "dev", "eth0", hook] for hook in ("ingress", "egress")]
+    return "\n".join(pl.ns.exec(pl.pod, cmd).stdout for cmd in commands)
 
 
 def make_podlab(tmp_path: Path) -> Iterator[PodLab]:
     """Generator for a test module's fixture: ``yield from make_podlab(tmp_path)``."""
-    with nslab.Lab("pmsc-") as lab:
-        pod, node = lab.netns("pod"), lab.netns("node")
-        lab.veth(pod, "eth0", node, "vpod")
-        for ns, ifname in ((pod, "eth0"), (node, "vpod")):
-            # No router solicitations, and MLD report repeats within a millisecond of the address
-            # being added, so no spontaneous frame lands inside a test's capture window.
-            lab.run(
-                ns,
-                "sysctl",
-                "-qw",
-                f"net.ipv6.conf.{ifname}.accept_ra=0",
-                f"net.ipv6.conf.{ifname}.accept_dad=0",
-                f"net.ipv6.conf.{ifname}.mldv2_unsolicited_report_interval=1",
-            )
-        lab.addr(pod, "eth0", f"{POD_IP}/24")
-        lab.addr(pod, "eth0", f"{POD6}/64")
-        lab.addr(node, "vpod", f"{NODE_IP}/24")
-        lab.addr(node, "vpod", f"{NODE6}/64")
-        lab.run(pod, "ip", "route", "add", "default", "via", NODE_IP)
-        receiver_file = tmp_path / "received.bin"
-        receiver_file.touch()
-        rx = lab.popen(
-            node, PY, "-c", RECEIVER, str(receiver_file), NODE_IP, str(PORT), stdout=subprocess.PIPE
-        )
-        servers = lab.popen(node, PY, "-c", SERVERS, NODE_IP, stdout=subprocess.PIPE)
-        for proc in (rx, servers):
-            assert proc.stdout is not None and proc.stdout.readline().strip() == b"ready"
-        yield PodLab(lab, pod, node, tmp_path, receiver_file)
-    assert not {pod, node} & set(nslab.leftover_namespaces("pmsc-"))
+    ns = netns.Namespaces(f"pmsc-{secrets.token_hex(3)}-")
+    try:
+        yield _build(ns, tmp_path)
+    finally:
+        ns.close()
+    assert netns.leftovers(ns.tag) == [], "namespaces left behind"
+
+
+def _build(ns: netns.Namespaces, tmp_path: Path) -> PodLab:
+    pod, node = ns.create("pod"), ns.create("node")
+    ns.ip(pod, "link", "add", "eth0", "type", "veth", "peer", "name", "vpod", "netns", node)
+    for name, ifname, addresses in ((pod, "eth0", (f"{POD_IP}/24", f"{POD6}/64")),
+                                    (node, "vpod", (f"{NODE_IP}/24", f"{NODE6}/64"))):
+        # No router solicitations, and MLD report repeats within a millisecond of the address
+        # being added, so no spontaneous frame lands inside a test's capture window.
+        ns.sysctl(name, {f"net.ipv6.conf.{ifname}.accept_ra": "0",
+                         f"net.ipv6.conf.{ifname}.accept_dad": "0",
+                         f"net.ipv6.conf.{ifname}.mldv2_unsolicited_report_interval": "1"})
+        for cidr in addresses:
+            ns.ip(name, "addr", "add", cidr, "dev", ifname, *(["nodad"] if ":" in cidr else []))
+        ns.ip(name, "link", "set", ifname, "up")
+    ns.ip(pod, "route", "add", "default", "via", NODE_IP)
+    receiver_file = tmp_path / "received.bin"
+    receiver_file.touch()
+    for script, args, log in ((RECEIVER, [str(receiver_file), NODE_IP, str(PORT)], tmp_path / "receiver.log"),
+                              (SERVERS, [NODE_IP], tmp_path / "servers.log")):
+        proc = ns.spawn(node, [PY, "-c", script, *args], log=log)
+        poll(lambda log=log, proc=proc: "ready" in log.read_text() or proc.poll() is not None, 10,
+             f"{log.stem} ready")
+        assert proc.poll() is None, log.read_text()
+    return PodLab(ns, pod, node, tmp_path, receiver_file)

@@ -1,0 +1,33 @@
+"""The books the tests keep: every packet accounted for, written once.
+
+The agent's identity (``nodeagent/__init__.py``): every datagram received ends as one outcome,
+forwarded or dropped under one reason, in total and per pod, at every read of ``/status`` or
+``Stats.snapshot()``. ``balances`` writes it once; when it gains a term (packets a stage holds, a
+``received`` counted on its own), this is the one place to change.
+
+A transport output's books (``adapters/transport_out.py``): every packet offered is delivered,
+dropped by reason, queued, or in the open batch.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+
+def balances(counts: Mapping[str, Any]) -> bool:
+    """``received == forwarded + sum(drops)`` for one set of counters (the totals or one pod's)."""
+    return bool(counts["received"] == counts["forwarded"] + sum(counts["drops"].values()))
+
+
+def assert_balanced(status: Mapping[str, Any]) -> None:
+    """The identity for the totals and for every pod of a ``/status`` or ``Stats.snapshot()``."""
+    assert balances(status), {k: status[k] for k in ("received", "forwarded", "drops")}
+    unbalanced = [key for key, pod in status.get("pods", {}).items() if not balances(pod)]
+    assert not unbalanced, {key: status["pods"][key] for key in unbalanced}
+
+
+def output_balances(state: Mapping[str, Any]) -> bool:
+    """``offered == delivered + sum(dropped) + queued + open`` for a transport output or one link."""
+    held = state["queued_packets"] + state["open_packets"]
+    return bool(state["offered"] == state["delivered"] + sum(state["dropped"].values()) + held)
