@@ -325,3 +325,27 @@ def test_nodeagent_run_bad_client_certificate_exits_2_naming_the_field(
     code, err = _run("run", "--listen", "127.0.0.1:0", "--status", "127.0.0.1:0", "--collector", "127.0.0.1",
                      "--collector-ca", certs.ca_file, *extra)
     assert code == 2 and field in err, err
+
+
+async def test_the_agents_status_and_metrics_show_no_stream_id_and_no_credential(setup: Any) -> None:
+    """The whole agent, as ``nodeagent run`` wires it: /status and /metrics name neither its stream
+    id nor its certificate, key or CA files."""
+    from tests.component.agent_kit import http_get, make_settings
+    from tests.component.test_transport_agent import running as agent_running
+
+    certs, sink, collector, port = setup
+    transport = {"collectors": [f"127.0.0.1:{port}"], "ca_file": certs.ca_file,
+                 "cert_file": certs.client_cert, "key_file": certs.client_key}
+    async with agent_running(make_settings(outputs={"transport": transport})) as agent:
+        (output,) = [o for o in agent.fanout.outputs if o.name == "transport"]
+        stream = output._stream.hex()       # noqa: SLF001 (the secret the test looks for)
+        await wait_for(lambda: collector.state()["connections"] == 1, 10, "the agent connected")
+        assert agent.status_address is not None
+        texts = []
+        for path in ("/status", "/metrics"):
+            code, text = await asyncio.to_thread(http_get, agent.status_address, path)
+            assert code == 200
+            texts.append(text)
+    for text in texts:
+        for secret in (stream, stream[:16], certs.ca_file, certs.client_cert, certs.client_key):
+            assert secret not in text
