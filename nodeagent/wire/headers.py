@@ -9,8 +9,10 @@ Bounded work (every byte comes from a pod that may be hostile): at most ``MAX_VL
 longer is ``Malformed`` (the pipeline counts it as ``malformed``). So the headers of a decoded frame
 end at most 14 + 8 + 40 + 256 + 60 = 378 bytes in (IPv4: 14 + 8 + 60 + 60 = 142), which bounds the
 segment count of re-segmentation from below (``normalize``: one VLAN storm had made 15,873 frames
-out of one 65 KB datagram). Invariant for every returned ``PacketMeta`` with ``l4 >= 0``:
-``l3 <= l4 <= payload <= end <= len(frame)``.
+out of one 65 KB datagram). The checks sit on the general path only (the fast path has neither
+tags nor extension headers) and cost at most 0.05 us there (1.11 -> 1.16 us for IPv6 with a
+destination-options header, best of 7 x 100k calls). Invariant for every returned ``PacketMeta``
+with ``l4 >= 0``: ``l3 <= l4 <= payload <= end <= len(frame)``.
 """
 
 from __future__ import annotations
