@@ -12,5 +12,6 @@ sensor (VNI kept unless configured,
 outer source port from the symmetric flow hash), or a local veth pair a sensor sniffs.
 
 Layout: ``sinks`` (file/socket adapters), ``server`` (TLS server and the
-per-connection protocol), ``web`` (``/status``, ``/metrics``), ``main`` (settings, wiring, CLI).
+per-connection protocol), ``web`` (``/status``, ``/metrics``), ``bounds`` (limits, identities, bounded counts), ``main``
+(settings, wiring, CLI).
 """

@@ -30,7 +30,8 @@ from aiohttp import web
 
 from nodeagent.collector import sinks
 from nodeagent.collector import web as status_web
-from nodeagent.collector.server import Collector, Limits, require_client_certificates, server_context
+from nodeagent.collector.bounds import Limits
+from nodeagent.collector.server import Collector, require_client_certificates, server_context
 
 DEFAULT_PORT = 14790
 DEFAULT_STATUS_PORT = 9478

@@ -20,7 +20,8 @@ import zstandard
 
 from nodeagent.adapters.transport_out import TransportOptions, TransportOutput, client_context
 from nodeagent.collector import web
-from nodeagent.collector.server import Collector, Limits
+from nodeagent.collector.bounds import Limits
+from nodeagent.collector.server import Collector
 from nodeagent.transport import messages, records, streams
 from nodeagent.transport.compression import StreamCompressor
 from nodeagent.transport.records import Record

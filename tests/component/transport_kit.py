@@ -18,7 +18,8 @@ from scapy.layers.inet import IP, TCP, UDP
 from scapy.layers.l2 import Ether
 
 from nodeagent.adapters.transport_out import client_context
-from nodeagent.collector.server import Collector, Limits, server_context
+from nodeagent.collector.bounds import Limits
+from nodeagent.collector.server import Collector, server_context
 from nodeagent.pods.index import PodInfo
 from nodeagent.transport.records import Record
 from nodeagent.verdict import Direction, Forward
