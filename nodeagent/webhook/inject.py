@@ -209,9 +209,11 @@ def patch_for(pod: Mapping[str, Any], config: InjectConfig) -> tuple[list[Obj], 
     if not isinstance(pod.get("metadata"), Mapping):
         ops.append({"op": "add", "path": "/metadata", "value": {}})   # absent or null: make it
     for field, keys in (("labels", [MONITORED_LABEL]), ("annotations", [PORTS_ANNOTATION])):
-        new = new_meta.get(field) or {}
-        present = [k for k in keys if k in new and (meta.get(field) or {}).get(k) != new[k]]
-        if present and meta.get(field) is None:
+        new, current = new_meta.get(field) or {}, meta.get(field)
+        if current is not None and not isinstance(current, Mapping):
+            raise TypeError(f"metadata.{field} is not a map")   # no path to add a key under
+        present = [k for k in keys if k in new and (current or {}).get(k) != new[k]]
+        if present and current is None:
             ops.append({"op": "add", "path": f"/metadata/{field}", "value": {k: new[k] for k in present}})
         else:
             ops += [{"op": "add", "path": f"/metadata/{field}/{_escape(k)}", "value": new[k]}

@@ -120,6 +120,8 @@ def test_not_a_review_is_rejected(body: Any) -> None:
     (lambda pod: pod["spec"].pop("containers"), False),           # nowhere to add the sidecar
     (lambda pod: pod.__setitem__("spec", []), False),
     (lambda pod: pod["metadata"].__setitem__("labels", "x"), False),
+    (lambda pod: pod["metadata"].__setitem__("labels", False), False),
+    (lambda pod: pod["metadata"].__setitem__("labels", {}), True),
 ])
 def test_a_pod_we_do_not_understand_is_admitted_unchanged_or_patched_validly(mangle: Any,
                                                                            injected_ok: bool) -> None:
