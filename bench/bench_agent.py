@@ -36,6 +36,7 @@ import argparse
 import asyncio
 import ctypes
 import ctypes.util
+import inspect
 import json
 import multiprocessing as mp
 import os
@@ -51,6 +52,7 @@ from typing import Any
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+from nodeagent.settings import SenderSettings  # noqa: E402
 from nodeagent.wire import vxlan  # noqa: E402
 
 IDLE = 0.5
@@ -68,6 +70,15 @@ def frame60() -> bytes:
 
 
 DATAGRAM = vxlan.encode(5, frame60())
+POD = ("127.0.0.1+10.0.0.5,5,bench/pod" if "ips" in SenderSettings.__dataclass_fields__
+       else "127.0.0.1,5,bench/pod")
+"""The sender: its tunnel comes from loopback, its frames carry 10.0.0.5 (a frame naming none of a
+pod's addresses is foreign). A tree before pods had several addresses takes the first only."""
+
+
+def receiver_extra(receiver_class: Any, stats: Any) -> list[Any]:
+    """``Receiver`` counts ``received`` itself since it takes the ``Stats`` (older trees: not)."""
+    return [stats] if "stats" in inspect.signature(receiver_class).parameters else []
 assert len(DATAGRAM) == 68
 
 
@@ -195,7 +206,7 @@ async def _bulk_receive(conn: Any, output: str, segments: bool, gso: bool) -> No
     tmp = tempfile.mkdtemp(prefix="pmbk-")
     pcap_cfg = {"dir": tmp, "max_total_bytes": 256 << 20, "max_bytes": 64 << 20}
     sensor = {"host": "127.0.0.1", "port": sink.getsockname()[1]} | ({"gso": True} if gso else {})
-    cfg = settings.load({"listen": {"host": "127.0.0.1", "port": 0}, "senders": ["127.0.0.1,5,bench/pod"],
+    cfg = settings.load({"listen": {"host": "127.0.0.1", "port": 0}, "senders": [POD],
                          "outputs": {"pcap": pcap_cfg, "sensors": [sensor]}})
     stats, pods = Stats(), PodIndex(app.static_pods(cfg))
     out: Any = PcapOutput(cfg.outputs.pcap) if output == "pcap" else VxlanOutput(cfg.outputs.sensors)
@@ -203,7 +214,8 @@ async def _bulk_receive(conn: Any, output: str, segments: bool, gso: bool) -> No
     # the same bench file runs against an older tree (before/after): pass ``segments`` only if known
     kw = {"segments": segments} if "segments" in inspect.signature(Fanout).parameters else {}
     fanout = Fanout([out], Normalizer(), **kw)
-    receiver = Receiver(cfg.listen, app.build_pipeline(cfg, pods, stats), fanout.offer, DropLog(60.0))
+    receiver = Receiver(cfg.listen, app.build_pipeline(cfg, pods, stats), fanout.offer, DropLog(60.0),
+                        *receiver_extra(Receiver, stats))
     receiver.start(asyncio.get_running_loop())
     assert receiver.address is not None
     conn.send(receiver.address[1])
@@ -327,7 +339,7 @@ async def _agent_receive(conn: Any, default_pipeline: bool, recvmmsg: bool) -> N
     from nodeagent.wire.normalize import Normalizer
 
     cfg = settings.load({"listen": {"host": "127.0.0.1", "port": 0, "recvmmsg": recvmmsg},
-                         "senders": ["127.0.0.1,5,bench/pod"]})
+                         "senders": [POD]})
     stats, pods = Stats(), PodIndex(app.static_pods(cfg))
     if default_pipeline:
         pipeline = app.build_pipeline(cfg, pods, stats)
@@ -335,7 +347,7 @@ async def _agent_receive(conn: Any, default_pipeline: bool, recvmmsg: bool) -> N
     else:
         pipeline = Pipeline(pods=pods, stats=stats)
         offer = lambda fwd: None  # noqa: E731
-    receiver = Receiver(cfg.listen, pipeline, offer, DropLog(60.0))
+    receiver = Receiver(cfg.listen, pipeline, offer, DropLog(60.0), *receiver_extra(Receiver, stats))
     loop = asyncio.get_running_loop()
     receiver.start(loop)
     assert receiver.address is not None
@@ -482,7 +494,7 @@ def breakdown(calls: int = 100_000) -> None:
     from nodeagent.wire.normalize import Normalizer
 
     _pin(RECV_CPU)
-    cfg = settings.load({"senders": ["127.0.0.1,5,bench/pod"]})
+    cfg = settings.load({"senders": [POD]})
     stats, pods = Stats(), PodIndex(app.static_pods(cfg))
     core, default = Pipeline(pods=pods, stats=stats), app.build_pipeline(cfg, pods, stats)
     datagram = memoryview(bytearray(DATAGRAM))

@@ -8,7 +8,8 @@
   the root tasks (each output's ``run`` and every task added with ``add_task``) until SIGTERM or
   SIGINT or until a root task fails. A root task that returns is simply done; one that raises
   stops the agent with exit code 1 (after the same clean shutdown).
-- shutdown order: stop receiving first (no packet arrives half-handled), cancel root tasks, flush
+- shutdown order: stop receiving first (no packet arrives half-handled; held packets are released
+  to the outputs), cancel root tasks, flush
   then close every output, stop the status server. Exit code 0 after a signal.
 
 Extension points for other parts (call them before ``run``; ``install(agent)`` functions are listed
@@ -63,19 +64,23 @@ TaskFactory = Callable[[], Awaitable[None]]
 
 def static_pods(settings: Settings) -> list[PodInfo]:
     """The pod table from the configuration: local senders and peers on other nodes."""
-    pods = [PodInfo(ip=s.ip, vni=int(s.vni), namespace=s.namespace, name=s.name, ports=tuple(sorted(s.ports)))
-            for s in settings.senders]
+    pods = [PodInfo(ip=s.ip, vni=int(s.vni), namespace=s.namespace, name=s.name, ports=tuple(sorted(s.ports)),
+                    ips=s.ips) for s in settings.senders]
     pods += [PodInfo(ip=p.ip, vni=0, namespace=p.namespace, name=p.name, local=False,
-                     ports=tuple(sorted(p.ports))) for p in settings.peers]
+                     ports=tuple(sorted(p.ports)), ips=p.ips) for p in settings.peers]
     return pods
 
 
 def build_pipeline(settings: Settings, pods: PodIndex, stats: Stats) -> Pipeline:
     """The one place the pipeline is constructed; BPF rules compile here (ConfigError if bad)."""
     d, c = settings.dedup, settings.cutoff
+    vantage = Vantage(pods=pods, last_seen=stats.last_seen, prefer=d.vantage, capacity=d.flow_capacity,
+                      idle=d.flow_idle, hold=d.hold, hold_flow_packets=d.hold_flow_packets,
+                      hold_flow_bytes=d.hold_flow_bytes, hold_bytes=d.hold_bytes, live=d.live,
+                      confirm=d.confirm, service_cidrs=d.service_cidrs)
     return Pipeline(
         pods=pods, stats=stats,
-        vantage=Vantage(prefer=d.vantage, capacity=d.flow_capacity, idle=d.flow_idle) if d.enabled else None,
+        vantage=vantage if d.enabled else None,
         filters=filters.compile(settings.filters),
         dedup=DedupWindow(window=d.window, capacity=d.capacity) if d.enabled else None,
         cutoff=(Cutoff(budget=c.budget, after=c.after, capacity=c.capacity, idle=c.idle)
@@ -123,7 +128,7 @@ class Agent:
                                      fix_checksums=norm.fix_checksums)
         self.fanout = Fanout(build_outputs(settings), self.normalizer)
         self.receiver = Receiver(settings.listen, self.pipeline, self.fanout.offer,
-                                 DropLog(settings.log.drop_interval))
+                                 DropLog(settings.log.drop_interval), self.stats)
         self.modes: dict[str, str] = {}
         self.tap = Tap(self.pods, settings.capture.max_sessions, settings.capture.queue_bytes)
         """Joins the outputs with the first capture: an agent nobody captures from pays nothing."""
@@ -161,6 +166,15 @@ class Agent:
     def report_mode(self, pod_key: str, mode: str) -> None:
         self.modes[pod_key] = mode
         self.stats.pod(pod_key)  # listed in /status with its mode even before its first packet
+
+    def forget_departed(self, now: float, grace: float) -> list[str]:
+        """Remove the per-pod state (counters, mode, hence metric series) of pods that left the pod
+        table ``grace`` seconds ago; their counts stay in the totals (``Stats.sweep``)."""
+        present = {pod.key for pod in self.pods.all() if pod.local}
+        gone = self.stats.sweep(present, now, grace)
+        for key in gone:
+            self.modes.pop(key, None)
+        return gone
 
     def open_capture(self, flt: CaptureFilter, queue_limit: int = QUEUE_LIMIT) -> Session:
         """A capture session of the forwarded packets ``flt`` selects (see ``nodeagent.capture``)."""
@@ -264,8 +278,9 @@ class Agent:
             await runner.cleanup()
         self.status_address = None
         snap = self.stats.snapshot()
-        log.info("stopped: received %d = forwarded %d + drops %s", snap["received"], snap["forwarded"],
-                 {reason: n for reason, n in snap["drops"].items() if n} or 0)
+        drops = {reason: n for reason, n in snap["drops"].items() if n} or 0
+        log.info("stopped: received %d = forwarded %d + drops %s + held %d", snap["received"],
+                 snap["forwarded"], drops, snap["held"])
 
 
 async def _root(factory: TaskFactory) -> None:

@@ -4,6 +4,13 @@ One ``Drop`` value is the metric label, the ``/status`` key and the log token, s
 never disagree. ``Drop`` lists only what the pipeline decides; what an output loses after the
 pipeline forwarded a packet is its sibling ``OutputDrop`` (at the end of this module), counted by
 each output under ``state()["dropped"]``.
+
+A packet may also be *held* for a bounded time before its outcome is known (``stages.vantage``:
+the other vantage's copy of its flow may be on its way). ``Pipeline.process`` then answers
+``HELD``; the packet's outcome comes later, from a later ``process`` call or from the timer
+(``Pipeline.expire``), as a ``Released`` batch of forwards (in order) or as a counted drop. A held
+packet is counted in ``held`` until then, so ``received == forwarded + sum(drops) + held`` at every
+read.
 """
 
 from __future__ import annotations
@@ -36,6 +43,9 @@ class Drop(enum.StrEnum):
     none of them (``stages.containers``)."""
     CUT_OFF = "cut_off"
     """An encrypted flow past its cutoff, configured to forward nothing."""
+    FOREIGN = "foreign"
+    """Neither end of the frame is one of the sender pod's addresses (nor link-scoped, such as its
+    IPv6 link-local neighbour discovery): a pod's tunnel speaks only for the pod's own traffic."""
     INTERNAL_ERROR = "internal_error"
     """Processing raised on this datagram (a bug, never expected): the receiver counts it here, logs
     it with its traceback (rate-limited) and goes on with the next datagram."""
@@ -66,12 +76,31 @@ class Forward(NamedTuple):
     """Time of reception, in seconds of the caller's clock."""
 
 
-Verdict = Forward | Drop
+class Held:
+    """``HELD``: the packet is held (counted in ``held``); its outcome comes later."""
+
+    __slots__ = ()
+
+    def __repr__(self) -> str:
+        return "HELD"
+
+
+HELD = Held()
+
+
+class Released(NamedTuple):
+    """Packets to hand to the outputs now, in this order: held packets whose wait ended, and maybe
+    the packet of the current call after them (its own flow's held packets go first)."""
+
+    forwards: tuple[Forward, ...]
+
+
+Verdict = Forward | Drop | Held | Released
 
 
 class OutputDrop(enum.StrEnum):
     """Why an output did not deliver a packet the pipeline forwarded (its sibling ``Drop`` counts
-    the pipeline's decisions; ``received == forwarded + sum(drops)`` does not see these).
+    the pipeline's decisions; ``received == forwarded + sum(drops) + held`` does not see these).
 
     Each output counts per packet, where the loss happens, in ``state()["dropped"]`` {reason:
     count}, listing exactly the reasons it can emit; ``/metrics`` exports them as

@@ -3,6 +3,8 @@
 Exit 0 after SIGTERM/SIGINT with everything created removed; 2 for a configuration error; 1 when
 the mirror cannot be set up at all. ``auto`` picks kernel mode when CAP_NET_ADMIN is effective and
 falls back to sniff mode if the kernel set-up is refused anyway (seccomp, user namespaces).
+``--check-tunnel`` (the readiness probe) mirrors nothing: exit 0 when the agent says it receives
+this pod's tunnel, 1 otherwise.
 """
 
 from __future__ import annotations
@@ -29,6 +31,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     except settings.ConfigError as exc:
         log.error("configuration: %s", exc)
         return 2
+    if cfg.check_tunnel:
+        return check_tunnel(cfg)
     stop = Stopper()
     stop.install()
     try:
@@ -67,6 +71,25 @@ def _run(cfg: settings.Settings, stop: Stopper) -> int:
     runner.run_sniff(target, _poller(cfg, pod_ip, vni, "sniff", agent_ip), stop,
                      cfg.rules_interval, cfg.stats_interval)
     return 0
+
+
+def check_tunnel(cfg: settings.Settings) -> int:
+    """One question to the agent (push-down URL, ``check=1``): does it receive this pod's tunnel?"""
+    if not cfg.rules_url:
+        log.error("--check-tunnel asks the agent at the push-down URL: set PODMIRROR_RULES_URL")
+        return 2
+    try:
+        agent_ip = discovery.resolve(cfg)
+        pod_ip = cfg.pod.ip or netinfo.interface_ipv4(cfg.interface)
+        vni = cfg.vni if cfg.vni is not None else identity.vni_for_address(pod_ip)
+    except (discovery.DiscoveryError, OSError, ValueError) as exc:
+        log.error("not ready: %s", exc)
+        return 1
+    url = rules.build_check_url(cfg.rules_url, ip=pod_ip, vni=vni, agent_host=agent_ip)
+    ok, why = rules.tunnel_received(url)
+    if not ok:
+        log.error("not ready: %s", why)
+    return 0 if ok else 1
 
 
 def choose_mode(requested: str, net_admin: bool) -> str:

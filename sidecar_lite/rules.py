@@ -7,6 +7,10 @@ everything. The sidecar prepends its own tunnel exclusion (``bpf.mirror_program`
 Fail open: when the agent cannot be reached or answers nonsense, nothing changes (no new filtering
 is ever added because of an error) and it is logged once per outage; the agent enforces every rule
 itself anyway. ``parse`` and ``build_url`` are pure; ``Poller`` is the thin urllib adapter.
+
+The same endpoint answers ``tunnel`` (true while the agent receives this pod's tunnel): the
+readiness probe (``sidecar-lite --check-tunnel``, ``tunnel_received``) asks with ``check=1`` and
+no mode, so a pod's sidecar is Ready only while its mirror really reaches its agent.
 """
 
 from __future__ import annotations
@@ -42,6 +46,26 @@ def build_url(base: str, *, ip: str, vni: int, mode: str, agent_host: str | None
         base = base.replace("{agent_host}", agent_host)
     query = urllib.parse.urlencode({"ip": ip, "vni": vni, "mode": mode})
     return f"{base}{'&' if '?' in base else '?'}{query}"
+
+
+def build_check_url(base: str, *, ip: str, vni: int, agent_host: str | None = None) -> str:
+    """The readiness probe's question (``check=1``: the agent records no mode)."""
+    if agent_host is not None:
+        base = base.replace("{agent_host}", agent_host)
+    query = urllib.parse.urlencode({"ip": ip, "vni": vni, "check": 1})
+    return f"{base}{'&' if '?' in base else '?'}{query}"
+
+
+def tunnel_received(url: str) -> tuple[bool, str]:
+    """(whether the agent says it receives this pod's tunnel, why not)."""
+    try:
+        with urllib.request.urlopen(url, timeout=TIMEOUT) as response:
+            doc = json.loads(response.read(MAX_BODY))
+    except (OSError, ValueError, UnicodeDecodeError) as exc:  # URLError, HTTPError, timeouts: OSError
+        return False, f"agent not asked: {exc}"
+    if not isinstance(doc, dict) or doc.get("tunnel") is not True:
+        return False, "the agent receives nothing from this pod's tunnel"
+    return True, ""
 
 
 def parse(body: bytes) -> Pushdown:

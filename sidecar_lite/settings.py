@@ -73,6 +73,9 @@ class Settings:
     tunnel_mtu: int | None = None
     """If set, a locked route MTU to the agent (needs the node side of the veth raised too)."""
     pod: PodIdentity = PodIdentity()
+    check_tunnel: bool = False
+    """Do not mirror: ask the agent once whether it receives this pod's tunnel (exit 0 if so): the
+    injected container's readiness probe."""
 
     def __post_init__(self) -> None:
         if self.mode not in MODES:
@@ -124,6 +127,8 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--verify-interval", type=float, help="seconds between kernel checks (default 3)")
     p.add_argument("--stats-interval", type=float, help="seconds between counter logs (default 60)")
     p.add_argument("--tunnel-mtu", type=int, help="locked route MTU to the agent (default: kernel fragments)")
+    p.add_argument("--check-tunnel", action="store_true",
+                   help="readiness probe: exit 0 when the agent receives this pod's tunnel, else 1")
     return p
 
 
@@ -155,6 +160,7 @@ def parse(argv: Sequence[str], env: Mapping[str, str]) -> Settings:
         stats_interval=_float(args.stats_interval, env, "PODMIRROR_STATS_INTERVAL", 60.0),
         tunnel_mtu=args.tunnel_mtu if args.tunnel_mtu is not None else _int_env(env, "PODMIRROR_TUNNEL_MTU"),
         pod=pod,
+        check_tunnel=args.check_tunnel,
     )
 
 

@@ -1,9 +1,11 @@
 """The books the tests keep: every packet accounted for, written once.
 
 The agent's identity (``nodeagent/__init__.py``): every datagram received ends as one outcome,
-forwarded or dropped under one reason, in total and per pod, at every read of ``/status`` or
-``Stats.snapshot()``. ``balances`` writes it once; when it gains a term (packets a stage holds, a
-``received`` counted on its own), this is the one place to change.
+forwarded or dropped under one reason, or is held (waiting for the other vantage's copy of its
+flow) until then, in total and per pod, at every read of ``/status`` or ``Stats.snapshot()``:
+``received == forwarded + sum(drops) + held``. ``received`` is counted on its own (by the receiver
+in total, at the pipeline's entry per pod, whose sum is ``pipeline_received``), so the identity can
+break. ``balances`` writes it once.
 
 A transport output's books (``adapters/transport_out.py``): every packet offered is delivered,
 dropped by reason, queued, or in the open batch.
@@ -16,13 +18,16 @@ from typing import Any
 
 
 def balances(counts: Mapping[str, Any]) -> bool:
-    """``received == forwarded + sum(drops)`` for one set of counters (the totals or one pod's)."""
-    return bool(counts["received"] == counts["forwarded"] + sum(counts["drops"].values()))
+    """``received == forwarded + sum(drops) + held`` for one set of counters (the totals or one pod's)."""
+    outcomes = counts["forwarded"] + sum(counts["drops"].values()) + counts["held"]
+    return bool(counts["received"] == outcomes)
 
 
 def assert_balanced(status: Mapping[str, Any]) -> None:
-    """The identity for the totals and for every pod of a ``/status`` or ``Stats.snapshot()``."""
-    assert balances(status), {k: status[k] for k in ("received", "forwarded", "drops")}
+    """The identity for the totals and for every pod of a ``/status`` or ``Stats.snapshot()``, and
+    the receiver's count equal to the pipeline's (no datagram lost between the two)."""
+    assert balances(status), {k: status[k] for k in ("received", "forwarded", "drops", "held")}
+    assert status["received"] == status["pipeline_received"], "read but never entered the pipeline"
     unbalanced = [key for key, pod in status.get("pods", {}).items() if not balances(pod)]
     assert not unbalanced, {key: status["pods"][key] for key in unbalanced}
 

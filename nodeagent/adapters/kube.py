@@ -227,7 +227,8 @@ class KubeWatcher:
 
 def install(agent: Any) -> None:
     """Wire the watcher into ``app.Agent`` when ``settings.kube`` is enabled (``--node-name``):
-    a root task, the ``kube``/``silent`` parts of ``/status``, and readiness once listed."""
+    root tasks (the watch; forgetting departed pods' state), the ``kube``/``silent`` parts of
+    ``/status``, and readiness once listed."""
     settings = agent.settings.kube
     if not settings.enabled:
         return
@@ -246,6 +247,15 @@ def install(agent: Any) -> None:
         finally:
             client.close()  # type: ignore[no-untyped-call]
 
+    async def forget() -> None:
+        """Per-pod state follows the pod table: removed ``forget_after`` seconds after a pod left."""
+        loop, grace = asyncio.get_running_loop(), settings.forget_after
+        while True:
+            await asyncio.sleep(min(grace / 2, 10.0))
+            gone = agent.forget_departed(loop.time(), grace)
+            if gone:
+                log.info("forgot the state of %d pods that left the table (e.g. %s)", len(gone), gone[0])
+
     def report(snapshot: dict[str, Any]) -> None:
         now = asyncio.get_running_loop().time()
         last_seen = {key: counters.last_seen for key, counters in agent.stats.pods.items()}
@@ -253,6 +263,7 @@ def install(agent: Any) -> None:
         add_status(snapshot, table, watcher, silent)
 
     agent.add_task("kube-watch", run)
+    agent.add_task("kube-forget", forget)
     agent.add_status_hook(report)
     agent.add_ready_check(watcher.synced.is_set)
 

@@ -8,7 +8,7 @@ Contract for an output (pcap files, VXLAN to sensors, batched transport, ...):
   An output that cannot take a packet (queue full, send error) counts it in its own ``state()``
   under ``dropped`` {``verdict.OutputDrop`` reason: packets}, listing every reason it can emit;
   the pipeline already counted the packet as forwarded, so the invariant
-  ``received == forwarded + sum(drops)`` is untouched by output trouble (the per-output counters
+  ``received == forwarded + sum(drops) + held`` is untouched by output trouble (the per-output counters
   say what each output really delivered). ``Fanout`` adds ``internal_error`` to every output's
   ``dropped``: the packets of the calls in which the output raised.
 - ``open()`` runs before the receiver is bound; ``run()`` is the output's background work (timers,

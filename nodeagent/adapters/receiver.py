@@ -25,6 +25,15 @@ a wake-up may overshoot by one call's datagrams).
 
 Kernel drops (socket receive buffer full) are read on demand from ``/proc/net/udp{,6}`` by the
 socket's inode: no ancillary data per packet.
+
+Counting: ``Stats.received`` is incremented here, per ``recvmmsg`` batch as the datagrams are read
+(bytes from the wake-up's byte budget), before the pipeline sees them, so a datagram lost between
+the socket and an outcome breaks ``received == forwarded + sum(drops) + held``.
+
+Held packets (``Pipeline`` answers ``HELD``; see ``stages.vantage``): when anything is held after
+a wake-up, a timer (``loop.call_at``) runs ``Pipeline.expire`` at the oldest hold's deadline, even
+if no datagram arrives, and hands what it releases to the outputs; ``stop`` releases everything
+still held (``Pipeline.flush``) before the outputs are flushed.
 """
 
 from __future__ import annotations
@@ -43,7 +52,8 @@ from typing import Any
 from nodeagent.adapters import mmsg
 from nodeagent.pipeline import Pipeline
 from nodeagent.settings import ListenSettings
-from nodeagent.verdict import Drop, Forward
+from nodeagent.stats import Stats
+from nodeagent.verdict import Drop, Forward, Released, Verdict
 from nodeagent.wire import Malformed, headers, vxlan
 
 log = logging.getLogger(__name__)
@@ -56,6 +66,9 @@ WAKEUP_BYTES = 1 << 20
 """Datagram bytes after which a wake-up yields to the loop (16 super-packets; small packets hit
 the datagram bound first)."""
 """Datagrams per recvmmsg call: 32 x 64 KiB of buffers (2 MiB), enough to amortise the call."""
+SOURCES = 4096
+"""Tunnel sources whose text form is cached: a node's pods and then some; a flood of spoofed or
+churned sources clears it instead of growing it (per-pod state follows the pod table)."""
 _SOCKADDR = 28
 """Room for a sockaddr_in6 per message (a sockaddr_in uses the first 16 bytes)."""
 _MSG_DONTWAIT = 0x40
@@ -123,7 +136,7 @@ class BatchReader:
                     else self._names_view[base + 8 : base + 24])
         text = self._sources.get(raw)
         if text is None:
-            if len(self._sources) >= 65536:  # spoofed sources must not grow memory without bound
+            if len(self._sources) >= SOURCES:  # spoofed sources must not grow memory without bound
                 self._sources.clear()
                 self.sources4.clear()
             text = self._sources[raw] = address_text(raw)
@@ -183,9 +196,12 @@ class Receiver:
         pipeline: Pipeline,
         offer: Callable[[Forward], None],
         drop_log: DropLog,
+        stats: Stats,
     ) -> None:
         self._s = settings
         self._pipeline = pipeline
+        self._stats = stats
+        self._timer: asyncio.TimerHandle | None = None
         self._offer = offer
         self._drop_log = drop_log
         self._next_error_log = 0.0
@@ -226,24 +242,64 @@ class Receiver:
             self._loop.remove_reader(self._sock.fileno())
             self._sock.close()
             self._sock = None
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        for forward in self._pipeline.flush():  # nothing stays held (and uncounted) at exit
+            self._offer(forward)
+
+    def _after_drain(self) -> None:
+        """Something is held: make sure the timer will release it at its deadline."""
+        if self._timer is None and self._pipeline.held and self._loop is not None:
+            deadline = self._pipeline.next_deadline
+            if deadline is not None:
+                self._timer = self._loop.call_at(deadline, self._expire)
+
+    def _expire(self) -> None:
+        """Timer: release the held packets whose wait ended (to the outputs, in order)."""
+        self._timer = None
+        assert self._loop is not None
+        try:
+            for forward in self._pipeline.expire(self._loop.time()):
+                self._offer(forward)
+        except Exception:  # the outermost boundary of the timer: log, keep the agent running
+            log.exception("releasing held packets raised")
+        self._after_drain()
+
+    def _other(self, verdict: Verdict, datagram: memoryview, sender: str, now: float) -> None:
+        """Not a plain ``Forward``: a drop (logged), held (nothing yet), or released packets."""
+        if type(verdict) is Released:
+            for forward in verdict.forwards:
+                self._offer(forward)
+        elif type(verdict) is Drop:
+            self._dropped(verdict, datagram, sender, now)
 
     @property
     def is_bound(self) -> bool:
         return self._sock is not None
 
     def _drain(self) -> None:
+        budget = WAKEUP_BYTES
+        try:
+            budget = self._drain_each(budget)
+        finally:
+            self._stats.received_bytes += WAKEUP_BYTES - budget
+            self._after_drain()
+
+    def _drain_each(self, budget: int) -> int:
         sock, view, process, offer = self._sock, self._view, self._pipeline.process, self._offer
+        stats = self._stats
         assert sock is not None and self._loop is not None
         now = self._loop.time()
         self.wakeups += 1
-        budget = WAKEUP_BYTES
         for _ in range(self._s.batch):
             if budget <= 0:
-                return
+                return budget
             try:
                 size, addr = sock.recvfrom_into(self._buf)
             except (BlockingIOError, InterruptedError):
-                return
+                return budget
+            stats.received += 1
             budget -= size
             sender = addr[0]
             if sender.startswith("::ffff:"):  # IPv4 on a dual-stack socket
@@ -256,18 +312,28 @@ class Receiver:
             if type(verdict) is Forward:
                 offer(verdict)
             else:
-                self._dropped(verdict, view[:size], sender, now)  # type: ignore[arg-type]
+                self._other(verdict, view[:size], sender, now)
+        return budget
 
     def _drain_batch(self) -> None:
+        budget = WAKEUP_BYTES
+        try:
+            budget = self._drain_batches(budget)
+        finally:
+            self._stats.received_bytes += WAKEUP_BYTES - budget
+            self._after_drain()
+
+    def _drain_batches(self, budget: int) -> int:
         reader, process, offer = self._batch, self._pipeline.process, self._offer
+        stats = self._stats
         assert reader is not None and self._loop is not None
         now = self._loop.time()
         self.wakeups += 1
         view, source, lens, slots = reader.view, reader.source, reader.lens, reader.slots
         words, sources4 = reader.name_words, reader.sources4 if reader.fast4 else {}
-        budget = WAKEUP_BYTES
         for _ in range(0, self._s.batch, reader.count):
             n = reader.recv()
+            stats.received += n  # read: counted before the pipeline sees them
             for i in range(n):
                 # Inlined size(i)/source(i): ~0.4 us per datagram less (bench/bench_agent.py); the
                 # slot's offsets are precomputed and AF_INET is a plain int (~0.1 us less, measured).
@@ -286,9 +352,10 @@ class Receiver:
                 if type(verdict) is Forward:
                     offer(verdict)
                 else:
-                    self._dropped(verdict, datagram, sender, now)  # type: ignore[arg-type]
+                    self._other(verdict, datagram, sender, now)
             if n < reader.count or budget <= 0:
-                return
+                return budget
+        return budget
 
     def _failed(self, datagram: memoryview, sender: str, now: float) -> None:
         """``process`` raised (a bug): count the datagram as ``internal_error`` so the books still

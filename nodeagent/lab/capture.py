@@ -19,6 +19,7 @@ from __future__ import annotations
 import collections
 import dataclasses
 import signal
+import socket
 import struct
 import subprocess
 import time
@@ -243,6 +244,61 @@ def strip_vxlan(src: Path, dst: Path) -> dict[str, int]:
         counts["frames"] += 1
     dst.write_bytes(b"".join(out))
     return dict(counts) | {"vnis": len(vnis)}
+
+
+@dataclasses.dataclass(frozen=True)
+class Inner:
+    """One frame a VXLAN sensor received: its VNI and the inner packet's addressing (text)."""
+
+    vni: int
+    proto: str
+    """tcp, udp, or the IP protocol number / EtherType as text."""
+    src: str
+    sport: int
+    dst: str
+    dport: int
+    seq: int
+    length: int
+    """TCP payload bytes (0 for the rest)."""
+
+
+def inner_packets(path: Path) -> list[Inner]:
+    """The inner packets of the VXLAN datagrams (IPv4 outer, UDP) in ``path``, with their VNI."""
+    out = []
+    for _, frame in read_pcap(path)[1]:
+        ihl = (frame[14] & 0x0F) * 4
+        if struct.unpack_from("!H", frame, 20)[0] & 0x3FFF:
+            continue  # an outer fragment
+        vni = int.from_bytes(frame[14 + ihl + 12 : 14 + ihl + 15], "big")
+        out.append(_inner(vni, frame[14 + ihl + 16 :]))
+    return out
+
+
+def _inner(vni: int, frame: bytes) -> Inner:
+    ethertype, l3 = struct.unpack_from("!H", frame, 12)[0], 14
+    while ethertype in (0x8100, 0x88A8):
+        ethertype, l3 = struct.unpack_from("!H", frame, l3 + 2)[0], l3 + 4
+    if ethertype == 0x0800:
+        proto, l4 = frame[l3 + 9], l3 + (frame[l3] & 0x0F) * 4
+        end = l3 + struct.unpack_from("!H", frame, l3 + 2)[0]
+        src, dst = socket.inet_ntop(socket.AF_INET, frame[l3 + 12 : l3 + 16]), \
+            socket.inet_ntop(socket.AF_INET, frame[l3 + 16 : l3 + 20])
+        fragment = struct.unpack_from("!H", frame, l3 + 6)[0] & 0x1FFF
+    elif ethertype == 0x86DD:
+        proto, l4 = frame[l3 + 6], l3 + 40
+        end = l4 + struct.unpack_from("!H", frame, l3 + 4)[0]
+        src, dst = socket.inet_ntop(socket.AF_INET6, frame[l3 + 8 : l3 + 24]), \
+            socket.inet_ntop(socket.AF_INET6, frame[l3 + 24 : l3 + 40])
+        fragment = 0
+    else:
+        return Inner(vni, f"0x{ethertype:04x}", "", 0, "", 0, 0, 0)
+    if proto not in (6, 17) or fragment:
+        return Inner(vni, str(proto), src, 0, dst, 0, 0, 0)
+    sport, dport = struct.unpack_from("!HH", frame, l4)
+    if proto == 17:
+        return Inner(vni, "udp", src, sport, dst, dport, 0, 0)
+    seq = struct.unpack_from("!I", frame, l4 + 4)[0]
+    return Inner(vni, "tcp", src, sport, dst, dport, seq, end - l4 - (frame[l4 + 12] >> 4) * 4)
 
 
 def source_macs(path: Path) -> collections.Counter[str]:

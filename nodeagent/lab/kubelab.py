@@ -14,8 +14,9 @@ What the mode proves, step by step:
   if the shipped RBAC lacked a verb the agent uses, the agent would never sync and the lab fails.
 - Pods: each lab pod becomes a Pod object created with ``kubectl`` (label
   ``podmirror.io/monitored=true``, annotation ``podmirror.io/monitor: "true"``, ``spec.nodeName`` =
-  the lab node's name); no kubelet runs, so ``status.podIP`` and phase Running are patched through
-  the status subresource, as kubelet would. One more monitored pod on another node (``PEER``),
+  the lab node's name, an ``app`` and a ``podmirror-sidecar`` container); no kubelet runs, so
+  ``status.podIP``/``podIPs`` (both families), phase Running and Ready containers are patched
+  through the status subresource, as kubelet would. One more monitored pod on another node (``PEER``),
   with an address that exists nowhere, shows the node's field selector at work: a peer, not a sender.
 - The agent runs with ``--kubeconfig FILE --node-name NAME`` and no ``--sender``.
 
@@ -267,24 +268,40 @@ def agent_token(kube: KubeLab) -> str:
     return str(answer["status"]["token"])
 
 
+SIDECAR_CONTAINER = "podmirror-sidecar"
+"""The injected container: the agent counts a pod as monitored only when it has one (``pods.kube``)."""
+
+
 def pod_manifest(namespace: str, name: str, node_name: str) -> dict[str, Any]:
+    containers = [{"name": "app", "image": "podmirror-lab/app"},
+                  {"name": SIDECAR_CONTAINER, "image": "podmirror-lab/sidecar"}]
     return {"apiVersion": "v1", "kind": "Pod",
             "metadata": {"name": name, "namespace": namespace, "labels": {MONITORED_LABEL: "true"},
                          "annotations": {MONITOR_ANNOTATION: "true"}},
-            "spec": {"nodeName": node_name, "containers": [{"name": "app", "image": "podmirror-lab/app"}]}}
+            "spec": {"nodeName": node_name, "containers": containers}}
+
+
+def pod_status(ips: Sequence[str]) -> dict[str, Any]:
+    """What kubelet reports for a running pod: its addresses, every container Ready (no kubelet here:
+    the lab's sidecars do run, and their tunnel reaches the agent)."""
+    statuses = [{"name": name, "ready": True, "restartCount": 0, "image": f"podmirror-lab/{name}",
+                 "imageID": "", "state": {"running": {}}} for name in ("app", SIDECAR_CONTAINER)]
+    return {"status": {"phase": "Running", "podIP": ips[0], "podIPs": [{"ip": ip} for ip in ips],
+                       "containerStatuses": statuses}}
 
 
 def publish_pods(kube: KubeLab, pods: Sequence[Pod]) -> None:
-    """Create the node's pods (and the peer) with kubectl, then give each its IP as kubelet would."""
-    entries = [(p.namespace, p.name, kube.node_name, p.ip) for p in pods]
-    entries.append((PEER["namespace"], PEER["name"], PEER["node"], PEER["ip"]))
+    """Create the node's pods (and the peer) with kubectl, then give each its addresses (both
+    families) and Ready containers as kubelet would."""
+    entries: list[tuple[str, str, str, tuple[str, ...]]] = [
+        (p.namespace, p.name, kube.node_name, (p.ip, p.ip6)) for p in pods]
+    entries.append((PEER["namespace"], PEER["name"], PEER["node"], (PEER["ip"],)))
     namespaces = sorted({ns for ns, *_ in entries} - {"default"})
     docs = [{"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": ns}} for ns in namespaces]
     docs += [pod_manifest(ns, name, node) for ns, name, node, _ in entries]
     kube.kubectl("apply", "-f", "-", input=yaml.safe_dump_all(docs))
-    for ns, name, _, ip in entries:
-        status = {"status": {"phase": "Running", "podIP": ip, "podIPs": [{"ip": ip}]}}
-        call(kube, "PATCH", f"/api/v1/namespaces/{ns}/pods/{name}/status", status,
+    for ns, name, _, ips in entries:
+        call(kube, "PATCH", f"/api/v1/namespaces/{ns}/pods/{name}/status", pod_status(ips),
              "application/merge-patch+json")
     kube.pods = [f"{ns}/{name}" for ns, name, node, _ in entries if node == kube.node_name]
 

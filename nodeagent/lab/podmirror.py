@@ -120,24 +120,29 @@ def tail(path: Path, lines: int = 15) -> str:
 
 def start_agent(lab: Lab, node: Node, logdir: Path, *, sensors: Sequence[Host | str] = (),
                 pcap_dir: Path | None = None, pods: Sequence[Pod] | None = None,
-                config: dict[str, Any] | None = None, extra: Sequence[str] = ()) -> Agent:
-    """``nodeagent run`` in the node's agent namespace, with a ``--sender`` per pod of the node.
+                config: dict[str, Any] | None = None, extra: Sequence[str] = (),
+                peers: Sequence[Pod] = (), name: str = "") -> Agent:
+    """``nodeagent run`` in the node's agent namespace, with a ``--sender`` per pod of the node and a
+    ``--peer`` per pod of ``peers``, each with both its addresses (``IP+IP6``).
 
     ``config`` (the configuration file's content) is written next to the log and passed with
-    ``--config``; the flags override it, as the command-line contract says."""
+    ``--config``; the flags override it, as the command-line contract says. ``name`` tells two
+    agents run one after the other on one node apart (their config and log files)."""
     agent_ns = node.agent or lab.add_agent(node)
     cmd = [*NODEAGENT, "run", "--listen", f"{agent_ns.ip}:{TUNNEL_PORT}",
            "--status", f"{agent_ns.ip}:{STATUS_PORT}", "--pushdown", f"{agent_ns.ip}:{PUSHDOWN_PORT}"]
     if config is not None:
-        path = logdir / f"agent-node{node.index}.json"
+        path = logdir / f"agent-node{node.index}{name}.json"
         path.write_text(json.dumps(config))
         cmd += ["--config", str(path)]
     for pod in node.pods if pods is None else pods:
-        cmd += ["--sender", f"{pod.ip},{pod.vni},{pod.key}"]
+        cmd += ["--sender", f"{pod.ip}+{pod.ip6},{pod.vni},{pod.key}"]
+    for pod in peers:
+        cmd += ["--peer", f"{pod.ip}+{pod.ip6},{pod.key}"]
     for sensor in sensors:
         cmd += ["--sensor", sensor.ip if isinstance(sensor, Host) else sensor]
     cmd += pcap_flags(pcap_dir)
-    log = logdir / f"agent-node{node.index}.log"
+    log = logdir / f"agent-node{node.index}{name}.log"
     agent = Agent(lab, node, lab.ns.spawn(agent_ns.ns, [*cmd, *extra], log=log, env=ENV), log)
     agent.wait_ready()
     return agent
@@ -168,6 +173,20 @@ def start_sidecar(lab: Lab, pod: Pod, logdir: Path, *, mode: str = "kernel", vni
            "NODE_NAME": f"node{pod.node.index}", "NODE_IP": pod.node.uplink_ip, **ENV}
     log = logdir / f"sidecar-{pod.name}.log"
     return lab.ns.spawn(pod.ns, cmd, log=log, env=env)
+
+
+def sidecar_sent(lab: Lab, pod: Pod, log: Path) -> int:
+    """Datagrams the pod's sidecar sent to its agent: the kernel-mode VXLAN device's ``tx_packets``
+    (read while it runs), or a stopped sniff-mode sidecar's final ``sent=`` counter (its log)."""
+    sent = lab.tunnel_tx_packets(pod)
+    if sent is not None:
+        return sent
+    text = log.read_text(errors="replace")
+    marker = "sniff mode stopped:"
+    if marker not in text:
+        raise LabError(f"{pod.key}: no kernel-mode tunnel and no final sniff counters in {log.name}")
+    counters = dict(item.split("=", 1) for item in text.rsplit(marker, 1)[1].split("\n", 1)[0].split())
+    return int(counters["sent"])
 
 
 def probe(lab: Lab, pod: Pod) -> None:

@@ -220,7 +220,7 @@ def summarize(r: Run, args: argparse.Namespace) -> None:
         print(f"{key:24} {c.get('mode', '?'):>7} {c['received']:>10} {c['received_bytes']:>14} "
               f"{c['forwarded']:>10} {sum(c['drops'].values()):>8}")
     print(f"agent totals: received {st['received']} = forwarded {st['forwarded']} + drops "
-          f"{ {k: v for k, v in st['drops'].items() if v} or 0}")
+          f"{ {k: v for k, v in st['drops'].items() if v} or 0} + held {st.get('held', 0)}")
     coverage(r, st, sent)
     print(f"agent socket: {st.get('socket', {})} (kernel_drops: datagrams lost before the agent read them)")
     norm = st.get("normalize", {})

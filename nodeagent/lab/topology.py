@@ -133,17 +133,40 @@ class Lab:
         return host
 
     def add_cluster_ip(self, node: Node, vip: str, port: int, backend: Pod, backend_port: int) -> None:
-        """A Service ClusterIP as kube-proxy's nftables mode does it: DNAT in the node namespace."""
+        """A Service ClusterIP as kube-proxy's nftables mode does it: DNAT in the node namespace, TCP
+        and UDP ``vip:port`` to ``backend:backend_port``; an IPv6 ``vip`` leads to the pod's IPv6."""
+        family, target = ("ip6", f"[{backend.ip6}]") if ":" in vip else ("ip", backend.ip)
+        match = "ip6 daddr" if family == "ip6" else "ip daddr"
         rules = (
-            "table ip podmirror_lab {\n"
+            f"table {family} podmirror_lab {{\n"
             " chain prerouting { type nat hook prerouting priority dstnat; }\n"
             "}\n"
-            f"add rule ip podmirror_lab prerouting ip daddr {vip} tcp dport {port} "
-            f"dnat to {backend.ip}:{backend_port}\n"
-            f"add rule ip podmirror_lab prerouting ip daddr {vip} udp dport {port} "
-            f"dnat to {backend.ip}:{backend_port}\n"
         )
+        for proto in ("tcp", "udp"):
+            rules += (f"add rule {family} podmirror_lab prerouting {match} {vip} {proto} dport {port} "
+                      f"dnat to {target}:{backend_port}\n")
         self.ns.exec(node.ns, ["nft", "-f", "-"], input=rules)
+
+    def drop_once_per_connection(self, pod: Pod, port: int, min_length: int = 100) -> None:
+        """In ``pod``, drop the first TCP segment to ``port`` longer than ``min_length`` bytes of each
+        connection, once (conntrack mark), after the pod's sidecar and tcpdump saw it (both tap the
+        interface before netfilter): the sender retransmits it, a real retransmission."""
+        rules = (
+            "table inet podmirror_retx {\n"
+            " chain input { type filter hook input priority 0;\n"
+            f"  tcp dport {port} ct mark 0 meta length > {min_length} ct mark set 1 counter drop\n"
+            " }\n"
+            "}\n"
+        )
+        self.ns.exec(pod.ns, ["nft", "-f", "-"], input=rules)
+
+    def dropped_once(self, pod: Pod) -> int:
+        """Segments ``drop_once_per_connection`` dropped in ``pod`` so far."""
+        out = self.ns.exec(pod.ns, ["nft", "list", "table", "inet", "podmirror_retx"]).stdout
+        for line in out.splitlines():
+            if "counter packets" in line:
+                return int(line.split("counter packets", 1)[1].split()[0])
+        return 0
 
     def close(self) -> None:
         self.ns.close()

@@ -48,11 +48,17 @@ class PodInfo:
 
 
 class PodIndex:
-    """Pods by tunnel source address and by packed address. Replace or update as events arrive."""
+    """Pods by tunnel source address and by packed address. Replace or update as events arrive.
+
+    A local pod's tunnel may come from any of its addresses (the sidecar sends from the address
+    the route to the agent picks, IPv4 or IPv6), so ``sender`` knows every one of them."""
 
     def __init__(self, pods: Iterable[PodInfo] = ()) -> None:
         self._by_ip: dict[str, PodInfo] = {}
         self._by_addr: dict[bytes, PodInfo] = {}
+        self._sources: dict[str, PodInfo] = {}
+        self.locals = 0
+        """Local pods (senders) in the table."""
         self.version = 0
         """Incremented by every change: caches keyed on senders (``Pipeline``) compare it per packet."""
         for pod in pods:
@@ -64,14 +70,18 @@ class PodIndex:
             self.remove(old.ip)
         self._by_ip[pod.ip] = pod
         self.version += 1
+        self.locals += pod.local
         for addr in pod.addrs:  # a dual-stack pod: each family's packets find it
             self._by_addr[addr] = pod
-        self._by_addr[pod.addr] = pod
+        if pod.local:
+            for ip in pod.all_ips:
+                self._sources[ip] = pod
 
     def remove(self, ip: str) -> PodInfo | None:
         pod = self._by_ip.pop(ip, None)
         if pod is not None:
             self.version += 1
+            self.locals -= pod.local
             for addr in pod.addrs:
                 if self._by_addr.get(addr) is pod:  # the address may be another pod's by now
                     del self._by_addr[addr]
@@ -80,19 +90,26 @@ class PodIndex:
                     other = next((p for p in self._by_ip.values() if addr in p.addrs), None)
                     if other is not None:
                         self._by_addr[addr] = other
+            for text in pod.all_ips:
+                if self._sources.get(text) is pod:
+                    del self._sources[text]
+                    other = next((p for p in self._by_ip.values() if p.local and text in p.all_ips), None)
+                    if other is not None:
+                        self._sources[text] = other
         return pod
 
     def replace_all(self, pods: Iterable[PodInfo]) -> None:
         self._by_ip.clear()
         self._by_addr.clear()
+        self._sources.clear()
+        self.locals = 0
         self.version += 1
         for pod in pods:
             self.add(pod)
 
     def sender(self, ip: str) -> PodInfo | None:
-        """The local monitored pod whose address is ``ip`` (a tunnel's source), else None."""
-        pod = self._by_ip.get(ip)
-        return pod if pod is not None and pod.local else None
+        """The local monitored pod with address ``ip`` (a tunnel's source), else None."""
+        return self._sources.get(ip)
 
     def by_addr(self, addr: bytes) -> PodInfo | None:
         """Any monitored pod (local or peer) with this packed address."""

@@ -9,11 +9,19 @@ Model:
   ``peers``: the monitored pods of the whole cluster (label selector ``MONITORED_LABEL=true``),
   of which those on other nodes become peers (``local=False``). The two never hold the same pod:
   the peer source ignores pods on this node, so the local source is authoritative for them.
-- A pod is monitored when it carries the label the webhook sets (``podmirror.io/monitored=true``:
+- A pod is selected when it carries the label the webhook sets (``podmirror.io/monitored=true``:
   labels can be selected server-side, annotations cannot) or the annotation
-  ``podmirror.io/monitor: "true"``. It enters the table once it has an IP and while it is not
-  finished (phase Succeeded/Failed release their address) and not on the host network (its
-  address is the node's, not its own).
+  ``podmirror.io/monitor: "true"``. A label alone never makes it a monitored pod (anyone may label
+  their pod): it enters the table only when it **really has the sidecar**, the injected container
+  ``podmirror-sidecar`` in its spec (as a container or a native sidecar init container), once it
+  has an IP and while it is not finished (phase Succeeded/Failed release their address) and not on
+  the host network (its address is the node's, not its own).
+- A pod on another node (a peer: this node drops its copies of their connections when the peer's
+  node owns them) must also have that container **Ready**. The injected readiness probe
+  (``sidecar-lite --check-tunnel``) asks the pod's own agent whether it receives the pod's tunnel
+  (``web/pushdown_api.py`` answers ``tunnel``), so Ready means "its node forwards its copies". On
+  this node the agent sees the tunnel itself: the vantage stage checks that the pod's tunnel
+  delivers (``stages.vantage``), whatever Kubernetes says.
 - Dual-stack: ``status.podIPs`` beyond ``podIP`` become ``PodInfo.ips``, so the pod is found by
   either family's address (the tunnel still comes from ``podIP``, the sidecar's POD_IP).
 - VNI: ``vni_for_address(pod IP)``, the low 24 bits of the IPv4 address. Pod addresses on one node
@@ -49,6 +57,9 @@ CONTAINERS_ANNOTATION = "podmirror.io/containers"
 PORTS_ANNOTATION = "podmirror.io/ports"
 """Written by the injector: the declared ports of the selected containers, e.g. ``8080/TCP,53/UDP``."""
 
+SIDECAR_CONTAINER = "podmirror-sidecar"
+"""The injected container's name (``webhook.inject``)."""
+
 LOCAL = "local"
 PEERS = "peers"
 
@@ -78,9 +89,25 @@ def pod_key(pod: Pod) -> str:
     return f"{meta.get('namespace', '')}/{meta.get('name', '')}"
 
 
+def has_sidecar(pod: Pod) -> bool:
+    """The injected sidecar container is in the pod's spec (a container or a native sidecar)."""
+    spec = pod.get("spec") or {}
+    return any(isinstance(c, Mapping) and c.get("name") == SIDECAR_CONTAINER
+               for c in [*(spec.get("containers") or ()), *(spec.get("initContainers") or ())])
+
+
+def sidecar_ready(pod: Pod) -> bool:
+    """The kubelet reports the sidecar container Ready (its probe: the agent receives the tunnel)."""
+    status = pod.get("status") or {}
+    statuses = [*(status.get("containerStatuses") or ()), *(status.get("initContainerStatuses") or ())]
+    return any(isinstance(c, Mapping) and c.get("name") == SIDECAR_CONTAINER and c.get("ready") is True
+               for c in statuses)
+
+
 def pod_info(pod: Pod, *, node: str) -> PodInfo | None:
-    """The table entry for ``pod``, or None when it is not (or no longer) a monitored pod with an IP."""
-    if not is_monitored(pod):
+    """The table entry for ``pod``, or None when it is not (or no longer) a monitored pod with an IP:
+    selected, with the sidecar container, and on another node that container Ready."""
+    if not is_monitored(pod) or not has_sidecar(pod):
         return None
     meta = pod.get("metadata") or {}
     spec = pod.get("spec") or {}
@@ -93,6 +120,8 @@ def pod_info(pod: Pod, *, node: str) -> PodInfo | None:
     except ValueError:
         return None  # not an address the sidecar could derive a VNI from either
     pod_node = spec.get("nodeName") or ""
+    if pod_node != node and not sidecar_ready(pod):
+        return None  # a peer counts only while Kubernetes says its node receives its tunnel
     annotations = meta.get("annotations") or {}
     return PodInfo(
         ip=ip,

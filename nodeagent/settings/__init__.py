@@ -13,7 +13,7 @@ to the part that needs it.
 Adding a group: write a frozen dataclass with defaults and a ``__post_init__`` check, and add one
 field to ``Settings``. ``load`` converts mappings, lists and scalars by the type hints, so a new
 group needs no parsing code. A group may accept a one-string shorthand through a ``from_text``
-classmethod (``listen: "0.0.0.0:14789"``, ``senders: ["10.0.0.5,5,default/web"]``).
+classmethod (``listen: "0.0.0.0:14789"``, ``senders: ["10.0.0.5+fd00::5,5,default/web"]``).
 
 Pure: no I/O except ``load_file``, which only reads the named file.
 """
@@ -124,8 +124,9 @@ class Settings:
         seen: set[str] = set()
         for group in self._unique:
             for i, pod in enumerate(getattr(self, group)):
-                check(pod.ip not in seen, f"{group}[{i}].ip", f"{pod.ip} is listed twice")
-                seen.add(pod.ip)
+                for ip in pod.addresses:
+                    check(ip not in seen, f"{group}[{i}].ip", f"{ip} is listed twice")
+                    seen.add(ip)
 
 
 def load(data: Mapping[str, Any] | None) -> Settings:

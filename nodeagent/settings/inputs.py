@@ -43,37 +43,54 @@ class ListenSettings(Endpoint):
 
 @dataclasses.dataclass(frozen=True)
 class SenderSettings:
-    """A monitored pod on this node: its tunnel must come from ``ip`` with ``vni``."""
+    """A monitored pod on this node: its tunnel must come from one of its addresses with ``vni``.
+
+    Text form ``IP[+IP...],VNI,NAMESPACE/NAME[,PORT[+PORT...]]`` (``10.0.1.2+fd00:1::2,258,default/web``):
+    every address of the pod (a dual-stack pod has two), the first one its tunnel's usual source."""
 
     ip: str
+    """The pod's first address; ``"A+B"`` is accepted and split into ``ip`` and ``ips``."""
     vni: int | str
     namespace: str
     name: str
     ports: tuple[int, ...] = ()
     """Container selection: only traffic on these pod-side ports (``nodeagent.stages.containers``);
     empty: the whole pod. Text form: an optional 4th field ``PORT[+PORT...]``."""
+    ips: tuple[str, ...] = ()
+    """The pod's other addresses (dual-stack): every stage knows the pod by all of them."""
 
     @classmethod
     def from_text(cls, text: str) -> SenderSettings:
         parts = text.split(",")
-        check(len(parts) in (3, 4), "", f"must be IP,VNI,NAMESPACE/NAME[,PORT[+PORT]], got {text!r}")
+        check(len(parts) in (3, 4), "",
+              f"must be IP[+IP...],VNI,NAMESPACE/NAME[,PORT[+PORT...]], got {text!r}")
         namespace, name = split_pod(parts[2], "")
         return cls(ip=parts[0].strip(), vni=parts[1].strip(), namespace=namespace, name=name,
                    ports=parse_ports(parts[3] if len(parts) == 4 else "", "ports"))
 
     def __post_init__(self) -> None:
-        check(is_ip(self.ip), "ip", f"must be an IP address, got {self.ip!r}")
-        # Canonical text: the receiver matches the socket's source string ("fd00::5") exactly.
-        object.__setattr__(self, "ip", str(ipaddress.ip_address(self.ip)))
-        object.__setattr__(self, "vni", parse_vni(self.vni, self.ip, "vni"))
+        ip, ips = split_addresses(self.ip, self.ips)
+        object.__setattr__(self, "ip", ip)
+        object.__setattr__(self, "ips", ips)
+        # ``auto``: the low 24 bits of the pod's IPv4 address, whichever position it is listed in.
+        v4 = next((a for a in (ip, *ips) if ipaddress.ip_address(a).version == 4), ip)
+        object.__setattr__(self, "vni", parse_vni(self.vni, v4, "vni"))
         check(bool(self.namespace), "namespace", "must not be empty")
         check(bool(self.name), "name", "must not be empty")
         check_ports(self.ports)
 
+    @property
+    def addresses(self) -> tuple[str, ...]:
+        return (self.ip, *self.ips)
+
 
 @dataclasses.dataclass(frozen=True)
 class PeerSettings:
-    """A monitored pod on another node (cross-node dedup ownership, docs/dedup.md)."""
+    """A monitored pod on another node (cross-node ownership, docs/dedup.md):
+    ``IP[+IP...],NAMESPACE/NAME[,PORTS]``.
+
+    The operator vouches that its node's agent receives its tunnel (the Kubernetes pod table
+    checks the injected sidecar's readiness instead, ``pods.kube``)."""
 
     ip: str
     namespace: str
@@ -81,21 +98,42 @@ class PeerSettings:
     ports: tuple[int, ...] = ()
     """The peer's container selection, as its own node's agent has it (optional 3rd field
     ``PORT[+PORT...]``): flows it does not forward are this node's to keep."""
+    ips: tuple[str, ...] = ()
 
     @classmethod
     def from_text(cls, text: str) -> PeerSettings:
         parts = text.split(",")
-        check(len(parts) in (2, 3), "", f"must be IP,NAMESPACE/NAME[,PORT[+PORT]], got {text!r}")
+        check(len(parts) in (2, 3), "", f"must be IP[+IP...],NAMESPACE/NAME[,PORT[+PORT...]], got {text!r}")
         namespace, name = split_pod(parts[1], "")
         return cls(ip=parts[0].strip(), namespace=namespace, name=name,
                    ports=parse_ports(parts[2] if len(parts) == 3 else "", "ports"))
 
     def __post_init__(self) -> None:
-        check(is_ip(self.ip), "ip", f"must be an IP address, got {self.ip!r}")
-        object.__setattr__(self, "ip", str(ipaddress.ip_address(self.ip)))
+        ip, ips = split_addresses(self.ip, self.ips)
+        object.__setattr__(self, "ip", ip)
+        object.__setattr__(self, "ips", ips)
         check(bool(self.namespace), "namespace", "must not be empty")
         check(bool(self.name), "name", "must not be empty")
         check_ports(self.ports)
+
+    @property
+    def addresses(self) -> tuple[str, ...]:
+        return (self.ip, *self.ips)
+
+
+def split_addresses(ip: str, ips: tuple[str, ...]) -> tuple[str, tuple[str, ...]]:
+    """``"A+B"`` plus ``ips`` -> (A, (B, *ips)) as canonical text; each must be an IP, none twice.
+
+    Canonical text: the receiver matches the socket's source string ("fd00::5") exactly."""
+    items = [item.strip() for item in str(ip).split("+")] + [str(item).strip() for item in ips]
+    out: list[str] = []
+    for i, item in enumerate(items):
+        field = "ip" if i == 0 else f"ips[{i - 1}]"
+        check(is_ip(item), field, f"must be an IP address, got {item!r}")
+        canonical = str(ipaddress.ip_address(item))
+        check(canonical not in out, field, f"{canonical} is listed twice")
+        out.append(canonical)
+    return out[0], tuple(out[1:])
 
 
 @dataclasses.dataclass(frozen=True)
@@ -138,6 +176,9 @@ class KubeSettings:
     """Seconds without a datagram before a selected local pod is listed as ``silent`` in /status."""
     watch_timeout: int = 300
     """Seconds a watch request stays open (server-side timeoutSeconds) before it is resumed."""
+    forget_after: float = 300.0
+    """Seconds after a pod left the pod table before its counters, mode and metric series are
+    removed (its counts stay in the totals): per-pod state follows the pods, whatever the churn."""
 
     @property
     def enabled(self) -> bool:
@@ -145,6 +186,7 @@ class KubeSettings:
 
     def __post_init__(self) -> None:
         check(self.silent_after > 0, "silent_after", "must be > 0 seconds")
+        check(self.forget_after > 0, "forget_after", "must be > 0 seconds")
         check(10 <= self.watch_timeout <= 3600, "watch_timeout", "must be in 10..3600 seconds")
 
 

@@ -14,21 +14,41 @@ from sidecar_lite.identity import is_ip
 
 @dataclasses.dataclass(frozen=True)
 class DedupSettings:
-    """Deduplication (``stages/vantage.py``, ``stages/dedup.py``, docs/dedup.md): on by default."""
+    """Vantage (one copy of each flow) and dedup (the rest), ``stages/{vantage,dedup}.py`` and
+    docs/dedup.md. On by default; the time windows come from the measured gap between the two copies
+    of one packet (``bench/bench_copygap.py``: kernel mode p99 about 0.05 ms, sniff mode p99 2-6 ms
+    and at most 15 ms on a loaded 2-core machine)."""
 
     enabled: bool = True
     vantage: str = "client"
-    """Which copy of a flow seen from two local pods is kept: the client's side or the server's.
+    """Which copy of a flow seen from two pods is kept: the client's side or the server's.
     Also the cross-node owner (the preferred end's node): every agent must use the same value."""
     window: float = 0.05
-    """Seconds a packet digest is remembered: the gap between two sidecars' copies is us to a few
-    ms; 50 ms leaves a margin and stays far below TCP's 200 ms minimum RTO (see dedup.py)."""
+    """Seconds a forwarded copy is remembered for content dedup: over 3x the largest copy gap
+    measured (sniff mode), far below TCP's 200 ms minimum RTO."""
     capacity: int = 262_144
-    """Most digests held at once (oldest evicted first, counted): 17 s of 15k packets/s windows."""
+    """Most dedup entries held at once (oldest evicted first, counted)."""
     flow_capacity: int = 262_144
-    """Most flows whose client end is remembered (vantage rule)."""
+    """Most flows whose vantage state is remembered (evictions counted)."""
     flow_idle: float = 300.0
-    """Seconds after which an idle flow's client end is forgotten."""
+    """Seconds after which an idle flow's vantage state is forgotten."""
+    hold: float = 0.05
+    """Most seconds a copy waits for the preferred vantage's copy of its flow before it is released
+    (in order) and the flow decided for its own vantage: the same margin over the copy gap."""
+    hold_flow_packets: int = 64
+    hold_flow_bytes: int = 256 << 10
+    """Most packets / bytes held per flow; past either the flow is decided for the held vantage now."""
+    hold_bytes: int = 16 << 20
+    """Most bytes held in all flows together; past it a new copy is not held (decided at once)."""
+    live: float = 60.0
+    """A pod whose tunnel delivered nothing for this many seconds is not live: no copy is held or
+    dropped in its favour (a sidecar polls push-down every 10 s, which its tunnel mirrors)."""
+    confirm: float = 1.0
+    """Seconds after the owner vantage's last copy of a flow during which the other vantage's copies
+    are dropped at once; later they wait (``hold``) for a fresh copy from the owner."""
+    service_cidrs: tuple[str, ...] = ()
+    """vantage=server: a client's copies are held for a local server's copy only toward these
+    networks (the Service CIDRs); empty: toward any address that is not a known pod."""
 
     def __post_init__(self) -> None:
         check(self.vantage in ("client", "server"), "vantage",
@@ -37,6 +57,17 @@ class DedupSettings:
         check(self.capacity >= 1, "capacity", "must be >= 1")
         check(self.flow_capacity >= 1, "flow_capacity", "must be >= 1")
         check(self.flow_idle > 0, "flow_idle", "must be > 0 seconds")
+        check(0 < self.hold <= 1, "hold", "must be in (0, 1] seconds")
+        check(self.hold_flow_packets >= 1, "hold_flow_packets", "must be >= 1")
+        check(self.hold_flow_bytes >= 65536, "hold_flow_bytes", "must be >= 65536 (one super-packet)")
+        check(self.hold_bytes >= self.hold_flow_bytes, "hold_bytes", "must be >= hold_flow_bytes")
+        check(self.live > 0, "live", "must be > 0 seconds")
+        check(self.confirm > 0, "confirm", "must be > 0 seconds")
+        for i, cidr in enumerate(self.service_cidrs):
+            try:
+                ipaddress.ip_network(cidr, strict=False)
+            except ValueError:
+                raise ConfigError(f"service_cidrs[{i}]", f"must be a CIDR, got {cidr!r}") from None
 
 
 @dataclasses.dataclass(frozen=True)

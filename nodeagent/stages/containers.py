@@ -66,7 +66,7 @@ def peer_sees(meta: PacketMeta, peer: PodInfo) -> bool:
     """Whether ``peer`` (the other end, a monitored pod) forwards its copy of this flow's packets.
 
     Only TCP/UDP/SCTP are decided here (the vantage stage's flows); anything else is left as
-    seen, which at worst leaves a copy to per-packet dedup."""
+    seen, which at worst leaves a copy to content dedup."""
     if not peer.ports or meta.l4 < 0 or meta.proto not in _PORTED:
         return True
     if meta.dst in peer.addrs:

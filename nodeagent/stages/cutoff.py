@@ -17,6 +17,11 @@ a random body starting with the same bytes must not flip a clear flow), on any p
 - QUIC: a UDP long-header packet (first byte ``0b11xxxxxx``) with a known version (RFC 9000 17.2,
   RFC 9369): the flow is encrypted from its first Initial.
 
+Keyed per vantage: the state of a flow is kept per sender pod (``vantage``), so a pod's frames
+(even forged ones: it speaks only for flows it is an end of, ``pipeline``) can change what its own
+copies get, never what another pod's copies of the same flow get: a fake TLS hello on a flow does
+not cut the other end's cleartext of it.
+
 Bounded: flows live in a ``FlowTable`` (capacity, idle timeout; evictions counted). A flow evicted
 and seen again mid-stream is inspected afresh and usually not recognised (its next payload is not a
 handshake): it is then forwarded whole, never lost. Pure: ``now`` comes from the caller.
@@ -68,8 +73,9 @@ class Cutoff:
         """Encrypted flows tracked."""
         return len(self._flows)
 
-    def apply(self, meta: PacketMeta, frame: memoryview | bytes, now: float) -> int:
-        """``FORWARD`` (0), a length to cut the frame to (> 0), or ``CUT`` (-1: drop)."""
+    def apply(self, meta: PacketMeta, frame: memoryview | bytes, vantage: bytes, now: float) -> int:
+        """``FORWARD`` (0), a length to cut the frame to (> 0), or ``CUT`` (-1: drop), for the copy
+        ``vantage`` (the sender pod's packed address) delivered."""
         proto = meta.proto
         if meta.l4 < 0 or (proto != IPPROTO_TCP and proto != IPPROTO_UDP):
             return FORWARD
@@ -77,14 +83,15 @@ class Cutoff:
         # building them (~0.2 us less per packet, measured per call).
         src, sport, dst, dport = meta.src, meta.sport, meta.dst, meta.dport
         forward = src < dst or (src == dst and sport < dport)
-        key = (proto, src, sport, dst, dport) if forward else (proto, dst, dport, src, sport)
+        key = ((vantage, proto, src, sport, dst, dport) if forward
+               else (vantage, proto, dst, dport, src, sport))
         size = meta.end - meta.payload
-        flow = self._flows.get(key, now)
+        flow = self._flows.refresh(key, now)
         if flow is None:
             if size == 0:
                 return FORWARD  # no state for bare handshakes and ACKs of unknown flows
             flow = _Flow()
-        self._flows.put(key, flow, now)
+            self._flows.put(key, flow, now)
         side = 0 if forward else 1
         if size and not flow.seen[side]:
             flow.seen[side] = True

@@ -26,11 +26,10 @@ ARP: the 28-byte body
 Invariant: two copies of one packet (same bytes from the sender, rewritten as above) have equal
 digests. Two different packets collide only if they agree on every compared field, e.g. two
 unconnected UDP datagrams with IP id 0 (Linux, DF set) and byte-identical payloads of equal
-length within the dedup window: then the second one is dropped as a duplicate. This is the one
-known false positive; the vantage kept beside the digest limits it to copies from different pods.
-GSO: both copies of a TCP super-packet normally carry the same segmentation (veth keeps GSO); if a
-path re-segments one copy, the digests differ and both are forwarded (never lost): the
-flow-consistent vantage rule (``vantage``) removes those duplicates for flows it can identify.
+length: ``dedup`` therefore counts a match only between a copy and the *other end's pod's* copy,
+so two pods' identical datagrams to third parties are never duplicates. TCP segments with payload
+are compared by byte range instead (``dedup``: packetization differs between vantages); the
+vantage stage uses the digest to link the two tuples of a DNAT'd connection (``vantage``).
 
 Pure: ``compute`` reads the frame through the offsets of ``PacketMeta``; no copies beyond the
 slices it hashes, no scapy. Python's ``hash`` (SipHash, per-process key) is enough: digests never

@@ -39,7 +39,9 @@ HEALTH_PRESET = "drop-health-probes"
 PROTOCOLS: Mapping[str, tuple[int, ...]] = {"tcp": (6,), "udp": (17,), "icmp": (1, 58), "sctp": (132,),
                                             "icmp6": (58,)}
 _PORTED = frozenset({6, 17, 132})
-_CACHE_LIMIT = 4096
+_CACHE_LIMIT = 512
+"""Pods whose pod-level rule matches are cached (a node runs at most a few hundred): cleared when
+full, so pods that come and go never grow it (churn of 10,000 pods: tests/kube/test_churn.py)."""
 _EGRESS, _INGRESS = Direction.EGRESS, Direction.INGRESS
 """Per-packet comparisons against module constants: an enum member read from its class costs ~0.08 us."""
 

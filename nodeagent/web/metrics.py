@@ -52,6 +52,9 @@ def _totals(s: dict[str, Any]) -> Iterator[Metric]:
         "podmirror_bytes_received_total", "Bytes of tunnel datagrams received.", s["received_bytes"]
     )
     yield _counter("podmirror_packets_forwarded_total", "Datagrams handed to the outputs.", s["forwarded"])
+    held = GaugeMetricFamily("podmirror_packets_held", "Datagrams held now for the other vantage's copy.")
+    held.add_metric([], s.get("held", 0))
+    yield held
     yield _counter("podmirror_bytes_forwarded_total", "Bytes handed to the outputs.", s["forwarded_bytes"])
     drops = CounterMetricFamily(
         "podmirror_packets_dropped_total", "Datagrams dropped, by reason.", labels=["reason"]

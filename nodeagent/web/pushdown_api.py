@@ -1,9 +1,18 @@
 """``GET /v1/pushdown?ip=<pod ip>&vni=<vni>&mode=<kernel|sniff>``: a sidecar fetches its filter.
 
-Answers ``{"version": "<opaque>", "bpf": [[code, jt, jf, k], ...] | null}`` (``nodeagent.stages.pushdown``):
-the classic BPF program the sidecar installs (non-zero: mirror the frame; null: mirror all). The
-sidecar polls and re-installs only when ``version`` changes; it adds its own tunnel exclusion.
-The reported ``mode`` is recorded (``Agent.report_mode``) and shown in ``/status`` per pod.
+Answers ``{"version": "<opaque>", "bpf": [[code, jt, jf, k], ...] | null, "tunnel": bool}``
+(``nodeagent.stages.pushdown``): the classic BPF program the sidecar installs (non-zero: mirror the
+frame; null: mirror all). The sidecar polls and re-installs only when ``version`` changes; it adds
+its own tunnel exclusion. The reported ``mode`` is recorded (``Agent.report_mode``) and shown in
+``/status`` per pod.
+
+``tunnel``: whether this agent receives the pod's tunnel, i.e. the pod is *live* as the vantage
+stage means it (a datagram within ``dedup.live`` seconds; the request's own connection is pod
+traffic, mirrored before the request is read). The sidecar's readiness probe
+(``sidecar-lite --check-tunnel``, an exec probe: it asks from the pod's own address) asks with
+``check=1`` (no ``mode``, nothing recorded) and fails when it is false: a pod's sidecar is Ready
+only while its agent receives its tunnel, which is what other nodes' agents trust before dropping
+their copies in its favour (``pods.kube``).
 
 Who is answered (the watched may be hostile, docs/threat-model.md): only the pod asking about
 itself. The request's source address must be one of the pod's addresses (an IPv4-mapped IPv6
@@ -36,6 +45,7 @@ from aiohttp import web
 from nodeagent.pods.index import PodIndex, PodInfo
 from nodeagent.settings import Settings
 from nodeagent.stages import filters, pushdown
+from nodeagent.stats import Stats
 
 PATH = "/v1/pushdown"
 _CACHE_LIMIT = 1024
@@ -47,6 +57,7 @@ log = logging.getLogger(__name__)
 class PushdownHost(Protocol):
     settings: Settings
     pods: PodIndex
+    stats: Stats
 
     def add_task(self, name: str, factory: Any) -> None: ...
 
@@ -85,6 +96,7 @@ class PushdownServer:
         self.refused = dict.fromkeys(REASONS, 0)
         self._filters = filters.compile(agent.settings.filters)
         self._enabled = agent.settings.filters.pushdown
+        self._live = agent.settings.dedup.live
         self._cache: dict[str, pushdown.PushdownPlan] = {}
 
     def make_app(self) -> web.Application:
@@ -119,7 +131,8 @@ class PushdownServer:
             vni = int(vni_text, 0)
         except ValueError:
             return self._refuse("bad_request", "ip must be an IP address and vni an integer")
-        if mode not in pushdown.MODES:
+        check = query.get("check") == "1"  # the readiness probe: no mode to record
+        if mode not in pushdown.MODES and not (check and not mode):
             return self._refuse("bad_request", f"mode must be one of {', '.join(pushdown.MODES)}")
         pod = self._agent.pods.sender(ip)
         source = source_address(request.remote)
@@ -129,9 +142,14 @@ class PushdownServer:
             return self._refuse("not_the_pod", f"a pod may ask only about itself, not from {source}")
         if pod is None or pod.vni != vni:
             return self._refuse("unknown_pod", f"{ip} with VNI {vni} is not a monitored pod on this node")
-        self._agent.report_mode(pod.key, mode)
+        if not check:
+            self._agent.report_mode(pod.key, mode)
         self.answered += 1
-        return web.json_response(self._plan(pod).as_json())
+        return web.json_response(self._plan(pod).as_json() | {"tunnel": self._tunnel(pod.key)})
+
+    def _tunnel(self, key: str) -> bool:
+        seen = self._agent.stats.last_seen(key)
+        return seen is not None and asyncio.get_running_loop().time() - seen <= self._live
 
     def _plan(self, pod: PodInfo) -> pushdown.PushdownPlan:
         if not self._enabled:

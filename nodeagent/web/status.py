@@ -5,7 +5,7 @@ runs it with ``AppRunner(handle_signals=False)`` so that the agent, not aiohttp,
 Extra routes (``Route`` tuples) come from other parts of the agent, e.g. the push-down endpoint.
 
 ``/status`` is built by the source in one synchronous call on the loop thread, so the invariant
-``received == forwarded + sum(drops)`` holds in every response. ``drops`` holds the pipeline's
+``received == forwarded + sum(drops) + held`` holds in every response. ``drops`` holds the pipeline's
 reasons (``verdict.Drop``); what each output lost after that is under ``outputs.<name>.dropped``
 (``verdict.OutputDrop``), so no reason is listed twice or where nothing can emit it.
 """

@@ -23,6 +23,9 @@ What is added:
   Security Standards' "baseline", which lets no pod *add* NET_RAW, unless injected with
   ``sniff_capabilities="runtime-default"``; none meets "restricted" (root, and a capability
   added). ``tests/kube/test_pod_security.py`` checks each against the injected spec.
+- a readiness probe, ``sidecar-lite --check-tunnel``: the container is Ready only while the pod's
+  agent receives its tunnel; agents on other nodes count the pod as a monitored peer only then
+  (``pods.kube``). The trade-off: the pod itself is Ready only while mirroring works.
 - the label ``podmirror.io/monitored=true``: the agent's watch selects on it (labels can be
   selected server-side, annotations cannot).
 - with ``podmirror.io/containers: a,b``: containers share the pod's network namespace, so a
@@ -44,9 +47,10 @@ from nodeagent.pods.kube import (
     MONITOR_ANNOTATION,
     MONITORED_LABEL,
     PORTS_ANNOTATION,
+    SIDECAR_CONTAINER,
 )
 
-SIDECAR_NAME = "podmirror-sidecar"
+SIDECAR_NAME = SIDECAR_CONTAINER
 MODES = ("auto", "kernel", "sniff")
 CAPABILITY = {"kernel": "NET_ADMIN", "sniff": "NET_RAW", "auto": "NET_RAW"}
 """The one capability each mode keeps (``auto`` as injected has no NET_ADMIN, so it sniffs)."""
@@ -58,6 +62,10 @@ nothing) leaves a sniffer exactly NET_RAW on those runtimes while the pod stays 
 Pod Security Standards' "baseline", which forbids *adding* NET_RAW (CRI-O's default set lacks
 NET_RAW: there, only ``add`` works)."""
 Obj = dict[str, Any]
+READINESS_PROBE: Obj = {"exec": {"command": ["sidecar-lite", "--check-tunnel"]},
+                        "initialDelaySeconds": 3, "periodSeconds": 10, "timeoutSeconds": 5,
+                        "failureThreshold": 3}
+"""Ready only while the pod's agent receives its tunnel (``pods.kube``: other nodes trust that)."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -143,7 +151,7 @@ def sidecar_container(config: InjectConfig, mode: str) -> Obj:
                 {"name": "PODMIRROR_AGENT_NAMESPACE", "value": config.agent_namespace}]
     return {"name": SIDECAR_NAME, "image": config.image, "command": ["sidecar-lite"], "env": env,
             "resources": {"requests": dict(config.requests), "limits": dict(config.limits)},
-            "securityContext": security}
+            "readinessProbe": copy.deepcopy(READINESS_PROBE), "securityContext": security}
 
 
 def selected_ports(spec: Mapping[str, Any], names: str) -> tuple[str, list[str]]:

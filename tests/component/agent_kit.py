@@ -24,6 +24,9 @@ from tests.waiting import wait_for
 MAC1, MAC2 = "02:00:00:00:00:01", "02:00:00:00:00:02"
 KNOWN, UNKNOWN = "127.0.0.1", "127.0.0.2"
 """Tunnel sources: the known sender and an address no sender has (both loopback)."""
+POD_IP = "10.0.0.5"
+"""The known sender's address inside its frames: the pod is declared with both (``127.0.0.1+10.0.0.5``,
+its tunnel comes from loopback), so its frames are its own, not foreign."""
 
 
 def make_settings(tmp_path: Any = None, **groups: Any) -> Settings:
@@ -31,7 +34,7 @@ def make_settings(tmp_path: Any = None, **groups: Any) -> Settings:
         "listen": {"host": "127.0.0.1", "port": 0},
         "status": {"host": "127.0.0.1", "port": 0},
         "pushdown": {"host": "127.0.0.1", "port": 0},
-        "senders": [f"{KNOWN},5,default/web"],
+        "senders": [f"{KNOWN}+{POD_IP},5,default/web"],
         "dedup": {"enabled": False},
         "cutoff": {"enabled": False},
         "log": {"drop_interval": 60},

@@ -63,7 +63,7 @@ def test_sigterm_flushes_the_pcap_and_exits_0(tmp_path):
         "--pushdown",
         "127.0.0.1:0",
         "--sender",
-        f"{KNOWN},5,default/web",
+        f"{KNOWN}+10.0.0.5,5,default/web",
         "--sender",
         "10.0.0.6,auto,default/db",
         "--pcap-dir",
@@ -95,7 +95,8 @@ def test_sigterm_flushes_the_pcap_and_exits_0(tmp_path):
 
 def test_config_file_with_flag_overrides(tmp_path):
     config = tmp_path / "agent.yaml"
-    config.write_text(f"listen: 127.0.0.1:1\nstatus: 127.0.0.1:0\nsenders: ['{KNOWN},7,default/web']\n")
+    config.write_text("listen: 127.0.0.1:1\nstatus: 127.0.0.1:0\n"
+                      f"senders: ['{KNOWN}+10.0.0.5,7,default/web']\n")
     proc = _start("--config", str(config), "--listen", "127.0.0.1:0")
     try:
         port, address = _addresses(proc)
@@ -123,7 +124,7 @@ def test_config_file_with_flag_overrides(tmp_path):
             "senders[0].name is required",
         ),
         ("listen: {port: 70000}\n", [], "listen.port must be in 0..65535"),
-        ("", ["--sender", "10.0.0.5,5"], "senders[0] must be IP,VNI,NAMESPACE/NAME"),
+        ("", ["--sender", "10.0.0.5,5"], "senders[0] must be IP[+IP...],VNI,NAMESPACE/NAME"),
         ("", ["--sensor", "sensor.local"], "outputs.sensors[0] must be an IP address"),
         ("", ["--listen", "127.0.0.1:port"], "--listen has a bad port"),
         ("- a list\n", [], "--config must hold a mapping"),

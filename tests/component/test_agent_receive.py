@@ -12,6 +12,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from tests.books import assert_balanced, balances
 from tests.component.agent_kit import (
     KNOWN,
+    POD_IP,
     UNKNOWN,
     get_status,
     http_get,
@@ -66,7 +67,7 @@ async def test_status_invariant_holds_while_traffic_flows():
 
 
 async def test_known_senders_are_listed_before_their_first_packet_and_mode_is_shown():
-    settings = make_settings(senders=[f"{KNOWN},5,default/web", "10.0.0.6,6,default/db"])
+    settings = make_settings(senders=[f"{KNOWN}+{POD_IP},5,default/web", "10.0.0.6,6,default/db"])
     async with running(settings) as agent:
         agent.report_mode("default/db", "sniff")
         status = await get_status(agent)
@@ -111,7 +112,7 @@ async def test_health_and_readiness():
 
 
 async def test_ipv6_listener_accepts_an_ipv6_sender():
-    settings = make_settings(listen="[::1]:0", senders=["::1,9,default/v6"])
+    settings = make_settings(listen="[::1]:0", senders=["::1+10.0.0.5,9,default/v6"])
     async with running(settings) as agent:
         sock = socket.socket(socket.AF_INET6, socket.SOCK_DGRAM)
         from nodeagent.wire import vxlan

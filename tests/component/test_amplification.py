@@ -92,8 +92,9 @@ def frames_per_sport(directory: Path) -> Counter[int]:
 
 async def through_agent(tmp_path: Path, datagrams: dict[int, bytes], **groups: Any) -> tuple[
         Counter[int], dict[str, Any]]:
-    settings = make_settings(outputs={"pcap": {"dir": str(tmp_path)}}, senders=[f"{KNOWN},5,shop/web"],
-                             **groups)
+    # The pod's own addresses are the frames' sources (a sender speaks only for itself).
+    settings = make_settings(outputs={"pcap": {"dir": str(tmp_path)}},
+                             senders=[f"{KNOWN}+{POD}+{POD6},5,shop/web"], **groups)
     async with running(settings) as agent:
         sock = sender(KNOWN)
         for frame in datagrams.values():

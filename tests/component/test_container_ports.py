@@ -14,6 +14,7 @@ from tests import cbpf_reference
 from tests.books import assert_balanced
 from tests.component.agent_kit import (
     KNOWN,
+    POD_IP,
     get_status,
     http_get,
     make_settings,
@@ -30,7 +31,8 @@ PEER = "10.0.0.9"
 
 
 def tcp_from_pod(sport: int, seq: int) -> bytes:
-    return tcp_frame(src=KNOWN, dst=PEER, sport=sport, dport=40000, seq=seq, flags="A")
+    """A pure ACK: dedup keeps its digest (a segment with payload would be one byte range)."""
+    return tcp_frame(b"", src=KNOWN, dst=PEER, sport=sport, dport=40000, seq=seq, flags="A")
 
 
 def samples(text: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
@@ -42,7 +44,9 @@ def samples(text: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
 
 
 async def test_selected_ports_at_the_agent_in_the_push_down_and_in_metrics() -> None:
-    settings = make_settings(senders=[f"{KNOWN},5,default/web,8080"],
+    # A second sender on the node: with one monitored pod no copy can have a twin and the vantage
+    # stage spares content dedup its bookkeeping; here its table and evictions are what is shown.
+    settings = make_settings(senders=[f"{KNOWN}+{POD_IP},5,default/web,8080", "10.0.0.6,6,default/db"],
                              dedup={"enabled": True, "capacity": 4, "window": 5})
     async with running(settings) as agent:
         code, body = await fetch(agent, f"ip={KNOWN}&vni=5&mode=sniff")

@@ -72,7 +72,8 @@ async def test_sidecar_gets_a_program_and_its_mode_is_recorded() -> None:
     settings = make_settings(senders=[f"{KNOWN},5,default/web"], filters=RULES)
     async with running(settings) as agent:
         code, body = await fetch(agent, f"ip={KNOWN}&vni=5&mode=kernel")
-        assert code == 200 and set(body) == {"version", "bpf"}
+        assert code == 200 and set(body) == {"version", "bpf", "tunnel"}
+        assert body["tunnel"] is False  # nothing received from the pod yet
         program = cbpf.parse(body["bpf"], cbpf.MAX_PUSHED_INSNS)  # the sidecar's intake
         dns = udp_frame(src=KNOWN, dst="10.96.0.10", dport=53)
         ntp = udp_frame(src=KNOWN, dst="10.96.0.10", dport=123)
@@ -87,6 +88,11 @@ async def test_sidecar_gets_a_program_and_its_mode_is_recorded() -> None:
         await wait_for(lambda: agent.stats.total.received == 1, what="one datagram")
         sock.close()
         assert (await get_status(agent))["drops"]["filtered"] == 1
+        # The readiness probe's question: no mode, nothing recorded, the tunnel now received.
+        code, probe = await fetch(agent, f"ip={KNOWN}&vni=5&check=1")
+        assert code == 200 and probe["tunnel"] is True
+        assert (await get_status(agent))["pods"]["default/web"]["mode"] == "kernel"
+        assert (await fetch(agent, f"ip={KNOWN}&vni=5"))[0] == 400  # a poll without a mode
 
 
 async def test_no_rules_is_null_and_bad_queries_are_rejected() -> None:

@@ -20,7 +20,7 @@ from nodeagent.verdict import Forward
 from nodeagent.wire import vxlan
 from tests.books import assert_balanced
 
-POD = PodInfo(ip="127.0.0.1", vni=7, namespace="default", name="web")
+POD = PodInfo(ip="127.0.0.1", vni=7, namespace="default", name="web", ips=("10.0.0.1",))
 
 
 class _ExplodesOnTcp:
@@ -28,7 +28,7 @@ class _ExplodesOnTcp:
 
     evictions = 0
 
-    def apply(self, meta, frame, now):  # type: ignore[no-untyped-def]
+    def apply(self, meta, frame, vantage, now):  # type: ignore[no-untyped-def]
         if meta.proto == 6:
             raise RuntimeError("bug in a stage")
         return 0
@@ -49,7 +49,7 @@ async def test_a_raising_datagram_is_counted_and_the_next_ones_still_processed(
     pipeline = Pipeline(pods=PodIndex([POD]), stats=stats, cutoff=_ExplodesOnTcp())  # type: ignore[arg-type]
     forwarded: list[Forward] = []
     receiver = Receiver(ListenSettings(host="127.0.0.1", port=0, recvmmsg=recvmmsg), pipeline,
-                        forwarded.append, DropLog(60.0))
+                        forwarded.append, DropLog(60.0), stats)
     receiver.start(asyncio.get_running_loop())
     tx = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
     try:
@@ -64,6 +64,7 @@ async def test_a_raising_datagram_is_counted_and_the_next_ones_still_processed(
         assert snap["received"] == 5 and snap["forwarded"] == 3 and len(forwarded) == 3
         assert snap["drops"]["internal_error"] == 2
         assert_balanced(snap)
+        assert snap["pipeline_received"] == 5
         tracebacks = [r for r in caplog.records if r.exc_info]
         assert len(tracebacks) == 1, "one traceback per interval, each failure counted"
     finally:

@@ -232,15 +232,27 @@ def _status(code: int, message: str) -> Obj:
 
 def pod(name: str, *, ip: str | None = None, node: str = "node-a", namespace: str = "default",
         labels: Mapping[str, str] | None = None, annotations: Mapping[str, str] | None = None,
-        phase: str = "Running") -> Obj:
-    """A minimal Pod object as the API serves it."""
+        phase: str = "Running", sidecar: bool | None = None, sidecar_ready: bool = True) -> Obj:
+    """A minimal Pod object as the API serves it.
+
+    ``sidecar`` (None: as the webhook does, with the monitored label or annotation): the injected
+    container, with its status ``ready`` as ``sidecar_ready`` once the pod has an IP."""
+    labels, annotations = dict(labels or {}), dict(annotations or {})
+    if sidecar is None:
+        sidecar = (labels.get("podmirror.io/monitored") == "true"
+                   or annotations.get("podmirror.io/monitor") == "true")
+    containers = [{"name": "app", "image": "app"}]
+    if sidecar:
+        containers.append({"name": "podmirror-sidecar", "image": "podmirror"})
     obj: Obj = {
         "apiVersion": "v1", "kind": "Pod",
-        "metadata": {"name": name, "namespace": namespace, "labels": dict(labels or {}),
-                     "annotations": dict(annotations or {})},
-        "spec": {"nodeName": node, "containers": [{"name": "app", "image": "app"}]},
+        "metadata": {"name": name, "namespace": namespace, "labels": labels, "annotations": annotations},
+        "spec": {"nodeName": node, "containers": containers},
         "status": {"phase": phase},
     }
     if ip:
         obj["status"]["podIP"] = ip
+        obj["status"]["containerStatuses"] = [
+            {"name": c["name"], "image": c["image"], "imageID": "", "restartCount": 0,
+             "ready": c["name"] != "podmirror-sidecar" or sidecar_ready} for c in containers]
     return obj

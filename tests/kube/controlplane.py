@@ -117,6 +117,28 @@ class ControlPlane:
         self._procs.clear()
 
 
+def running_pod(name: str, node: str, labels: dict[str, str] | None = None,
+                annotations: dict[str, str] | None = None, *, sidecar: bool | None = None) -> dict[str, Any]:
+    """A pod bound to ``node``; ``sidecar`` (None: when labelled monitored, as the webhook does)
+    adds the injected container."""
+    if sidecar is None:
+        sidecar = (labels or {}).get("podmirror.io/monitored") == "true"
+    containers = [{"name": "app", "image": "app"}]
+    if sidecar:
+        containers.append({"name": "podmirror-sidecar", "image": "podmirror"})
+    return {"apiVersion": "v1", "kind": "Pod",
+            "metadata": {"name": name, "labels": labels or {}, "annotations": annotations or {}},
+            "spec": {"nodeName": node, "containers": containers}}
+
+
+def running_status(pod: dict[str, Any], ip: str) -> dict[str, Any]:
+    """What kubelet would report: Running with ``ip``, every container Ready."""
+    statuses = [{"name": c["name"], "ready": True, "restartCount": 0, "image": c["image"], "imageID": "",
+                 "state": {"running": {}}} for c in pod["spec"]["containers"]]
+    return {"status": {"phase": "Running", "podIP": ip, "podIPs": [{"ip": ip}],
+                       "containerStatuses": statuses}}
+
+
 def create_running_pod(core: Any, namespace: str, name: str, *, node: str, ip: str,
                        labels: dict[str, str] | None = None,
                        annotations: dict[str, str] | None = None) -> None:
@@ -125,12 +147,9 @@ def create_running_pod(core: Any, namespace: str, name: str, *, node: str, ip: s
     ``core`` is a ``kubernetes.client.CoreV1Api``. The status subresource is patched through the
     client because ``kubectl patch --subresource=status`` needs kubectl >= 1.24.
     """
-    core.create_namespaced_pod(namespace, {
-        "apiVersion": "v1", "kind": "Pod",
-        "metadata": {"name": name, "labels": labels or {}, "annotations": annotations or {}},
-        "spec": {"nodeName": node, "containers": [{"name": "app", "image": "app"}]}})
-    core.patch_namespaced_pod_status(name, namespace, {"status": {
-        "phase": "Running", "podIP": ip, "podIPs": [{"ip": ip}]}})
+    pod = running_pod(name, node, labels, annotations)
+    core.create_namespaced_pod(namespace, pod)
+    core.patch_namespaced_pod_status(name, namespace, running_status(pod, ip))
 
 
 @contextlib.contextmanager

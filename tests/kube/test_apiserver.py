@@ -174,8 +174,7 @@ def test_server_dry_run_accepts_every_manifest_and_drops_only_known_fields(
 
 
 def _pod(name: str, node: str, labels: dict[str, str]) -> dict[str, Any]:
-    return {"apiVersion": "v1", "kind": "Pod", "metadata": {"name": name, "labels": labels},
-            "spec": {"nodeName": node, "containers": [{"name": "app", "image": "app"}]}}
+    return controlplane.running_pod(name, node, labels)
 
 
 async def test_watcher_follows_real_list_and_watch_as_the_agent_account(
@@ -186,9 +185,9 @@ async def test_watcher_follows_real_list_and_watch_as_the_agent_account(
         core.create_namespace({"metadata": {"name": "watched"}})
 
         def create(name: str, node: str, ip: str, labels: dict[str, str]) -> None:
-            core.create_namespaced_pod("watched", _pod(name, node, labels))
-            core.patch_namespaced_pod_status(name, "watched", {"status": {"podIP": ip, "phase": "Running",
-                                                                          "podIPs": [{"ip": ip}]}})
+            pod = _pod(name, node, labels)
+            core.create_namespaced_pod("watched", pod)
+            core.patch_namespaced_pod_status(name, "watched", controlplane.running_status(pod, ip))
 
         await asyncio.to_thread(create, "before", "node-a", "10.0.0.1", mon)
         agent_conf = installed.kubeconfig_for(controlplane.SERVICE_ACCOUNTS[AGENT], "agent")

@@ -52,6 +52,8 @@ def test_annotated_pod_gets_sidecar_label_env_and_a_valid_spec() -> None:
     assert security["seccompProfile"] == {"type": "RuntimeDefault"}
     assert security["allowPrivilegeEscalation"] is False and security["privileged"] is False
     assert container["resources"]["limits"] == {"cpu": "200m", "memory": "64Mi"}
+    # Ready only while the pod's agent receives its tunnel: what other nodes' agents trust.
+    assert container["readinessProbe"]["exec"]["command"] == ["sidecar-lite", "--check-tunnel"]
     validate(pod)
 
 

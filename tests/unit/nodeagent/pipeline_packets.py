@@ -13,8 +13,17 @@ from scapy.layers.inet6 import IPv6
 from scapy.layers.l2 import ARP, Dot1Q, Ether
 from scapy.packet import Packet, Raw
 
-from nodeagent.pods.index import PodInfo
+from nodeagent.pipeline import Pipeline
+from nodeagent.pods.index import PodIndex, PodInfo
+from nodeagent.settings import load
+from nodeagent.stages import filters
+from nodeagent.stages.cutoff import Cutoff
+from nodeagent.stages.dedup import DedupWindow
+from nodeagent.stages.vantage import Vantage
+from nodeagent.stats import Stats
+from nodeagent.verdict import Forward, Released, Verdict
 from nodeagent.wire import headers, vxlan
+from tests.books import balances
 
 CLIENT_IP, SERVER_IP, VIP, NODE_IP, REMOTE_IP = "10.0.0.5", "10.0.0.9", "10.96.0.10", "10.0.0.1", "10.1.0.7"
 CLIENT = PodInfo(CLIENT_IP, 5, "shop", "client", labels={"app": "client"})
@@ -76,3 +85,40 @@ def meta(frame: bytes | Packet) -> headers.PacketMeta:
 
 def datagram(frame: bytes | Packet, pod: PodInfo) -> bytes:
     return vxlan.encode(pod.vni, bytes(frame))
+
+
+def make_vantage(pods: PodIndex, stats: Stats, **kw: Any) -> Vantage:
+    return Vantage(pods=pods, last_seen=stats.last_seen, **kw)
+
+
+def make_pipeline(*pods: PodInfo, rules: list[dict[str, Any]] | None = None, cutoff: Cutoff | None = None,
+                  window: float = 0.05, **vantage: Any) -> tuple[Pipeline, Stats]:
+    """The agent's pipeline (vantage, filters, dedup; cutoff when given) over ``pods``."""
+    stats, index = Stats(), PodIndex(pods)
+    fs = filters.compile(load({"filters": {"rules": rules or []}}).filters) if rules else None
+    return Pipeline(pods=index, stats=stats, vantage=make_vantage(index, stats, **vantage), filters=fs,
+                    dedup=DedupWindow(window=window, capacity=10_000), cutoff=cutoff), stats
+
+
+def feed(pipeline: Pipeline, stats: Stats, frame: bytes | Packet, pod: PodInfo, now: float,
+         source: str | None = None) -> Verdict:
+    """What the receiver does with one datagram: count it as read, then process it."""
+    data = datagram(frame, pod)
+    stats.read(len(data))
+    return pipeline.process(data, source or pod.ip, now)
+
+
+def forwards(verdict: object) -> list[Forward]:
+    """The packets a verdict hands to the outputs now."""
+    if isinstance(verdict, Forward):
+        return [verdict]
+    if isinstance(verdict, Released):
+        return list(verdict.forwards)
+    return []
+
+
+def balanced(stats: Stats) -> bool:
+    """``tests.books``' identity (held included, the receiver's count equal to the pipeline's)."""
+    snap = stats.snapshot()
+    pods = all(balances(p) for p in snap["pods"].values())
+    return pods and balances(snap) and snap["received"] == snap["pipeline_received"]

@@ -11,10 +11,9 @@ from scapy.layers.inet6 import ICMPv6EchoRequest, ICMPv6PacketTooBig, IPv6
 from scapy.layers.l2 import ARP
 
 from nodeagent.pipeline import Pipeline
-from nodeagent.pods.index import PodIndex, PodInfo
+from nodeagent.pods.index import PodInfo
 from nodeagent.settings import ConfigError, PeerSettings, SenderSettings, load
 from nodeagent.stages import containers, filters, pushdown
-from nodeagent.stages.vantage import Vantage
 from nodeagent.stats import Stats
 from nodeagent.verdict import Direction, Drop, Forward
 from sidecar_lite import cbpf
@@ -27,8 +26,9 @@ from tests.unit.nodeagent.pipeline_packets import (
     REMOTE_IP,
     SERVER,
     SERVER_IP,
-    datagram,
     eth,
+    feed,
+    make_pipeline,
     meta,
     tcp,
     udp,
@@ -93,36 +93,36 @@ def test_peer_sees_only_its_selected_ports() -> None:
 
 
 def pipeline(*pods: PodInfo) -> tuple[Pipeline, Stats]:
-    stats = Stats()
-    return Pipeline(pods=PodIndex(pods), stats=stats, vantage=Vantage()), stats
+    return make_pipeline(*pods)
 
 
 def test_pipeline_drops_other_containers_traffic_and_accounts_for_it() -> None:
     pipe, stats = pipeline(CLIENT, WEB)
-    kept = pipe.process(datagram(tcp(OUTSIDE, SERVER_IP, dport=8080), WEB), SERVER_IP, 1.0)
-    dropped = pipe.process(datagram(tcp(OUTSIDE, SERVER_IP, dport=9090), WEB), SERVER_IP, 1.0)
+    kept = feed(pipe, stats, tcp(OUTSIDE, SERVER_IP, dport=8080), WEB, 1.0)
+    dropped = feed(pipe, stats, tcp(OUTSIDE, SERVER_IP, dport=9090), WEB, 1.0)
     assert isinstance(kept, Forward)
     assert dropped == Drop.OTHER_CONTAINER
     snap = stats.snapshot()
     assert snap["drops"]["other_container"] == 1
     assert_balanced(snap)
+    assert snap["received"] == 2
 
 
 def test_a_flow_the_restricted_peer_does_not_forward_is_kept_by_the_other_vantage() -> None:
     """The selected pod opens a connection from an ephemeral port to the whole-pod client's port 80:
     its own copy is another container's traffic, so the client's copy must be kept although
     the vantage rule (client side) would otherwise choose the other end."""
-    pipe, _ = pipeline(CLIENT, WEB)
+    pipe, stats = pipeline(CLIENT, WEB)
     syn = tcp(SERVER_IP, CLIENT_IP, sport=41000, dport=80, flags="S")
-    assert pipe.process(datagram(syn, WEB), SERVER_IP, 1.0) == Drop.OTHER_CONTAINER
-    assert isinstance(pipe.process(datagram(syn, CLIENT), CLIENT_IP, 1.0), Forward)
+    assert feed(pipe, stats, syn, WEB, 1.0) == Drop.OTHER_CONTAINER
+    assert isinstance(feed(pipe, stats, syn, CLIENT, 1.0), Forward)
 
 
 def test_a_flow_into_a_selected_port_is_still_kept_from_one_vantage() -> None:
-    pipe, _ = pipeline(CLIENT, WEB)
+    pipe, stats = pipeline(CLIENT, WEB)
     syn = tcp(CLIENT_IP, SERVER_IP, sport=40000, dport=8080, flags="S")
-    assert isinstance(pipe.process(datagram(syn, CLIENT), CLIENT_IP, 1.0), Forward)
-    assert pipe.process(datagram(syn, WEB), SERVER_IP, 1.0) == Drop.OTHER_VANTAGE
+    assert isinstance(feed(pipe, stats, syn, CLIENT, 1.0), Forward)
+    assert feed(pipe, stats, syn, WEB, 1.0) == Drop.OTHER_VANTAGE
 
 
 def frames() -> list[bytes]:
@@ -173,7 +173,7 @@ def test_across_nodes_a_flow_the_restricted_owner_does_not_forward_is_kept_here(
     the client rule its node would own the flow, but its agent drops it as another container's."""
     remote = dataclasses.replace(REMOTE, ports=(5432,))
     syn = tcp(REMOTE_IP, SERVER_IP, sport=41000, dport=80, flags="S")
-    pipe, _ = pipeline(SERVER, remote)
-    assert isinstance(pipe.process(datagram(syn, SERVER), SERVER_IP, 1.0), Forward)
-    pipe, _ = pipeline(SERVER, REMOTE)  # without a selection the remote node owns it
-    assert pipe.process(datagram(syn, SERVER), SERVER_IP, 1.0) == Drop.NOT_OWNER
+    pipe, stats = pipeline(SERVER, remote)
+    assert isinstance(feed(pipe, stats, syn, SERVER, 1.0), Forward)
+    pipe, stats = pipeline(SERVER, REMOTE)  # without a selection the remote node owns it
+    assert feed(pipe, stats, syn, SERVER, 1.0) == Drop.NOT_OWNER

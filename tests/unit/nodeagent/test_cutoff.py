@@ -10,8 +10,11 @@ TLS_HELLO = b"\x16\x03\x01\x00\xc8" + b"\x01" * 200
 QUIC_INITIAL = b"\xc3\x00\x00\x00\x01" + b"\x00" * 1195
 
 
-def apply(c: Cutoff, frame: bytes, now: float = 0.0) -> int:
-    return c.apply(meta(frame), frame, now)
+VANTAGE, OTHER_END = b"\x0a\x00\x00\x05", b"\x0a\x00\x00\x09"
+
+
+def apply(c: Cutoff, frame: bytes, now: float = 0.0, vantage: bytes = VANTAGE) -> int:
+    return c.apply(meta(frame), frame, vantage, now)
 
 
 def test_tls_on_a_non_standard_port_is_cut_to_headers_after_the_budget() -> None:
@@ -51,6 +54,18 @@ def test_clear_flows_are_never_cut_even_if_a_later_payload_looks_like_tls() -> N
     for i in range(5):
         frame = bytes(tcp("10.0.0.5", "10.0.0.9", seq=5000 + i, payload=TLS_HELLO))
         assert apply(c, frame) == cutoff.FORWARD
+
+
+def test_a_pods_fake_tls_hello_does_not_cut_the_other_ends_copies() -> None:
+    """Cutoff poisoning: pod 10.0.0.5 forges a TLS hello on its flow with 10.0.0.9 before the real
+    cleartext; the state is per vantage, so 10.0.0.9's copies of that flow stay whole."""
+    c = Cutoff(budget=10, after="drop")
+    forged = bytes(tcp("10.0.0.5", "10.0.0.9", dport=8080, payload=TLS_HELLO))
+    assert apply(c, forged, vantage=VANTAGE) == cutoff.FORWARD
+    clear = bytes(tcp("10.0.0.5", "10.0.0.9", dport=8080, seq=9000, payload=b"GET /secret HTTP/1.1\r\n" * 4))
+    assert apply(c, clear, vantage=VANTAGE) == cutoff.CUT  # the poisoner may do that to its own copies
+    for i in range(5):
+        assert apply(c, clear, now=i, vantage=OTHER_END) == cutoff.FORWARD  # never to the other end's
 
 
 def test_flow_state_is_bounded() -> None:

@@ -12,13 +12,22 @@ from nodeagent.pods.index import PodIndex, PodInfo
 from nodeagent.pods.kube import LOCAL, PodTable
 from nodeagent.settings import load
 from nodeagent.stages import filters, pushdown
-from nodeagent.stages.vantage import Vantage
 from nodeagent.stats import Stats
 from nodeagent.verdict import Drop, Forward
 from sidecar_lite import cbpf
 from tests import cbpf_reference
 from tests.fakes.kubeapi import pod
-from tests.unit.nodeagent.pipeline_packets import CLIENT, REMOTE, SERVER, TCP, IPv6, datagram, eth
+from tests.unit.nodeagent.pipeline_packets import (
+    CLIENT,
+    REMOTE,
+    SERVER,
+    TCP,
+    IPv6,
+    datagram,
+    eth,
+    feed,
+    make_pipeline,
+)
 
 MON = {"podmirror.io/monitored": "true"}
 CLIENT6, SERVER6, REMOTE6 = "fd00::5", "fd00::9", "fd00:1::7"
@@ -65,8 +74,8 @@ def test_removing_a_pod_leaves_an_address_another_pod_took() -> None:
 
 
 def run(pods: list[PodInfo], copies: list[tuple[bytes, PodInfo]]) -> list[object]:
-    pipe = Pipeline(pods=PodIndex(pods), stats=Stats(), vantage=Vantage())
-    return [pipe.process(datagram(frame, sender), sender.ip, 1.0) for frame, sender in copies]
+    pipe, stats = make_pipeline(*pods)
+    return [feed(pipe, stats, frame, sender, 1.0) for frame, sender in copies]
 
 
 def test_an_ipv6_flow_on_one_node_is_kept_from_the_client_side_only() -> None:

@@ -97,3 +97,31 @@ def test_silent_pods_are_those_quiet_for_the_period_since_selection_or_last_data
     seen = {"default/talks": 125.0}
     assert table.silent(seen, now=131.0, after=30.0) == ["default/mute"]
     assert table.silent(seen, now=160.0, after=30.0) == ["default/mute", "default/talks"]
+
+
+def test_a_label_alone_never_makes_a_monitored_pod() -> None:
+    """Anyone may label their pod: without the injected sidecar container it is not in the table."""
+    forged = pod("attacker", ip="10.0.0.66", labels=MON, sidecar=False)
+    assert kube.pod_info(forged, node="node-a") is None
+    assert kube.pod_info(pod("real", ip="10.0.0.5", labels=MON), node="node-a") is not None
+
+
+def test_a_peer_counts_only_while_its_sidecar_is_ready() -> None:
+    """Another node's pod: Ready is its agent saying it receives the pod's tunnel (the probe)."""
+    ready = pod("far", ip="10.0.1.5", node="node-b", labels=MON)
+    not_ready = pod("far", ip="10.0.1.5", node="node-b", labels=MON, sidecar_ready=False)
+    assert kube.pod_info(ready, node="node-a") is not None
+    assert kube.pod_info(not_ready, node="node-a") is None
+    # On its own node the agent sees the tunnel itself: readiness does not gate a sender.
+    assert kube.pod_info(not_ready, node="node-b") is not None
+    native = pod("native", ip="10.0.1.6", node="node-b", labels=MON, sidecar=False)
+    native["spec"]["initContainers"] = [{"name": "podmirror-sidecar", "restartPolicy": "Always"}]
+    native["status"]["initContainerStatuses"] = [{"name": "podmirror-sidecar", "ready": True}]
+    assert kube.pod_info(native, node="node-a") is not None
+
+
+def test_dual_stack_addresses_come_from_pod_ips() -> None:
+    raw = pod("web", ip="10.0.0.9", labels=MON)
+    raw["status"]["podIPs"] = [{"ip": "10.0.0.9"}, {"ip": "fd00::9"}]
+    info = kube.pod_info(raw, node="node-a")
+    assert info is not None and info.ips == ("fd00::9",)

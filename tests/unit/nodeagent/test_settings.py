@@ -78,7 +78,7 @@ def test_empty_file_gives_defaults(tmp_path):
         ({"outputs": {"pcap": {"max_bytes": "big"}}}, "outputs.pcap.max_bytes must be an integer"),
         ({"outputs": {"sensors": [{"host": "sensor.example"}]}}, "outputs.sensors[0].host must be an IP"),
         ({"outputs": {"sensors": [{"host": "192.0.2.1", "port": 0}]}}, "outputs.sensors[0].port must be in"),
-        ({"senders": ["10.0.0.5,5"]}, "senders[0] must be IP,VNI,NAMESPACE/NAME"),
+        ({"senders": ["10.0.0.5,5"]}, "senders[0] must be IP[+IP...],VNI,NAMESPACE/NAME"),
         ({"senders": ["10.0.0.5,5,noslash"]}, "senders[0] must be NAMESPACE/NAME"),
         ({"senders": ["10.0.0.5,99999999,a/b"]}, "senders[0].vni must be in 0..16777215"),
         ({"senders": ["10.0.0.5,five,a/b"]}, "senders[0].vni must be an integer, 0x.. or auto"),
@@ -143,3 +143,32 @@ def test_groups_are_frozen():
     s = settings.load({})
     with pytest.raises(AttributeError):
         s.listen.port = 1  # type: ignore[misc]
+
+
+def test_a_pod_is_declared_with_all_its_addresses():
+    s = settings.load({"senders": ["10.0.1.2+FD00:1::2,auto,default/web"],
+              "peers": ["10.0.2.2+fd00:2::2,default/db,5432"]})
+    assert (s.senders[0].ip, s.senders[0].ips, s.senders[0].vni) == ("10.0.1.2", ("fd00:1::2",), 258)
+    assert (s.peers[0].ip, s.peers[0].ips, s.peers[0].ports) == ("10.0.2.2", ("fd00:2::2",), (5432,))
+    mapping = {"ip": "10.0.1.2", "ips": ["fd00:1::2"], "vni": 258, "namespace": "default", "name": "web"}
+    assert settings.load({"senders": [mapping]}).senders == s.senders
+    # The VNI "auto" comes from the IPv4 address wherever it is listed.
+    assert settings.load({"senders": ["fd00:1::2+10.0.1.2,auto,default/web"]}).senders[0].vni == 258
+
+
+@pytest.mark.parametrize(
+    "data,message",
+    [
+        ({"senders": ["10.0.1.2+nope,258,a/b"]}, "senders[0].ips[0] must be an IP address"),
+        ({"senders": ["10.0.1.2+10.0.1.2,258,a/b"]}, "senders[0].ips[0] 10.0.1.2 is listed twice"),
+        ({"senders": ["fd00::1,auto,a/b"]}, "senders[0].vni auto needs an IPv4 pod address"),
+        ({"senders": ["10.0.1.2+fd00::2,258,a/b"], "peers": ["fd00::2,c/d"]},
+         "peers[0].ip fd00::2 is listed twice"),
+        ({"dedup": {"service_cidrs": ["10.96.0.0/33"]}}, "dedup.service_cidrs[0] must be a CIDR"),
+        ({"dedup": {"hold": 0}}, "dedup.hold must be in (0, 1] seconds"),
+    ],
+)
+def test_bad_addresses_and_dedup_values_name_their_field(data, message):
+    with pytest.raises(ConfigError) as info:
+        settings.load(data)
+    assert str(info.value).startswith(message)

@@ -1,4 +1,4 @@
-"""stats: totals and per-pod counters; received == forwarded + sum(drops) in every snapshot."""
+"""stats: totals and per-pod counters; received (counted on its own) == forwarded + drops + held."""
 
 from __future__ import annotations
 
@@ -12,8 +12,10 @@ from tests.books import assert_balanced
 def test_counters_add_up_in_totals_and_per_pod():
     stats = Stats()
     web = stats.pod("default/web")
+    stats.read(100)
     stats.receive(web, 100, now=1.0)
     stats.forward(web, 100)
+    stats.read(50)
     stats.receive(web, 50, now=2.0)
     stats.drop(web, Drop.DUPLICATE, 50)
     snap = stats.snapshot()
@@ -48,6 +50,36 @@ def test_snapshot_is_a_copy():
     snap = stats.snapshot()
     snap["drops"]["malformed"] = 99
     assert stats.snapshot()["drops"]["malformed"] == 0
+
+
+def test_held_packets_are_in_the_books_until_their_outcome():
+    stats = Stats()
+    web = stats.pod("default/web")
+    stats.read(10)
+    stats.receive(web, 10, now=1.0)
+    stats.hold(web, 10)
+    snap = stats.snapshot()
+    assert (snap["held"], snap["pods"]["default/web"]["held"], snap["held_bytes"]) == (1, 1, 10)
+    assert snap["received"] == snap["forwarded"] + sum(snap["drops"].values()) + snap["held"]
+    stats.unhold(web, 10)
+    stats.forward(web, 10)
+    snap = stats.snapshot()
+    assert snap["held"] == 0 and snap["forwarded"] == 1
+
+
+def test_forgetting_a_pod_keeps_the_totals_and_refuses_while_it_holds_packets():
+    stats = Stats()
+    gone = stats.pod("default/gone")
+    stats.read(10)
+    stats.receive(gone, 10, now=1.0)
+    stats.hold(gone, 10)
+    assert not stats.forget("default/gone")
+    stats.unhold(gone, 10)
+    stats.drop(gone, Drop.OTHER_VANTAGE, 10)
+    assert stats.forget("default/gone") and not stats.forget("default/gone")
+    snap = stats.snapshot()
+    assert "default/gone" not in snap["pods"] and stats.last_seen("default/gone") is None
+    assert snap["received"] == snap["pipeline_received"] == 1 and snap["drops"]["other_vantage"] == 1
 
 
 def test_the_books_check_fails_on_a_packet_that_is_not_accounted_for() -> None:

@@ -87,3 +87,39 @@ def test_unreachable_agent_keeps_the_current_program_and_logs_once(caplog: pytes
     assert poller.poll() is None and poller.poll() is None
     assert poller.current is None
     assert sum("unusable" in r.message for r in caplog.records) == 1
+
+
+def test_the_readiness_question_asks_with_check_and_no_mode() -> None:
+    url = rules.build_check_url("http://{agent_host}:9477/v1/pushdown", ip="10.1.0.5", vni=5,
+                                agent_host="10.0.0.1")
+    assert url == "http://10.0.0.1:9477/v1/pushdown?ip=10.1.0.5&vni=5&check=1"
+
+
+def test_tunnel_received_only_when_the_agent_says_so(
+        agent: tuple[http.server.HTTPServer, type[_Agent]]) -> None:
+    server, handler = agent
+    url = rules.build_check_url(f"http://127.0.0.1:{server.server_port}/v1/pushdown", ip="10.1.0.5", vni=5)
+    handler.answer = json.dumps({"version": "a", "bpf": None, "tunnel": True}).encode()
+    assert rules.tunnel_received(url) == (True, "")
+    for answer in ({"version": "a", "bpf": None, "tunnel": False}, {"version": "a", "bpf": None}, "junk"):
+        handler.answer = json.dumps(answer).encode()
+        ok, why = rules.tunnel_received(url)
+        assert not ok and "receives nothing" in why
+
+
+def test_check_tunnel_exit_codes(agent: tuple[http.server.HTTPServer, type[_Agent]], monkeypatch) -> None:
+    """``sidecar-lite --check-tunnel`` (the injected readiness probe) with the pod's environment."""
+    from sidecar_lite import cli
+
+    server, handler = agent
+    env = {"PODMIRROR_AGENT": "127.0.0.1:14789", "POD_IP": "10.1.0.5", "PODMIRROR_VNI": "auto",
+           "PODMIRROR_RULES_URL": f"http://{{agent_host}}:{server.server_port}/v1/pushdown"}
+    for key, value in env.items():
+        monkeypatch.setenv(key, value)
+    handler.answer = json.dumps({"version": "a", "bpf": None, "tunnel": True}).encode()
+    assert cli.main(["--check-tunnel"]) == 0
+    assert handler.paths[-1] == "/v1/pushdown?ip=10.1.0.5&vni=65541&check=1"
+    handler.answer = json.dumps({"version": "a", "bpf": None, "tunnel": False}).encode()
+    assert cli.main(["--check-tunnel"]) == 1
+    monkeypatch.delenv("PODMIRROR_RULES_URL")
+    assert cli.main(["--check-tunnel"]) == 2
