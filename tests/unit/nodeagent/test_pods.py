@@ -66,3 +66,17 @@ def test_removing_a_pod_gives_a_shared_address_back_to_the_pod_that_still_holds_
     assert index.by_addr(local.addr) is peer
     index.remove(peer.ip)
     assert index.by_addr(local.addr) is local and index.sender(local.ip) is local
+
+
+def test_removing_a_local_pod_gives_a_shared_source_back_to_the_other_sender():
+    from nodeagent.pods.index import PodIndex, PodInfo
+
+    first = PodInfo(ip="10.0.0.5", vni=5, namespace="shop", name="a", ips=("fd00::5",))
+    second = PodInfo(ip="10.0.0.6", vni=6, namespace="shop", name="b", ips=("fd00::5",))
+    index = PodIndex([first, second])
+    assert index.sender("fd00::5") is second
+    index.remove(second.ip)
+    import ipaddress
+
+    assert index.sender("fd00::5") is first
+    assert index.by_addr(ipaddress.ip_address("fd00::5").packed) is first
