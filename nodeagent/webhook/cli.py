@@ -12,7 +12,7 @@ import logging
 import sys
 from typing import Any
 
-from nodeagent.webhook.inject import SNIFF_CAPABILITIES, InjectConfig
+from nodeagent.webhook.inject import PULL_POLICIES, SNIFF_CAPABILITIES, InjectConfig
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -38,6 +38,8 @@ def register(subparsers: Any) -> None:
 def add_inject_options(p: argparse.ArgumentParser) -> None:
     defaults = InjectConfig()
     p.add_argument("--image", default=defaults.image, help="sidecar image")
+    p.add_argument("--image-pull-policy", choices=PULL_POLICIES,
+                   help="the sidecar's imagePullPolicy (default: Kubernetes' default for its tag)")
     p.add_argument("--agent", default=defaults.agent, help="PODMIRROR_AGENT for the sidecar (HOST:PORT)")
     p.add_argument("--rules-url", default=defaults.rules_url, help="PODMIRROR_RULES_URL")
     p.add_argument("--discovery", default=defaults.discovery, choices=["service", "node-ip", "label"])
@@ -51,6 +53,7 @@ def add_inject_options(p: argparse.ArgumentParser) -> None:
 def inject_config(args: argparse.Namespace) -> InjectConfig:
     return InjectConfig(image=args.image, agent=args.agent, rules_url=args.rules_url,
                         discovery=args.discovery, default_mode=args.mode,
+                        image_pull_policy=args.image_pull_policy,
                         sniff_capabilities=args.sniff_capabilities)
 
 
@@ -58,6 +61,12 @@ def run(args: argparse.Namespace) -> int:
     if bool(args.tls_cert) != bool(args.tls_key):
         print("nodeagent webhook: --tls-cert and --tls-key go together", file=sys.stderr)
         return 2
+    for flag, value in (("--agent", args.agent), ("--rules-url", args.rules_url)):
+        if "$(" in value:  # Kubernetes leaves $(VAR) as it is when VAR is not defined
+            print(f"nodeagent webhook: {flag} {value!r} holds an unexpanded $(VARIABLE): Kubernetes sets "
+                  "PODMIRROR_AGENT_SERVICE_* only for Services that exist when the container starts; "
+                  "create the agent Service first (the container restarts and picks it up)", file=sys.stderr)
+            return 2
     from nodeagent.webhook import server  # aiohttp, only when serving
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")

@@ -61,6 +61,7 @@ RUNTIME_DEFAULT_BUT_NET_RAW = ("AUDIT_WRITE", "CHOWN", "DAC_OVERRIDE", "FOWNER",
 nothing) leaves a sniffer exactly NET_RAW on those runtimes while the pod stays within the current
 Pod Security Standards' "baseline", which forbids *adding* NET_RAW (CRI-O's default set lacks
 NET_RAW: there, only ``add`` works)."""
+PULL_POLICIES = ("Always", "IfNotPresent", "Never")
 Obj = dict[str, Any]
 READINESS_PROBE: Obj = {"exec": {"command": ["sidecar-lite", "--check-tunnel"]},
                         "initialDelaySeconds": 3, "periodSeconds": 10, "timeoutSeconds": 5,
@@ -82,6 +83,9 @@ class InjectConfig:
     agent_label: str = "podmirror-agent"
     """With ``label`` discovery: the agent pods' ``run`` label value (``SENSOR``, docs/datapath.md)."""
     agent_namespace: str = "podmirror"
+    image_pull_policy: str | None = None
+    """The sidecar's ``imagePullPolicy`` (``Never`` for an image imported into the node, as
+    ``deploy/overlays/local``); None leaves Kubernetes' default."""
     default_mode: str = "auto"
     sniff_capabilities: str = "add"
     """``add``: sniff and auto drop ALL and add NET_RAW (any runtime; Pod Security "privileged" under
@@ -99,6 +103,9 @@ class InjectConfig:
         if self.sniff_capabilities not in SNIFF_CAPABILITIES:
             raise ValueError(f"sniff capabilities must be one of {SNIFF_CAPABILITIES}, "
                              f"not {self.sniff_capabilities!r}")
+        if self.image_pull_policy not in (None, *PULL_POLICIES):
+            raise ValueError(f"image pull policy must be one of {PULL_POLICIES}, "
+                             f"not {self.image_pull_policy!r}")
 
 
 def wants_injection(pod: Mapping[str, Any], namespace: str, *, namespace_enabled: bool,
@@ -149,9 +156,12 @@ def sidecar_container(config: InjectConfig, mode: str) -> Obj:
     if config.discovery == "label":
         env += [{"name": "SENSOR", "value": config.agent_label},
                 {"name": "PODMIRROR_AGENT_NAMESPACE", "value": config.agent_namespace}]
-    return {"name": SIDECAR_NAME, "image": config.image, "command": ["sidecar-lite"], "env": env,
-            "resources": {"requests": dict(config.requests), "limits": dict(config.limits)},
-            "readinessProbe": copy.deepcopy(READINESS_PROBE), "securityContext": security}
+    container: Obj = {"name": SIDECAR_NAME, "image": config.image, "command": ["sidecar-lite"], "env": env,
+                      "resources": {"requests": dict(config.requests), "limits": dict(config.limits)},
+                      "readinessProbe": copy.deepcopy(READINESS_PROBE), "securityContext": security}
+    if config.image_pull_policy:
+        container["imagePullPolicy"] = config.image_pull_policy
+    return container
 
 
 def selected_ports(spec: Mapping[str, Any], names: str) -> tuple[str, list[str]]:

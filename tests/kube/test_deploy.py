@@ -21,7 +21,7 @@ from tests.kube.patching import validate
 ROOT = pathlib.Path(__file__).resolve().parents[2]
 KUSTOMIZATIONS = ["deploy", "deploy/base", "deploy/example", "deploy/overlays/zeek",
                   "deploy/overlays/cert-manager", "deploy/overlays/label-discovery",
-                  "deploy/overlays/capture"]
+                  "deploy/overlays/capture", "deploy/overlays/local"]
 CRD_GROUPS = ("cert-manager.io/",)
 """Custom resources: no schema in kubernetes-validate; their fields are checked below instead."""
 pytestmark = pytest.mark.skipif(shutil.which("kubectl") is None,
@@ -92,7 +92,7 @@ def test_agent_service_is_node_local_with_tunnel_and_status_ports() -> None:
     (webhook,) = find(build("deploy/base"), "Deployment", "podmirror-webhook")["spec"]["template"]["spec"][
         "containers"]
     rules_url = webhook["args"][webhook["args"].index("--rules-url") + 1]
-    assert rules_url.endswith(":9476/v1/pushdown")   # the sidecars' URL is the push-down listener
+    assert rules_url.endswith("PORT_PUSHDOWN)/v1/pushdown")   # the sidecars' URL: the push-down port
 
 
 def test_webhook_can_never_block_pods_and_skips_system_namespaces() -> None:
@@ -194,4 +194,55 @@ def test_cert_manager_overlay_serves_the_issued_secret_and_drops_the_patch_grant
     assert annotations["cert-manager.io/inject-ca-from"] == "podmirror/podmirror-webhook"
     (webhook,) = find(objs, "Deployment", "podmirror-webhook")["spec"]["template"]["spec"]["containers"]
     assert "--tls-cert" in webhook["args"] and "--webhook-config" not in webhook["args"]
-    assert webhook["volumeMounts"][0]["mountPath"] + "/tls.crt" in webhook["args"]
+    mounts = {m["name"]: m["mountPath"] for m in webhook["volumeMounts"]}
+    assert mounts["tls"] + "/tls.crt" in webhook["args"] and mounts["tmp"] == "/tmp"
+
+
+def test_webhook_has_a_memory_tmp_for_its_certificate_with_a_read_only_root() -> None:
+    """Found on a real node: with readOnlyRootFilesystem the webhook could not write the serving
+    certificate Python's ssl needs as files ("No usable temporary directory found")."""
+    pod = find(build("deploy/base"), "Deployment", "podmirror-webhook")["spec"]["template"]["spec"]
+    (webhook,) = pod["containers"]
+    assert webhook["securityContext"]["readOnlyRootFilesystem"] is True
+    mounts = {m["name"]: m["mountPath"] for m in webhook["volumeMounts"]}
+    volumes = {v["name"]: v for v in pod["volumes"]}
+    assert mounts["tmp"] == "/tmp" and volumes["tmp"]["emptyDir"]["medium"] == "Memory"
+
+
+def _arg(args: list[str], flag: str) -> str:
+    return args[args.index(flag) + 1]
+
+
+@pytest.mark.parametrize("path", ["deploy/base", "deploy/overlays/cert-manager", "deploy/overlays/local"])
+def test_webhook_gives_sidecars_the_agent_service_address_without_dns(path: str) -> None:
+    """The sidecar's agent is the agent Service's ClusterIP and ports, from the variables Kubernetes
+    sets in the webhook's container for the Services of its namespace: no cluster DNS needed (the
+    local cluster has none). The variables must name the Service and its ports as they are."""
+    objs = build(path)
+    svc = find(objs, "Service", "podmirror-agent")
+    deployment = find(objs, "Deployment", "podmirror-webhook")
+    assert deployment["metadata"]["namespace"] == svc["metadata"]["namespace"]
+    (webhook,) = deployment["spec"]["template"]["spec"]["containers"]
+    prefix = svc["metadata"]["name"].upper().replace("-", "_") + "_SERVICE_"
+    ports = {p["name"].upper(): p["port"] for p in svc["spec"]["ports"]}
+    assert _arg(webhook["args"], "--agent") == f"$({prefix}HOST):$({prefix}PORT_TUNNEL)"
+    assert _arg(webhook["args"], "--rules-url") == f"http://{{agent_host}}:$({prefix}PORT_PUSHDOWN)/v1/pushdown"
+    assert ports == {"TUNNEL": 14789, "STATUS": 9477, "PUSHDOWN": 9476}
+    assert deployment["spec"]["template"]["spec"].get("enableServiceLinks", True) is True
+
+
+def test_local_overlay_is_the_base_with_the_local_image_never_pulled() -> None:
+    base, local = build("deploy/base"), build("deploy/overlays/local")
+    assert {(o["kind"], o["metadata"]["name"]) for o in local} == {
+        (o["kind"], o["metadata"]["name"]) for o in base}
+    containers = [c for o in local if o["kind"] in ("DaemonSet", "Deployment")
+                  for c in o["spec"]["template"]["spec"]["containers"]]
+    assert {(c["image"], c["imagePullPolicy"]) for c in containers} == {("podmirror:dev", "Never")}
+    (webhook,) = find(local, "Deployment", "podmirror-webhook")["spec"]["template"]["spec"]["containers"]
+    assert _arg(webhook["args"], "--image") == "podmirror:dev"
+    assert _arg(webhook["args"], "--image-pull-policy") == "Never"
+    # Kubernetes 1.20 (scripts/cluster.sh) does not know the field: kubectl's validation refuses it.
+    svc = find(local, "Service", "podmirror-agent")
+    assert "internalTrafficPolicy" not in svc["spec"]
+    assert {k: v for k, v in find(base, "Service", "podmirror-agent")["spec"].items()
+            if k != "internalTrafficPolicy"} == svc["spec"]

@@ -155,3 +155,10 @@ def test_injected_environment_is_what_the_sidecar_parses(discovery: str) -> None
     if discovery == "label":
         assert (parsed.label_key, parsed.label_value, parsed.agent_namespace) == (
             "run", "podmirror-agent", "podmirror")  # the label the agent DaemonSet's pods carry
+
+
+def test_image_pull_policy_is_written_only_when_configured() -> None:
+    assert "imagePullPolicy" not in sidecar_container(InjectConfig(), "sniff")
+    assert sidecar_container(InjectConfig(image_pull_policy="Never"), "kernel")["imagePullPolicy"] == "Never"
+    with pytest.raises(ValueError, match="pull policy"):
+        InjectConfig(image_pull_policy="never")

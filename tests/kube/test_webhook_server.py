@@ -6,8 +6,11 @@ import datetime
 import json
 import pathlib
 import ssl
+import subprocess
+import sys
 
 import aiohttp
+import pytest
 from aiohttp import web
 
 from nodeagent.webhook import certs, server
@@ -51,3 +54,14 @@ async def test_webhook_answers_reviews_over_verified_tls() -> None:
                 assert answer.status == 200
     finally:
         await runner.cleanup()
+
+
+@pytest.mark.parametrize("flag", ["--agent", "--rules-url"])
+def test_an_unexpanded_kubernetes_variable_is_a_configuration_error(flag: str) -> None:
+    """deploy/base passes $(PODMIRROR_AGENT_SERVICE_HOST)...: Kubernetes leaves it as it is when the
+    agent Service did not exist when the container started; the webhook refuses it (exit 2, the
+    container restarts and gets the variables) instead of injecting a sidecar that cannot work."""
+    value = "$(PODMIRROR_AGENT_SERVICE_HOST):$(PODMIRROR_AGENT_SERVICE_PORT_TUNNEL)"
+    result = subprocess.run([sys.executable, "-m", "nodeagent", "webhook", flag, value],
+                            capture_output=True, text=True, timeout=60)
+    assert result.returncode == 2 and flag in result.stderr and "PODMIRROR_AGENT_SERVICE_" in result.stderr
