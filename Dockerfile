@@ -35,5 +35,5 @@ ENV PATH=/opt/podmirror/bin:$PATH \
 # The agent and the webhook run unprivileged; the injected sidecar sets runAsUser 0 itself
 # (its capabilities, NET_RAW or NET_ADMIN, are only effective for root).
 USER 65532:65532
-EXPOSE 14789/udp 9477/tcp 8443/tcp
+EXPOSE 14789/udp 9476/tcp 9477/tcp 8443/tcp
 CMD ["nodeagent", "run"]

@@ -40,13 +40,17 @@ from nodeagent.lab.traffic import HTTP_PORT, corpus_files
 from nodeagent.lab.workload import Workload
 
 
-def certs(out: Path, host: Host) -> tuple[str, str, str]:
+def certs(out: Path, host: Host) -> tuple[str, str, str, str, str]:
+    """CA, the collector's certificate and key, the agent's client certificate and key (mutual TLS)."""
     ca = trustme.CA()
-    cert = ca.issue_cert(host.ip)
-    paths = tuple(str(out / n) for n in ("ca.pem", "collector.pem", "collector.key"))
+    cert, client = ca.issue_cert(host.ip), ca.issue_cert("agent.lab")
+    names = ("ca.pem", "collector.pem", "collector.key", "agent.pem", "agent.key")
+    paths = tuple(str(out / n) for n in names)
     ca.cert_pem.write_to_path(paths[0])
     cert.cert_chain_pems[0].write_to_path(paths[1])
     cert.private_key_pem.write_to_path(paths[2])
+    client.cert_chain_pems[0].write_to_path(paths[3])
+    client.private_key_pem.write_to_path(paths[4])
     return paths  # type: ignore[return-value]
 
 
@@ -199,11 +203,12 @@ def run(args: argparse.Namespace) -> int:
         sensor, coll, ext = lab.add_host("sensor"), lab.add_host("collect"), lab.add_host("ext")
         work = Workload(lab, out)
         work.start_sink(sensor)
-        ca, cert, key = certs(out, coll)
-        collector: LabCollector = start_collector(lab, coll, out, cert=cert, key=key,
+        ca, cert, key, agent_cert, agent_key = certs(out, coll)
+        collector: LabCollector = start_collector(lab, coll, out, cert=cert, key=key, client_ca=ca,
                                                   pcap_dir=out / "collector")
         agent = podmirror.start_agent(lab, node, out, sensors=[sensor],
-                                      extra=["--collector", coll.ip, "--collector-ca", ca])
+                                      extra=["--collector", coll.ip, "--collector-ca", ca,
+                                             "--collector-cert", agent_cert, "--collector-key", agent_key])
         sidecars = {p.key: podmirror.start_sidecar(lab, p, out, extra=["--tunnel-mtu", str(args.node_mtu)])
                     for p in node.pods}
         for p in node.pods:

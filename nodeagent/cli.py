@@ -55,10 +55,16 @@ def _register_run(subparsers: Any) -> None:
     p.add_argument("--pcap-dir", metavar="DIR", help="write rotating pcap files here")
     p.add_argument("--sensor", metavar="IP[:PORT]", action="append",
                    help=f"VXLAN sensor (repeat; port {settings_mod.SENSOR_PORT} by default)")
-    p.add_argument("--status", metavar="IP:PORT", help=f"status address (port {settings_mod.STATUS_PORT})")
+    p.add_argument("--status", metavar="IP:PORT",
+                   help=f"/status and /metrics address (port {settings_mod.STATUS_PORT})")
+    p.add_argument("--pushdown", metavar="IP:PORT",
+                   help=f"/v1/pushdown address, for the sidecars (port {settings_mod.PUSHDOWN_PORT})")
     p.add_argument("--collector", metavar="IP[:PORT]", action="append",
                    help=f"batched TLS output to a collector (repeat; port {settings_mod.COLLECTOR_PORT})")
     p.add_argument("--collector-ca", metavar="FILE", help="CA that signs the collectors' certificates")
+    p.add_argument("--collector-cert", metavar="FILE",
+                   help="this agent's client certificate for the collectors (with --collector-key)")
+    p.add_argument("--collector-key", metavar="FILE", help="the private key of --collector-cert")
     p.add_argument("--dedup-vantage", choices=("client", "server"),
                    help="which vantage of a local flow is kept")
     p.add_argument("--workers", metavar="N|auto",
@@ -95,6 +101,9 @@ def run_overrides(args: argparse.Namespace) -> dict[str, Any]:
     if args.status:
         host, port = settings_mod.parse_hostport(args.status, settings_mod.STATUS_PORT, "--status")
         over["status"] = {"host": host, "port": port}
+    if args.pushdown:
+        host, port = settings_mod.parse_hostport(args.pushdown, settings_mod.PUSHDOWN_PORT, "--pushdown")
+        over["pushdown"] = {"host": host, "port": port}
     if args.sender:
         over["senders"] = list(args.sender)
     if args.peer:
@@ -105,8 +114,10 @@ def run_overrides(args: argparse.Namespace) -> dict[str, Any]:
         over.setdefault("outputs", {})["sensors"] = list(args.sensor)
     if args.collector:
         over.setdefault("outputs", {}).setdefault("transport", {})["collectors"] = list(args.collector)
-    if args.collector_ca:
-        over.setdefault("outputs", {}).setdefault("transport", {})["ca_file"] = args.collector_ca
+    for flag, field in (("collector_ca", "ca_file"), ("collector_cert", "cert_file"),
+                        ("collector_key", "key_file")):
+        if getattr(args, flag):
+            over.setdefault("outputs", {}).setdefault("transport", {})[field] = getattr(args, flag)
     if args.dedup_vantage:
         over["dedup"] = {"vantage": args.dedup_vantage}
     if args.workers:

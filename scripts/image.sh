@@ -153,7 +153,7 @@ assemble() {  # the archive from the cached base and wheels and the checkout
     "Env": ["PATH=/opt/podmirror/bin:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
             "PYTHONDONTWRITEBYTECODE=1", "PYTHONUNBUFFERED=1"],
     "Cmd": ["nodeagent", "run"],
-    "ExposedPorts": {"14789/udp": {}, "9477/tcp": {}, "8443/tcp": {}},
+    "ExposedPorts": {"14789/udp": {}, "9476/tcp": {}, "9477/tcp": {}, "8443/tcp": {}},
     "WorkingDir": "/"
   }
 JSON

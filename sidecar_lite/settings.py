@@ -63,7 +63,8 @@ class Settings:
     kubeconfig: str | None = None
     """Label mode outside a cluster only (``KUBECONFIG``); in a pod the service account is used."""
     rules_url: str | None = None
-    """Push-down endpoint (``http://HOST:9477/v1/pushdown``); ``{agent_host}`` is substituted."""
+    """Push-down endpoint (``http://HOST:9476/v1/pushdown``, the agent's push-down port);
+    ``{agent_host}`` is substituted."""
     rules_interval: float = 10.0
     """Seconds between push-down polls: rules change rarely, a poll is one small HTTP request."""
     verify_interval: float = 3.0

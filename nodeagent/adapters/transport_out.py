@@ -18,8 +18,12 @@ still unacknowledged when the output closed), ``queued_packets`` is in the outbo
 collector: it is counted dropped here (the agent cannot know), never twice.
 
 TLS: the server is always verified (CA file or system store, host name checked against
-``server_name`` or the collector's host); a client certificate is sent when configured.
-Reconnects back off exponentially with jitter (``Backoff``).
+``server_name`` or the collector's host); the agent presents its client certificate when
+configured (``--collector-cert``/``--collector-key``), which collectors require by default and to
+which they bind the agent's streams. The stream id is never shown (``/status`` has no
+``stream``): the collector keys streams by certificate, and the id stays the agent's own.
+Reconnects back off exponentially with jitter (``Backoff``). A connection with nothing to send
+for ``keepalive`` seconds sends a PING, so the collector's idle timeout only closes dead ones.
 """
 
 from __future__ import annotations
@@ -36,7 +40,7 @@ import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from nodeagent.settings import TransportSettings
+from nodeagent.settings import ConfigError, TransportSettings
 from nodeagent.transport import affinity, compression, messages, outbox, records
 from nodeagent.transport.batcher import Batch, Batcher
 from nodeagent.transport.records import Record
@@ -71,6 +75,8 @@ class TransportOptions:
     connect_timeout: float = 5.0
     ack_timeout: float = 15.0
     """Seconds without an acknowledgement while batches are in flight before reconnecting."""
+    keepalive: float = 20.0
+    """Seconds without sending anything before a PING (the collector's idle timeout is 90 s)."""
     server_name: str | None = None
     """Host name expected in the collector's certificate (default: the collector's host)."""
 
@@ -115,10 +121,11 @@ class _Link:
         self._timer: asyncio.TimerHandle | None = None
         self.status = "connecting"
         self.offered = self.delivered = self.batches = self.bytes_sent = self.raw_bytes = 0
-        self.reconnects = 0
+        self.reconnects = self.pings = 0
         self.dropped = {QUEUE_FULL: 0, SHUTDOWN: 0}
         self.last_error = ""
         self._last_progress = 0.0
+        self._last_write = 0.0
 
     # ---- loop side, never awaits ------------------------------------------------------------
     def add(self, record: Record, now: float) -> None:
@@ -165,6 +172,7 @@ class _Link:
                 return
             msg = messages.encode_batch(item.seq, item.packets, len(item.raw), zstd.compress(item.raw))
             writer.write(msg)
+            self._last_write = asyncio.get_running_loop().time()
             self.batches += 1
             self.bytes_sent += len(msg)
 
@@ -188,7 +196,7 @@ class _Link:
             "unsent_batches": self.outbox.unsent,
             "open_packets": self.batcher.pending, "batches_sent": self.batches,
             "bytes_sent": self.bytes_sent, "raw_bytes": self.raw_bytes, "acked_seq": self.outbox.acked,
-            "reconnects": self.reconnects, "last_error": self.last_error,
+            "reconnects": self.reconnects, "pings": self.pings, "last_error": self.last_error,
         }
 
     # ---- connection task ---------------------------------------------------------------------
@@ -271,7 +279,7 @@ class _Link:
 
     async def _send(self, writer: asyncio.StreamWriter, acks: asyncio.Task[None]) -> None:
         loop = asyncio.get_running_loop()
-        self._last_progress = loop.time()
+        self._last_progress = self._last_write = loop.time()
         timeout = self._opts.ack_timeout
         self._out = (writer, compression.StreamCompressor(self._opts.level))   # one stream per connection
         try:
@@ -280,8 +288,12 @@ class _Link:
                     self._wake.clear()
                     if len(self.outbox) and loop.time() - self._last_progress > timeout:
                         raise TimeoutError(f"no acknowledgement for {timeout} s")
+                    if loop.time() - self._last_write >= self._opts.keepalive:
+                        writer.write(messages.encode_ping())
+                        self._last_write = loop.time()
+                        self.pings += 1
                     with contextlib.suppress(asyncio.TimeoutError):
-                        await asyncio.wait_for(self._wake.wait(), 1.0)
+                        await asyncio.wait_for(self._wake.wait(), min(1.0, self._opts.keepalive))
                     continue
                 self._write_ready()   # the backlog after a reconnect, or what ship() left over
                 if writer.transport.get_write_buffer_size() > WRITE_HIGH:
@@ -399,19 +411,42 @@ class TransportOutput:
                  for k in ("offered", "delivered", "queued_packets", "open_packets", "bytes_sent")}
         dropped = {r: sum(s["dropped"][r] for s in links.values()) for r in (QUEUE_FULL, SHUTDOWN)}
         up = sum(1 for s in links.values() if s["state"] == "up")
-        return {"kind": "transport", **total, "collectors_up": up, "dropped": dropped, "collectors": links,
-                "stream": self._stream.hex()}
+        return {"kind": "transport", **total, "collectors_up": up, "dropped": dropped, "collectors": links}
 
 
 def from_settings(ts: TransportSettings, agent: str = "nodeagent") -> TransportOutput:
     opts = TransportOptions(
         batch_bytes=ts.batch_bytes, max_delay=ts.max_delay, queue_bytes=ts.queue_bytes, level=ts.level,
         backoff_initial=ts.backoff_initial, backoff_max=ts.backoff_max,
-        connect_timeout=ts.connect_timeout, ack_timeout=ts.ack_timeout, server_name=ts.server_name,
+        connect_timeout=ts.connect_timeout, ack_timeout=ts.ack_timeout, keepalive=ts.keepalive,
+        server_name=ts.server_name,
     )
-    ctx = client_context(ts.ca_file, ts.cert_file, ts.key_file)
+    ctx = loaded_context(ts)
     return TransportOutput([(c.host, c.port) for c in ts.collectors], ctx, opts, agent=agent,
                            flush_timeout=ts.flush_timeout)
+
+
+def loaded_context(ts: TransportSettings) -> ssl.SSLContext:
+    """``client_context`` from the settings; a file that cannot be loaded is a ``ConfigError``
+    naming its field (the agent exits 2 before it receives anything)."""
+    prefix = "outputs.transport"
+    for field, path in (("ca_file", ts.ca_file), ("cert_file", ts.cert_file), ("key_file", ts.key_file)):
+        if path is not None:
+            try:
+                with open(path, "rb"):
+                    pass
+            except OSError as exc:
+                raise ConfigError(f"{prefix}.{field}", f"cannot be read: {exc.strerror} ({path})") from None
+    try:
+        ctx = client_context(ts.ca_file)
+    except (ssl.SSLError, ValueError) as exc:
+        raise ConfigError(f"{prefix}.ca_file", f"cannot be loaded: {exc}") from None
+    if ts.cert_file:
+        try:
+            ctx.load_cert_chain(ts.cert_file, ts.key_file)
+        except (ssl.SSLError, ValueError) as exc:
+            raise ConfigError(f"{prefix}.cert_file", f"and key_file cannot be loaded: {exc}") from None
+    return ctx
 
 
 def install(agent: Any) -> None:

@@ -11,6 +11,7 @@ identity in interface descriptions (``wire.pcapng``, the project's one pcapng en
 sensor (VNI kept unless configured,
 outer source port from the symmetric flow hash), or a local veth pair a sensor sniffs.
 
-Layout: ``sinks`` (file/socket adapters), ``server`` (TLS server and the
-per-connection protocol), ``web`` (``/status``, ``/metrics``), ``main`` (settings, wiring, CLI).
+Layout: ``sinks`` (file/socket adapters), ``server`` (TLS server and the per-connection
+protocol), ``bounds`` (limits, client identities, bounded counts), ``web`` (``/status``,
+``/metrics``), ``main`` (settings, wiring, CLI).
 """

@@ -1,12 +1,18 @@
 """``nodeagent collect``: settings from flags, wiring, lifecycle (SIGTERM/SIGINT -> close, exit 0).
 
-    nodeagent collect --cert FILE --key FILE [--client-ca FILE] [--listen IP:PORT]
+    nodeagent collect --cert FILE --key FILE (--client-ca FILE | --insecure-no-client-auth)
+                      [--listen IP:PORT] [--status IP:PORT]
                       [--pcap-dir DIR [--pcap-max-bytes N] [--pcap-max-seconds S] [--pcap-max-files N]]
                       [--sensor IP[:PORT][,VNI]]... [--interface NAME [--interface-existing]]
-                      [--status IP:PORT]
+                      [--max-connections N] [--max-connections-per-peer N] [--handshake-timeout S]
+                      [--idle-timeout S] [--max-pods N]
 
 Defaults: listen 0.0.0.0:14790 (agents' ``transport`` collectors), status 0.0.0.0:9478 (the agent's
-is 9477, so both fit on one host). At least one sink is required. Bad flags exit 2.
+is 9477, so both fit on one host). At least one sink is required. Agents must present a
+certificate signed by ``--client-ca`` (mutual TLS): without it anyone who reaches the port could
+inject packets under any pod's name, so running without it takes the explicit
+``--insecure-no-client-auth``. Bad flags, and certificate files that cannot be loaded, exit 2
+naming the flag.
 """
 
 from __future__ import annotations
@@ -16,6 +22,7 @@ import asyncio
 import dataclasses
 import logging
 import signal
+import ssl
 import sys
 from typing import Any
 
@@ -23,7 +30,8 @@ from aiohttp import web
 
 from nodeagent.collector import sinks
 from nodeagent.collector import web as status_web
-from nodeagent.collector.server import Collector, server_context
+from nodeagent.collector.bounds import Limits
+from nodeagent.collector.server import Collector, require_client_certificates, server_context
 
 DEFAULT_PORT = 14790
 DEFAULT_STATUS_PORT = 9478
@@ -59,18 +67,48 @@ class CollectSettings:
     """VXLAN sensors: (host, port, vni or None to keep the sender's)."""
     interface: str | None = None
     interface_existing: bool = False
+    insecure_no_client_auth: bool = False
+    limits: Limits = Limits()
 
     def __post_init__(self) -> None:
         if not (self.pcap_dir or self.sensors or self.interface):
             raise ConfigError("collect: at least one of --pcap-dir, --sensor, --interface is required")
         if self.pcap_max_bytes <= 0 or self.pcap_max_seconds <= 0 or self.pcap_max_files <= 0:
             raise ConfigError("collect.pcap limits must be > 0")
+        if not self.client_ca and not self.insecure_no_client_auth:
+            raise ConfigError("--client-ca is required: the CA that signs the agents' certificates "
+                              "(--insecure-no-client-auth accepts any client, and any pod name from it)")
+        if self.client_ca and self.insecure_no_client_auth:
+            raise ConfigError("--client-ca and --insecure-no-client-auth exclude each other")
+
+    def context(self) -> ssl.SSLContext:
+        """The TLS server context; a file that cannot be loaded is a ConfigError naming its flag."""
+        for flag, path in (("--cert", self.cert), ("--key", self.key), ("--client-ca", self.client_ca)):
+            if path is not None:
+                try:
+                    with open(path, "rb"):
+                        pass
+                except OSError as exc:
+                    raise ConfigError(f"{flag} cannot be read: {exc.strerror} ({path})") from None
+        ctx = server_context(None, None)
+        try:
+            ctx.load_cert_chain(self.cert, self.key)
+        except (ssl.SSLError, ValueError) as exc:
+            raise ConfigError(f"--cert/--key cannot be loaded: {exc}") from None
+        if self.client_ca:
+            try:
+                require_client_certificates(ctx, self.client_ca)
+            except (ssl.SSLError, ValueError) as exc:
+                raise ConfigError(f"--client-ca cannot be loaded: {exc}") from None
+        return ctx
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--cert", required=True, help="server certificate chain (PEM)")
     p.add_argument("--key", required=True, help="server private key (PEM)")
-    p.add_argument("--client-ca", help="require agent certificates signed by this CA")
+    p.add_argument("--client-ca", help="require agent certificates signed by this CA (mutual TLS)")
+    p.add_argument("--insecure-no-client-auth", action="store_true",
+                   help="accept agents without a certificate: anyone reaching the port can inject")
     p.add_argument("--listen", default=f"0.0.0.0:{DEFAULT_PORT}")
     p.add_argument("--status", default=f"0.0.0.0:{DEFAULT_STATUS_PORT}", help="'' disables it")
     p.add_argument("--pcap-dir")
@@ -80,6 +118,15 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--sensor", action="append", default=[], help="VXLAN sensor IP[:PORT][,VNI]")
     p.add_argument("--interface", help="veth to create (or use) for a sniffing sensor")
     p.add_argument("--interface-existing", action="store_true", help="use --interface as it is")
+    d = Limits()
+    p.add_argument("--max-connections", type=int, default=d.max_connections, help="open connections")
+    p.add_argument("--max-connections-per-peer", type=int, default=d.max_connections_per_peer,
+                   help="open connections from one source address")
+    p.add_argument("--handshake-timeout", type=float, default=d.handshake_timeout,
+                   help="seconds for the TLS handshake, and for the HELLO after it")
+    p.add_argument("--idle-timeout", type=float, default=d.idle_timeout,
+                   help="seconds without a message before a connection is closed")
+    p.add_argument("--max-pods", type=int, default=d.max_pods, help="pods counted by name")
 
 
 def settings_from(args: argparse.Namespace) -> CollectSettings:
@@ -88,6 +135,13 @@ def settings_from(args: argparse.Namespace) -> CollectSettings:
         addr, _, vni = text.partition(",")
         host, port = _hostport(addr, 4789, "--sensor")
         sensors.append((host, port, int(vni, 0) if vni else None))
+    try:
+        limits = Limits(max_connections=args.max_connections,
+                        max_connections_per_peer=args.max_connections_per_peer,
+                        handshake_timeout=args.handshake_timeout, idle_timeout=args.idle_timeout,
+                        max_pods=args.max_pods)
+    except ValueError as exc:
+        raise ConfigError(f"--{str(exc).replace('_', '-')}") from None
     return CollectSettings(
         cert=args.cert, key=args.key, client_ca=args.client_ca,
         listen=_hostport(args.listen, DEFAULT_PORT, "--listen"),
@@ -95,6 +149,7 @@ def settings_from(args: argparse.Namespace) -> CollectSettings:
         pcap_dir=args.pcap_dir, pcap_max_bytes=args.pcap_max_bytes,
         pcap_max_seconds=args.pcap_max_seconds, pcap_max_files=args.pcap_max_files,
         sensors=tuple(sensors), interface=args.interface, interface_existing=args.interface_existing,
+        insecure_no_client_auth=args.insecure_no_client_auth, limits=limits,
     )
 
 
@@ -109,12 +164,15 @@ def make_sinks(s: CollectSettings) -> list[sinks.Sink]:
     return out
 
 
-async def run(s: CollectSettings) -> int:
+async def run(s: CollectSettings, ctx: ssl.SSLContext) -> int:
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
-    collector = Collector(make_sinks(s), server_context(s.cert, s.key, s.client_ca))
+    collector = Collector(make_sinks(s), ctx, s.limits)
+    if not s.client_ca:
+        log.warning("client authentication is off (--insecure-no-client-auth): anyone who reaches "
+                    "%s:%d can send packets under any pod's name", *s.listen)
     runner = web.AppRunner(status_web.make_app(collector), handle_signals=False)
     try:
         host, port = await collector.start(*s.listen)
@@ -149,7 +207,8 @@ def command(args: argparse.Namespace) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
     try:
         settings = settings_from(args)
+        ctx = settings.context()
     except ConfigError as exc:
         print(f"nodeagent collect: {exc}", file=sys.stderr)
         return 2
-    return asyncio.run(run(settings))
+    return asyncio.run(run(settings, ctx))

@@ -87,8 +87,10 @@ class PcapngSink:
             self._open()
         encode, write = self._writer.encode, self._fh.write
         for r in records:
-            data = encode(r.pod, f"pod {r.pod} vni {r.vni} via {agent}", r.ts_ns, r.frame, r.wire_len,
-                          _DIRECTION_FLAGS.get(r.direction, 0))
+            # One interface per (agent, pod): a pod name claimed by two agents stays two interfaces,
+            # each naming the agent (its certificate) that delivered it.
+            data = encode(f"{agent}\n{r.pod}", f"pod {r.pod} vni {r.vni} via {agent}", r.ts_ns, r.frame,
+                          r.wire_len, _DIRECTION_FLAGS.get(r.direction, 0), name=r.pod)
             write(data)
             self._size += len(data)
         self._fh.flush()   # one write(2) per batch: the ACK that follows means "in the file"

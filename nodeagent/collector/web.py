@@ -1,6 +1,9 @@
 """The collector's ``/status`` (JSON), ``/healthz`` and ``/metrics`` (per-app prometheus registry).
 
 Read-only: handlers and the metrics collector read ``Collector.state()`` at request or scrape time.
+Bounded: one pod series per pod the collector still counts by name (``Limits.max_pods``); the
+packets of pods it forgot are in ``podmirror_collector_pods_overflow_packets_total``. Nothing here
+names a stream id or a credential (an agent is named by its certificate).
 """
 
 from __future__ import annotations
@@ -32,11 +35,20 @@ class _Metrics(PromCollector):
             ("wire_bytes", s.wire_bytes, "Compressed batch bytes received"),
             ("raw_bytes", s.raw_bytes, "Uncompressed batch bytes received"),
             ("faults", s.faults, "Agent connections closed by an error"),
+            ("pods_overflow_packets", s.pods.overflow, "Packets of pods no longer counted by name"),
         ):
             yield CounterMetricFamily(f"podmirror_collector_{name}", doc, value=value)
+        for name, counts, doc in (
+            ("refused_connections", s.refused, "Connections closed at once by a connection cap"),
+            ("timeouts", s.timeouts, "Connections closed by the handshake or idle timeout"),
+        ):
+            family = CounterMetricFamily(f"podmirror_collector_{name}", doc, labels=["reason"])
+            for reason, n in counts.items():
+                family.add_metric([reason], n)
+            yield family
         pods = CounterMetricFamily("podmirror_collector_pod_packets", "Packets delivered per pod",
                                    labels=["namespace", "pod"])
-        for key, n in s.pods.items():
+        for key, n in s.pods.counts.items():
             ns, _, name = key.partition("/")
             pods.add_metric([ns, name], n)
         yield pods

@@ -30,9 +30,12 @@ class LabCollector(Served):
         return self.host.ns, self.host.ip, STATUS_PORT
 
 
-def start_collector(lab: Lab, host: Host, logdir: Path, *, cert: str, key: str,
+def start_collector(lab: Lab, host: Host, logdir: Path, *, cert: str, key: str, client_ca: str | None,
                     pcap_dir: Path | None = None, extra: Sequence[str] = ()) -> LabCollector:
-    cmd = [*NODEAGENT, "collect", "--cert", cert, "--key", key,
+    """``client_ca``: the CA of the agents' certificates (mutual TLS, the default of ``nodeagent
+    collect``); None runs it with ``--insecure-no-client-auth``."""
+    auth = ["--client-ca", client_ca] if client_ca else ["--insecure-no-client-auth"]
+    cmd = [*NODEAGENT, "collect", "--cert", cert, "--key", key, *auth,
            "--listen", f"{host.ip}:{COLLECTOR_PORT}", "--status", f"{host.ip}:{STATUS_PORT}",
            *pcap_flags(pcap_dir)]
     log = logdir / f"collector-{host.name}.log"

@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from nodeagent.lab.netns import LabError, inside
-from nodeagent.lab.topology import STATUS_PORT, TUNNEL_PORT, Host, Lab, Node, Pod
+from nodeagent.lab.topology import PUSHDOWN_PORT, STATUS_PORT, TUNNEL_PORT, Host, Lab, Node, Pod
 
 SOURCE_ROOT = Path(__file__).resolve().parents[2]
 """Where ``nodeagent`` and ``sidecar_lite`` are importable from (a checkout or site-packages)."""
@@ -130,7 +130,7 @@ def start_agent(lab: Lab, node: Node, logdir: Path, *, sensors: Sequence[Host | 
     agents run one after the other on one node apart (their config and log files)."""
     agent_ns = node.agent or lab.add_agent(node)
     cmd = [*NODEAGENT, "run", "--listen", f"{agent_ns.ip}:{TUNNEL_PORT}",
-           "--status", f"{agent_ns.ip}:{STATUS_PORT}"]
+           "--status", f"{agent_ns.ip}:{STATUS_PORT}", "--pushdown", f"{agent_ns.ip}:{PUSHDOWN_PORT}"]
     if config is not None:
         path = logdir / f"agent-node{node.index}{name}.json"
         path.write_text(json.dumps(config))
@@ -168,7 +168,7 @@ def start_sidecar(lab: Lab, pod: Pod, logdir: Path, *, mode: str = "kernel", vni
     cmd = [*SIDECAR, "--agent", f"{agent.ip}:{TUNNEL_PORT}", "--vni", vni,
            "--interface", "eth0", "--mode", mode, *extra]
     if rules:
-        cmd += ["--rules-url", f"http://{agent.ip}:{STATUS_PORT}/v1/pushdown"]
+        cmd += ["--rules-url", f"http://{agent.ip}:{PUSHDOWN_PORT}/v1/pushdown"]
     env = {"POD_IP": pod.ip, "POD_NAME": pod.name, "POD_NAMESPACE": pod.namespace,
            "NODE_NAME": f"node{pod.node.index}", "NODE_IP": pod.node.uplink_ip, **ENV}
     log = logdir / f"sidecar-{pod.name}.log"

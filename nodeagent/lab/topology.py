@@ -30,6 +30,7 @@ from nodeagent.lab.netns import Namespaces
 
 TUNNEL_PORT = 14789
 STATUS_PORT = 9477
+PUSHDOWN_PORT = 9476
 SENSOR_PORT = 4789
 
 

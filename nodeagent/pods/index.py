@@ -85,9 +85,17 @@ class PodIndex:
             for addr in pod.addrs:
                 if self._by_addr.get(addr) is pod:  # the address may be another pod's by now
                     del self._by_addr[addr]
+                    # Another pod may hold it too (two pods' podIPs overlapping while one of them
+                    # goes): it gets it back, so no pod in the table is left unreachable by address.
+                    other = next((p for p in self._by_ip.values() if addr in p.addrs), None)
+                    if other is not None:
+                        self._by_addr[addr] = other
             for text in pod.all_ips:
                 if self._sources.get(text) is pod:
                     del self._sources[text]
+                    other = next((p for p in self._by_ip.values() if p.local and text in p.all_ips), None)
+                    if other is not None:
+                        self._sources[text] = other
         return pod
 
     def replace_all(self, pods: Iterable[PodInfo]) -> None:

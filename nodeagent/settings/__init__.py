@@ -27,6 +27,7 @@ from typing import Any, ClassVar
 
 from nodeagent.settings.base import (
     COLLECTOR_PORT,
+    PUSHDOWN_PORT,
     SENSOR_PORT,
     STATUS_PORT,
     TUNNEL_PORT,
@@ -43,6 +44,7 @@ from nodeagent.settings.inputs import (
     ListenSettings,
     LogSettings,
     PeerSettings,
+    PushdownSettings,
     SenderSettings,
     StatusSettings,
     WorkersSettings,
@@ -77,7 +79,9 @@ __all__ = [
     "NormalizeSettings",
     "OutputsSettings",
     "PcapSettings",
+    "PUSHDOWN_PORT",
     "PeerSettings",
+    "PushdownSettings",
     "RuleSettings",
     "SENSOR_PORT",
     "STATUS_PORT",
@@ -106,6 +110,7 @@ class Settings:
     outputs: OutputsSettings = OutputsSettings()
     normalize: NormalizeSettings = NormalizeSettings()
     status: StatusSettings = StatusSettings()
+    pushdown: PushdownSettings = PushdownSettings()
     dedup: DedupSettings = DedupSettings()
     filters: FilterSettings = FilterSettings()
     cutoff: CutoffSettings = CutoffSettings()

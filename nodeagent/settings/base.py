@@ -15,6 +15,9 @@ from sidecar_lite.identity import is_ip
 TUNNEL_PORT = 14789
 """Default UDP port for sidecar tunnels: not 4789 (Calico/Antrea VXLAN), 8472 (flannel/Cilium), 6081."""
 STATUS_PORT = 9477
+"""``/status``, ``/metrics``, ``/healthz``, ``/readyz``: for the node (probes) and Prometheus."""
+PUSHDOWN_PORT = 9476
+"""``/v1/pushdown``: for the monitored pods' sidecars, each answered only about itself."""
 SENSOR_PORT = 4789
 """IANA VXLAN: the port Zeek, Suricata and Corelight sensors decapsulate by default."""
 COLLECTOR_PORT = 14790

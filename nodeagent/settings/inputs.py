@@ -7,6 +7,7 @@ import dataclasses
 import ipaddress
 
 from nodeagent.settings.base import (
+    PUSHDOWN_PORT,
     STATUS_PORT,
     TUNNEL_PORT,
     ConfigError,
@@ -141,6 +142,21 @@ class StatusSettings(Endpoint):
     DEFAULT_PORT, LISTENS = STATUS_PORT, True
     host: str = "0.0.0.0"
     port: int = STATUS_PORT
+
+    def __post_init__(self) -> None:
+        self.check_endpoint()
+
+
+@dataclasses.dataclass(frozen=True)
+class PushdownSettings(Endpoint):
+    """Where sidecars fetch their push-down program (``GET /v1/pushdown``, ``web/pushdown_api.py``):
+    a listener of its own, so a NetworkPolicy can open it to every pod while ``status`` (``/status``,
+    ``/metrics``) stays reachable only by the node and Prometheus. Each pod is answered only about
+    itself (the request's source address)."""
+
+    DEFAULT_PORT, LISTENS = PUSHDOWN_PORT, True
+    host: str = "0.0.0.0"
+    port: int = PUSHDOWN_PORT
 
     def __post_init__(self) -> None:
         self.check_endpoint()

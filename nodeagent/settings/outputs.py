@@ -92,11 +92,14 @@ class TransportSettings:
     always verified."""
     cert_file: str | None = None
     key_file: str | None = None
-    """Optional client certificate and key, for collectors that require one."""
+    """The agent's client certificate and key (``--collector-cert``/``--collector-key``): collectors
+    require one by default (mutual TLS) and bind the agent's streams to it. Give each node its own
+    certificate: agents sharing one can interfere with each other's streams."""
     server_name: str | None = None
     """Name the collectors' certificates must carry (default: each collector's address)."""
     batch_bytes: int = 256 << 10
-    """A batch closes at this many frame bytes."""
+    """A batch closes at this many frame bytes (at most 4 MiB: a collector refuses batches above
+    ``transport.records.MAX_RAW``)."""
     max_delay: float = 0.02
     """Seconds a packet may wait in an open batch: bounds the latency (required: <= 50 ms)."""
     queue_bytes: int = 32 << 20
@@ -111,15 +114,17 @@ class TransportSettings:
     """Seconds without an acknowledgement, batches in flight, before the connection is dropped."""
     flush_timeout: float = 3.0
     """Seconds SIGTERM waits for the collectors to acknowledge what is queued."""
+    keepalive: float = 20.0
+    """Seconds without sending before a PING: below the collectors' idle timeout (90 s)."""
 
     def __post_init__(self) -> None:
-        check(self.batch_bytes >= 1024, "batch_bytes", "must be >= 1024")
+        check(1024 <= self.batch_bytes <= 4 << 20, "batch_bytes", "must be in 1024..4194304")
         check(0 < self.max_delay <= 1.0, "max_delay", "must be in (0, 1] seconds")
         check(self.queue_bytes >= self.batch_bytes, "queue_bytes", "must be >= batch_bytes")
         check(1 <= self.level <= 19, "level", "must be in 1..19")
         check(0 < self.backoff_initial <= self.backoff_max, "backoff_initial",
                "must be > 0 and <= backoff_max")
-        for name in ("connect_timeout", "ack_timeout", "flush_timeout"):
+        for name in ("connect_timeout", "ack_timeout", "flush_timeout", "keepalive"):
             check(getattr(self, name) > 0, name, "must be > 0")
         check((self.cert_file is None) == (self.key_file is None), "cert_file",
                "and key_file must be given together")
@@ -138,10 +143,12 @@ class NormalizeSettings:
     """What the agent does to frames before any output (see ``wire/normalize.py``)."""
 
     max_frame: int = 1514
-    """TCP frames longer than this (GSO super-packets) are re-segmented; 1514 = Ethernet MTU 1500."""
+    """TCP frames longer than this (GSO super-packets) are re-segmented; 1514 = Ethernet MTU 1500.
+    At least 590 (IPv4's minimum MTU 576 + 14): segments carry at least ``normalize.MIN_MSS``
+    (536) payload bytes, so a smaller value could never split anything."""
     segment: bool = True
     fix_checksums: bool = True
     """Complete partial L4 checksums (Zeek drops packets whose checksum does not verify)."""
 
     def __post_init__(self) -> None:
-        check(128 <= self.max_frame <= 65535, "max_frame", "must be in 128..65535")
+        check(590 <= self.max_frame <= 65535, "max_frame", "must be in 590..65535")

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import dataclasses
 
-from nodeagent.transport.records import RECORD_OVERHEAD, Record
+from nodeagent.transport.records import MAX_RECORDS, RECORD_OVERHEAD, Record
 
 
 @dataclasses.dataclass(slots=True)
@@ -28,9 +28,9 @@ class Batch:
 
 class Batcher:
     def __init__(self, *, max_bytes: int = 256 * 1024, max_delay: float = 0.02,
-                 max_records: int = 8192) -> None:
-        if max_bytes <= 0 or max_delay <= 0 or max_records <= 0:
-            raise ValueError("batcher limits must be > 0")
+                 max_records: int = MAX_RECORDS) -> None:
+        if max_bytes <= 0 or max_delay <= 0 or not 0 < max_records <= MAX_RECORDS:
+            raise ValueError(f"batcher limits must be > 0 (and max_records <= {MAX_RECORDS})")
         self.max_bytes, self.max_delay, self.max_records = max_bytes, max_delay, max_records
         self._open: Batch | None = None
 

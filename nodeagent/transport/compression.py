@@ -14,11 +14,12 @@ from __future__ import annotations
 import zstandard
 
 from nodeagent.transport.messages import BatchMsg
-from nodeagent.transport.records import Record, decode_records
+from nodeagent.transport.records import MAX_RAW, Record, decode_records
 from nodeagent.wire.errors import Malformed
 
-MAX_RAW = 64 * 1024 * 1024
-"""Largest decompressed batch accepted: bounds a zstd bomb."""
+MAX_WINDOW = 1 << 23
+"""Largest zstd window a peer may make the decompressor allocate: 8 MiB, what level 19 (the
+highest ``transport.level``) uses (``ZstdCompressionParameters.from_level(19).window_log`` = 23)."""
 
 
 class StreamCompressor:
@@ -37,13 +38,13 @@ class StreamDecompressor:
     Bounded: the payload is fed in ``_CHUNK``-byte pieces and decompression stops as soon as the
     output exceeds the announced ``raw_len`` (at most ``MAX_RAW``), so a zstd bomb costs at most
     ``raw_len`` plus what one chunk can expand to (zstd's worst case is ~ 128 KiB per 3 bytes:
-    ~ 43 MiB per KiB), never unbounded memory.
+    ~ 43 MiB per KiB), never unbounded memory; the window a frame may ask for is ``MAX_WINDOW``.
     """
 
     _CHUNK = 1024
 
     def __init__(self) -> None:
-        self._d = zstandard.ZstdDecompressor(max_window_size=1 << 27).decompressobj()
+        self._d = zstandard.ZstdDecompressor(max_window_size=MAX_WINDOW).decompressobj()
 
     def decompress(self, msg: BatchMsg) -> bytes:
         if msg.raw_len > MAX_RAW:
@@ -64,7 +65,4 @@ class StreamDecompressor:
         return b"".join(parts)
 
     def unpack(self, msg: BatchMsg) -> list[Record]:
-        records = decode_records(self.decompress(msg))
-        if len(records) != msg.packets:
-            raise Malformed("batch: record count mismatch")
-        return records
+        return decode_records(self.decompress(msg), msg.packets)

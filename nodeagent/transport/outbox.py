@@ -4,6 +4,12 @@ A *stream* is one agent process: a random 16-byte id and batch sequences 1, 2, 3
 grow. The agent keeps every batch until it is acknowledged (``Outbox``, bounded in bytes: the
 oldest batches are dropped first and their packets counted). After a broken connection it
 reconnects, reads WELCOME and retransmits exactly the batches above ``acked``.
+
+The collector accepts a sequence at most ``streams.WINDOW`` above the last it delivered. After an
+outage long enough to evict more batches than that, ``on_welcome`` renumbers the batches it still
+holds (none of them was delivered: the collector holds nothing above ``acked``) so that the first
+is ``acked + WINDOW``; the collector then counts ``WINDOW - 1`` lost batches, a lower bound, while
+the agent counts every evicted packet itself (``queue_full``).
 """
 
 from __future__ import annotations
@@ -11,6 +17,7 @@ from __future__ import annotations
 import collections
 from typing import NamedTuple
 
+from nodeagent.transport.streams import WINDOW
 from nodeagent.wire.errors import Malformed
 
 
@@ -86,6 +93,12 @@ class Outbox:
     def on_welcome(self, acked: int) -> int:
         """A new connection: release what the collector already holds, resend the rest."""
         delivered = self.on_ack(min(acked, self.next_seq - 1))
+        first = self._q[0].seq if self._q else self.next_seq
+        if first - acked > WINDOW:
+            shift = first - acked - WINDOW
+            self._q = collections.deque(item._replace(seq=item.seq - shift) for item in self._q)
+            self.next_seq -= shift
+            self.acked = acked
         self.restart()
         return delivered
 

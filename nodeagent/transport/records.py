@@ -4,6 +4,10 @@ A batch body (before zstd): ``npods:u16`` then ``len:u8 key`` per pod ("ns/name"
 record ``ts_ns:u64 wire_len:u32 cap_len:u32 direction:u8 pod:u16 vni:u32`` and ``cap_len`` bytes
 of frame. The per-batch pod table keeps identity cheap without a connection-wide state.
 
+Bounded: a batch carries at most ``MAX_RECORDS`` records in at most ``MAX_RAW`` bytes (the
+batcher closes batches well below both); ``decode_records`` is told how many records to expect and
+stops at the first byte that does not fit, so a crafted body costs at most its own size.
+
 Errors: a body that does not decode raises ``wire.Malformed``.
 """
 
@@ -18,7 +22,14 @@ from nodeagent.wire.errors import Malformed
 RECORD_OVERHEAD = 32
 """Bytes counted per record besides its frame (the fixed header below), so that many tiny packets
 still close a batch by size (``batcher``)."""
+MAX_RECORDS = 8192
+"""Most records in one batch (``batcher.Batcher``'s default ``max_records``)."""
+MAX_RAW = 8 * 1024 * 1024
+"""Most bytes of one uncompressed batch: ``transport.batch_bytes`` (at most 4 MiB) plus the record
+that crossed it (64 KiB) plus a pod table (at most 8192 keys of 256 bytes)."""
 _REC = struct.Struct("!QIIBHI")
+RECORD_HEADER = _REC.size
+"""23 bytes before each record's frame."""
 _U16 = struct.Struct("!H")
 
 
@@ -53,23 +64,37 @@ def encode_records(records: Iterable[Record]) -> bytes:
     return b"".join(table + parts)
 
 
-def decode_records(raw: bytes) -> list[Record]:
+def decode_records(raw: bytes, count: int) -> list[Record]:
+    """The ``count`` records of a batch body; Malformed unless the body holds exactly that many.
+
+    Checked per record: the frame fits the body, the pod index names a pod of the table, the
+    direction is a ``Direction`` value, the VNI fits 24 bits, the frame is not longer than its
+    original length. The pod table may not name more pods than there are records.
+    """
     view = memoryview(raw)
     try:
         (npods,) = _U16.unpack_from(view)
+        if npods > count:
+            raise Malformed(f"batch: {npods} pods for {count} records")
         offset, keys = _U16.size, []
         for _ in range(npods):
             n = view[offset]
             keys.append(bytes(view[offset + 1:offset + 1 + n]).decode(errors="replace"))
             offset += 1 + n
-        out = []
+        out: list[Record] = []
         while offset < len(view):
+            if len(out) == count:
+                raise Malformed(f"batch: more than the {count} records announced")
             ts, wire_len, cap, direction, idx, vni = _REC.unpack_from(view, offset)
             offset += _REC.size
             if offset + cap > len(view) or idx >= len(keys):
                 raise Malformed("batch: record overruns the batch or names no pod")
+            if direction > 2 or vni >> 24 or cap > wire_len:
+                raise Malformed("batch: record with a bad direction, VNI or length")
             out.append(Record(ts, wire_len, keys[idx], vni, direction, bytes(view[offset:offset + cap])))
             offset += cap
     except (struct.error, IndexError) as exc:
         raise Malformed(f"batch: truncated ({exc})") from None
+    if len(out) != count:
+        raise Malformed("batch: record count mismatch")
     return out

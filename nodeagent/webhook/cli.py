@@ -12,7 +12,7 @@ import logging
 import sys
 from typing import Any
 
-from nodeagent.webhook.inject import PULL_POLICIES, InjectConfig
+from nodeagent.webhook.inject import PULL_POLICIES, SNIFF_CAPABILITIES, InjectConfig
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -43,6 +43,9 @@ def add_inject_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--agent", default=defaults.agent, help="PODMIRROR_AGENT for the sidecar (HOST:PORT)")
     p.add_argument("--rules-url", default=defaults.rules_url, help="PODMIRROR_RULES_URL")
     p.add_argument("--discovery", default=defaults.discovery, choices=["service", "node-ip", "label"])
+    p.add_argument("--sniff-capabilities", default=defaults.sniff_capabilities, choices=SNIFF_CAPABILITIES,
+                   help="add: drop ALL, add NET_RAW (any runtime); runtime-default: drop every default "
+                        "capability but NET_RAW, add none (Pod Security baseline; containerd, Docker)")
     p.add_argument("--mode", default=defaults.default_mode, choices=["auto", "kernel", "sniff"],
                    help="mode when the pod has no podmirror.io/mode annotation")
 
@@ -50,7 +53,8 @@ def add_inject_options(p: argparse.ArgumentParser) -> None:
 def inject_config(args: argparse.Namespace) -> InjectConfig:
     return InjectConfig(image=args.image, agent=args.agent, rules_url=args.rules_url,
                         discovery=args.discovery, default_mode=args.mode,
-                        image_pull_policy=args.image_pull_policy)
+                        image_pull_policy=args.image_pull_policy,
+                        sniff_capabilities=args.sniff_capabilities)
 
 
 def run(args: argparse.Namespace) -> int:

@@ -10,11 +10,19 @@ namespace labelled ``podmirror.io/monitor=enabled`` -> yes; else no.
 What is added:
 - a container ``podmirror-sidecar`` (idempotent: a pod that has it is left alone), its
   environment (agent discovery, ``PODMIRROR_VNI=auto``, pod identity from the downward API), small
-  resources, and the security context of its mode: ``kernel`` adds NET_ADMIN (tc and a VXLAN
-  device in the pod's namespace); ``sniff`` and ``auto`` add nothing, so the pod stays within the
-  Pod Security "baseline" level and the sniffer uses the runtime-default NET_RAW (``auto`` without
-  NET_ADMIN falls back to sniffing). The sidecar runs as UID 0: capabilities of a non-root process
-  are not effective without ambient capabilities.
+  resources, and the security context of its mode (``security_context``): every capability
+  dropped but the one the mode needs, ``kernel`` NET_ADMIN (tc and a VXLAN device in the pod's
+  namespace), ``sniff`` and ``auto`` NET_RAW (an AF_PACKET socket; ``auto`` without NET_ADMIN
+  sniffs), no privilege escalation, the runtime's default seccomp profile, a read-only root.
+  It runs as UID 0 because capabilities of a non-root process are not effective after execve:
+  Kubernetes sets no ambient capabilities, and file capabilities (which would work, within the
+  container's set, even with ``allowPrivilegeEscalation: false``) are not in the image;
+  ``tests/netns/test_sidecar_privileges.py`` measures all three with runc.
+  Pod Security levels: ``kernel`` needs "privileged" (NET_ADMIN); ``sniff``/``auto`` meet the
+  1.20-era "baseline" PodSecurityPolicy (NET_RAW is in its default set) but not the current Pod
+  Security Standards' "baseline", which lets no pod *add* NET_RAW, unless injected with
+  ``sniff_capabilities="runtime-default"``; none meets "restricted" (root, and a capability
+  added). ``tests/kube/test_pod_security.py`` checks each against the injected spec.
 - a readiness probe, ``sidecar-lite --check-tunnel``: the container is Ready only while the pod's
   agent receives its tunnel; agents on other nodes count the pod as a monitored peer only then
   (``pods.kube``). The trade-off: the pod itself is Ready only while mirroring works.
@@ -44,6 +52,15 @@ from nodeagent.pods.kube import (
 
 SIDECAR_NAME = SIDECAR_CONTAINER
 MODES = ("auto", "kernel", "sniff")
+CAPABILITY = {"kernel": "NET_ADMIN", "sniff": "NET_RAW", "auto": "NET_RAW"}
+"""The one capability each mode keeps (``auto`` as injected has no NET_ADMIN, so it sniffs)."""
+SNIFF_CAPABILITIES = ("add", "runtime-default")
+RUNTIME_DEFAULT_BUT_NET_RAW = ("AUDIT_WRITE", "CHOWN", "DAC_OVERRIDE", "FOWNER", "FSETID", "KILL", "MKNOD",
+                               "NET_BIND_SERVICE", "SETFCAP", "SETGID", "SETPCAP", "SETUID", "SYS_CHROOT")
+"""containerd's and Docker's default capability set without NET_RAW: dropping these (and adding
+nothing) leaves a sniffer exactly NET_RAW on those runtimes while the pod stays within the current
+Pod Security Standards' "baseline", which forbids *adding* NET_RAW (CRI-O's default set lacks
+NET_RAW: there, only ``add`` works)."""
 PULL_POLICIES = ("Always", "IfNotPresent", "Never")
 Obj = dict[str, Any]
 READINESS_PROBE: Obj = {"exec": {"command": ["sidecar-lite", "--check-tunnel"]},
@@ -57,9 +74,10 @@ class InjectConfig:
     image: str = "podmirror:0.1.0"
     agent: str = "podmirror-agent.podmirror.svc.cluster.local:14789"
     """PODMIRROR_AGENT: the agent Service (``internalTrafficPolicy: Local``) and its tunnel port."""
-    rules_url: str = "http://{agent_host}:9477/v1/pushdown"
-    """PODMIRROR_RULES_URL: push-down on the agent's status port; the sidecar substitutes the agent
-    it found (the node-local Service, the node's address, or the labelled agent pod)."""
+    rules_url: str = "http://{agent_host}:9476/v1/pushdown"
+    """PODMIRROR_RULES_URL: the agent's push-down listener (port 9476, not the status port 9477); the
+    sidecar substitutes the agent it found (the node-local Service, the node's address, or the
+    labelled agent pod)."""
     discovery: str = "service"
     """PODMIRROR_DISCOVERY: ``service``, ``node-ip`` (agent on hostNetwork) or ``label``."""
     agent_label: str = "podmirror-agent"
@@ -69,6 +87,10 @@ class InjectConfig:
     """The sidecar's ``imagePullPolicy`` (``Never`` for an image imported into the node, as
     ``deploy/overlays/local``); None leaves Kubernetes' default."""
     default_mode: str = "auto"
+    sniff_capabilities: str = "add"
+    """``add``: sniff and auto drop ALL and add NET_RAW (any runtime; Pod Security "privileged" under
+    today's standard). ``runtime-default``: they drop every other capability of the runtime's
+    default set and add none (containerd, Docker; Pod Security "baseline")."""
     excluded_namespaces: tuple[str, ...] = ("kube-system", "podmirror")
     requests: Mapping[str, str] = dataclasses.field(
         default_factory=lambda: {"cpu": "10m", "memory": "24Mi"})
@@ -78,6 +100,9 @@ class InjectConfig:
     def __post_init__(self) -> None:
         if self.default_mode not in MODES:
             raise ValueError(f"default mode must be one of {MODES}, not {self.default_mode!r}")
+        if self.sniff_capabilities not in SNIFF_CAPABILITIES:
+            raise ValueError(f"sniff capabilities must be one of {SNIFF_CAPABILITIES}, "
+                             f"not {self.sniff_capabilities!r}")
         if self.image_pull_policy not in (None, *PULL_POLICIES):
             raise ValueError(f"image pull policy must be one of {PULL_POLICIES}, "
                              f"not {self.image_pull_policy!r}")
@@ -103,11 +128,18 @@ def _field(name: str, path: str) -> Obj:
     return {"name": name, "valueFrom": {"fieldRef": {"fieldPath": path}}}
 
 
+def security_context(mode: str, sniff_capabilities: str = "add") -> Obj:
+    """The sidecar's ``securityContext`` for ``mode`` (see the module docstring for why root)."""
+    capabilities: Obj = {"drop": ["ALL"], "add": [CAPABILITY[mode]]}
+    if mode != "kernel" and sniff_capabilities == "runtime-default":
+        capabilities = {"drop": list(RUNTIME_DEFAULT_BUT_NET_RAW)}
+    return {"runAsUser": 0, "runAsNonRoot": False, "privileged": False, "allowPrivilegeEscalation": False,
+            "readOnlyRootFilesystem": True, "capabilities": capabilities,
+            "seccompProfile": {"type": "RuntimeDefault"}}
+
+
 def sidecar_container(config: InjectConfig, mode: str) -> Obj:
-    security: Obj = {"runAsUser": 0, "runAsNonRoot": False, "allowPrivilegeEscalation": False,
-                     "readOnlyRootFilesystem": True}
-    if mode == "kernel":
-        security["capabilities"] = {"add": ["NET_ADMIN"]}
+    security = security_context(mode, config.sniff_capabilities)
     env = [
         {"name": "PODMIRROR_AGENT", "value": config.agent},
         {"name": "PODMIRROR_VNI", "value": "auto"},
@@ -165,11 +197,11 @@ def inject_template(template: Mapping[str, Any], config: InjectConfig) -> tuple[
     result: Obj = copy.deepcopy(dict(template))
     if is_injected(result):
         return result, []
-    meta = result.setdefault("metadata", {})
+    meta = result["metadata"] = result.get("metadata") or {}
     annotations = meta.get("annotations") or {}
     mode, warnings = _mode(annotations, config)
     meta["labels"] = {**(meta.get("labels") or {}), MONITORED_LABEL: "true"}
-    spec = result.setdefault("spec", {})
+    spec = result["spec"] = result.get("spec") or {}
     if CONTAINERS_ANNOTATION in annotations:
         ports, more = selected_ports(spec, annotations[CONTAINERS_ANNOTATION])
         warnings += more
@@ -187,13 +219,19 @@ def patch_for(pod: Mapping[str, Any], config: InjectConfig) -> tuple[list[Obj], 
     cleanly even if another webhook changed unrelated fields."""
     if is_injected(pod):
         return [], []
+    if not isinstance((pod.get("spec") or {}).get("containers"), list):
+        raise TypeError("spec.containers is not a list")   # no path to add the sidecar to
     injected, warnings = inject_template(pod, config)
     meta, new_meta = pod.get("metadata") or {}, injected["metadata"]
     ops: list[Obj] = []
+    if not isinstance(pod.get("metadata"), Mapping):
+        ops.append({"op": "add", "path": "/metadata", "value": {}})   # absent or null: make it
     for field, keys in (("labels", [MONITORED_LABEL]), ("annotations", [PORTS_ANNOTATION])):
-        new = new_meta.get(field) or {}
-        present = [k for k in keys if k in new and (meta.get(field) or {}).get(k) != new[k]]
-        if present and meta.get(field) is None:
+        new, current = new_meta.get(field) or {}, meta.get(field)
+        if current is not None and not isinstance(current, Mapping):
+            raise TypeError(f"metadata.{field} is not a map")   # no path to add a key under
+        present = [k for k in keys if k in new and (current or {}).get(k) != new[k]]
+        if present and current is None:
             ops.append({"op": "add", "path": f"/metadata/{field}", "value": {k: new[k] for k in present}})
         else:
             ops += [{"op": "add", "path": f"/metadata/{field}/{_escape(k)}", "value": new[k]}

@@ -3,6 +3,16 @@
 ``decode`` is on the per-packet path: precompiled ``struct`` objects over a ``memoryview``, one
 ``PacketMeta`` tuple per packet, no scapy (docs/datapath.md: 0.64 us against 400 us for scapy).
 Addresses are packed bytes (4 or 16) so that lookups never format strings.
+
+Bounded work (every byte comes from a pod that may be hostile): at most ``MAX_VLAN_TAGS`` tags
+(802.1ad + 802.1Q), at most ``MAX_IPV6_EXTENSION_BYTES`` of IPv6 extension headers; anything
+longer is ``Malformed`` (the pipeline counts it as ``malformed``). So the headers of a decoded frame
+end at most 14 + 8 + 40 + 256 + 60 = 378 bytes in (IPv4: 14 + 8 + 60 + 60 = 142), which bounds the
+segment count of re-segmentation from below (``normalize``: one VLAN storm had made 15,873 frames
+out of one 65 KB datagram). The checks sit on the general path only (the fast path has neither
+tags nor extension headers) and cost at most 0.05 us there (1.11 -> 1.16 us for IPv6 with a
+destination-options header, best of 7 x 100k calls). Invariant for every returned ``PacketMeta``
+with ``l4 >= 0``: ``l3 <= l4 <= payload <= end <= len(frame)``.
 """
 
 from __future__ import annotations
@@ -24,6 +34,12 @@ IPPROTO_UDP = 17
 IPPROTO_ICMPV6 = 58
 _IPV6_EXTENSIONS = frozenset({0, 43, 60, 51})  # hop-by-hop, routing, destination options, AH
 _IPV6_FRAGMENT = 44
+MAX_VLAN_TAGS = 2
+"""802.1ad + 802.1Q (QinQ): a pod's eth0 never carries more; a tag storm is malformed."""
+MAX_IPV6_EXTENSION_BYTES = 256
+"""IPv6 extension headers, all together: a hop-by-hop jumbo option is 8 bytes, a segment routing
+header with 15 segments 248; longer chains are dropped by much of the Internet anyway (RFC 9098)."""
+_VLAN_END = 14 + 4 * MAX_VLAN_TAGS
 
 TCP_FIN, TCP_SYN, TCP_RST, TCP_PSH, TCP_ACK = 0x01, 0x02, 0x04, 0x08, 0x10
 
@@ -118,6 +134,8 @@ def _decode_general(view: memoryview | bytes, size: int) -> PacketMeta:
     (ethertype,) = _ETHERTYPE.unpack_from(view, 12)
     offset, vlan = 14, -1
     while ethertype in (ETH_P_8021Q, ETH_P_8021AD):
+        if offset == _VLAN_END:
+            raise Malformed(f"802.1q: more than {MAX_VLAN_TAGS} VLAN tags")
         if size < offset + 4:
             raise Malformed("802.1q: truncated tag")
         tci, ethertype = _VLAN.unpack_from(view, offset)
@@ -158,7 +176,10 @@ def _ipv6(view: memoryview | bytes, l3: int, vlan: int) -> PacketMeta:
         raise Malformed("ipv6: version is not 6")
     end = min(l3 + 40 + plen, len(view)) if plen else len(view)
     offset, fragment, ident = l3 + 40, False, 0
+    limit = offset + MAX_IPV6_EXTENSION_BYTES
     while True:
+        if offset > limit:
+            raise Malformed(f"ipv6: extension headers longer than {MAX_IPV6_EXTENSION_BYTES} bytes")
         if nxt in _IPV6_EXTENSIONS:
             if end < offset + 8:
                 raise Malformed("ipv6: truncated extension header")
@@ -176,6 +197,8 @@ def _ipv6(view: memoryview | bytes, l3: int, vlan: int) -> PacketMeta:
                 return _transport(view, vlan, l3, 6, src, dst, nxt, hlim, -1, end, True, ident)
         else:
             break
+    if offset > end:
+        raise Malformed("ipv6: extension headers overrun the packet")
     return _transport(view, vlan, l3, 6, src, dst, nxt, hlim, offset, end, fragment, ident)
 
 

@@ -23,6 +23,13 @@ hands on, once, before every output, and the sensors need no "ignore checksums" 
 Not changed: IP fragments, frames already sliced (``len(frame) < wire_len``: the payload needed to
 checksum is gone), non-TCP frames above ``max_frame`` (UDP GSO is rare; counted as ``oversize``).
 
+**Never amplified.** A split is refused (the frame goes on whole, counted as ``unsplittable``) when
+its segments would carry fewer than ``MIN_MSS`` payload bytes or number more than ``MAX_SEGMENTS``.
+With the header bounds of ``headers`` (at most 378 bytes) and ``max_frame`` >= 590 (settings),
+the output of one frame of at most 64 KB is at most ``ceil(payload / MIN_MSS)`` <= 123 frames, and
+with the default 1514 at most 58 (MSS >= 1136); before the bounds, one crafted datagram with 364
+VLAN tags (MSS 4) became 15,873 frames.
+
 The ones' complement sum uses ``int.from_bytes(data, "big") % 0xFFFF``: 65536 is 1 modulo 65535,
 so a big-endian integer is congruent to the sum of its 16-bit words. One C call for a 64 KB packet
 instead of a Python loop; an odd length is padded by a shift (``<< 8``) instead of a copy. Splitting
@@ -44,6 +51,11 @@ import numpy as np
 from nodeagent.wire.headers import IPPROTO_TCP, IPPROTO_UDP, TCP_FIN, TCP_PSH, PacketMeta
 
 TCP_CWR = 0x80
+MIN_MSS = 536
+"""Smallest segment payload a split may produce: the IPv4 default MSS (RFC 879, RFC 9293 3.7.1)."""
+MAX_SEGMENTS = 128
+"""Most segments one frame may become: ``ceil(65536 / MIN_MSS)`` = 123, rounded up; a frame above
+64 KB (a receive buffer raised for BIG TCP) is left whole rather than cut into more."""
 _U16 = struct.Struct("!H")
 _U32 = struct.Struct("!I")
 _HH = struct.Struct("!HH")
@@ -134,6 +146,10 @@ class Normalizer:
         """Partial checksums completed (not counting segments, which always get a full checksum)."""
         self.oversize = 0
         """Frames above ``max_frame`` left whole (not TCP, or headers too long to split)."""
+        self.unsplittable = 0
+        """TCP frames above ``max_frame`` left whole because a split would yield segments of fewer
+        than ``MIN_MSS`` payload bytes or more than ``MAX_SEGMENTS`` of them (crafted headers or a
+        small ``max_frame``): the bound on frames per datagram. Also counted in ``oversize``."""
 
     def apply(
         self, frame: memoryview, meta: PacketMeta, wire_len: int
@@ -146,7 +162,10 @@ class Normalizer:
         if size > self.max_frame:
             splittable = meta.proto == IPPROTO_TCP and meta.payload < min(meta.end, self.max_frame)
             if self.segment and splittable:
-                return self._split(frame, meta)
+                mss = self.max_frame - meta.payload
+                if mss >= MIN_MSS and meta.end - meta.payload <= mss * MAX_SEGMENTS:
+                    return self._split(frame, meta, mss)
+                self.unsplittable += 1
             self.oversize += 1
         if not self.fix_checksums or not _is_partial_fast(frame, meta):
             return None
@@ -161,8 +180,8 @@ class Normalizer:
         self.fixed += 1
         return [out]
 
-    def _split(self, frame: memoryview, meta: PacketMeta) -> list[memoryview]:
-        out = split(frame, meta, self.max_frame - meta.payload)
+    def _split(self, frame: memoryview, meta: PacketMeta, mss: int) -> list[memoryview]:
+        out = split(frame, meta, mss)
         self.segmented += 1
         self.segments += len(out)
         return out
@@ -173,6 +192,7 @@ class Normalizer:
             "segments": self.segments,
             "checksums_fixed": self.fixed,
             "oversize": self.oversize,
+            "unsplittable": self.unsplittable,
             "max_frame": self.max_frame,
         }
 

@@ -111,17 +111,18 @@ class Writer:
         self._ifaces.clear()
         return section_header(application)
 
-    def describe(self, key: str, description: str) -> tuple[int, bytes]:
-        """The interface number of ``key`` and the IDB to write first (b"" if already described)."""
+    def describe(self, key: str, description: str, name: str | None = None) -> tuple[int, bytes]:
+        """The interface number of ``key`` and the IDB to write first (b"" if already described);
+        the interface's ``if_name`` is ``name`` (default: ``key``)."""
         idx = self._ifaces.get(key)
         if idx is not None:
             return idx, b""
         idx = self._ifaces[key] = len(self._ifaces)
-        return idx, interface(key, description)
+        return idx, interface(key if name is None else name, description)
 
     def encode(self, key: str, description: str, ts_ns: int, frame: bytes | memoryview, wire_len: int,
-               flags: int = 0, comment: str = "") -> bytes:
-        idx, head = self.describe(key, description)
+               flags: int = 0, comment: str = "", name: str | None = None) -> bytes:
+        idx, head = self.describe(key, description, name)
         return head + packet(idx, ts_ns, frame, wire_len, flags, comment)
 
     @property

@@ -145,8 +145,10 @@ def test_webhook_injects_one_sidecar_kernel_where_net_admin_sniff_where_not(work
                                                                             installed: Cluster) -> None:
     web, client = workload["web"], workload["client"]
     (web_sidecar,), (client_sidecar,) = sidecars(web), sidecars(client)
-    assert web_sidecar["securityContext"]["capabilities"] == {"add": ["NET_ADMIN"]}
-    assert "capabilities" not in client_sidecar["securityContext"]
+    assert web_sidecar["securityContext"]["capabilities"] == {"drop": ["ALL"], "add": ["NET_ADMIN"]}
+    assert client_sidecar["securityContext"]["capabilities"] == {"drop": ["ALL"], "add": ["NET_RAW"]}
+    for sidecar in (web_sidecar, client_sidecar):
+        assert sidecar["securityContext"]["seccompProfile"] == {"type": "RuntimeDefault"}
     assert web_sidecar["image"] == client_sidecar["image"] == IMAGE
     assert client_sidecar["imagePullPolicy"] == "Never"
     for obj in (web, client):
@@ -158,6 +160,24 @@ def test_webhook_injects_one_sidecar_kernel_where_net_admin_sniff_where_not(work
                 if "mode" in pods.get(key(obj), {})}
     assert eventually(lambda: len(modes()) == 2 and modes(), 60, "both pods in /status with a mode") == {
         "web": "kernel", "client": "sniff"}
+
+
+def test_each_sidecar_runs_with_exactly_its_one_capability_no_new_privileges_and_seccomp(
+        workload: dict[str, Any], installed: Cluster) -> None:
+    """What containerd and runc made of the injected securityContext, read from the running sidecar
+    (``/proc/1/status`` of its container): CAP_NET_ADMIN (bit 12) for kernel mode, CAP_NET_RAW
+    (bit 13) for sniffing, nothing else; no_new_privs; a seccomp filter (RuntimeDefault)."""
+    expected = {"web": 1 << 12, "client": 1 << 13}
+    for name, caps in expected.items():
+        obj = workload[name]
+        text = installed.kubectl("-n", obj["metadata"]["namespace"], "exec", obj["metadata"]["name"], "-c",
+                                 "podmirror-sidecar", "--", "python3", "-c",
+                                 "print(open('/proc/1/status').read())")
+        fields = dict(line.split(":\t", 1) for line in text.splitlines() if ":\t" in line)
+        assert int(fields["CapEff"], 16) == int(fields["CapPrm"], 16) == caps, (name, fields)
+        assert int(fields["CapBnd"], 16) == caps and int(fields["CapAmb"], 16) == 0, (name, fields)
+        assert fields["NoNewPrivs"].strip() == "1" and fields["Seccomp"].strip() == "2", (name, fields)
+        assert fields["Uid"].split()[0] == "0", (name, fields)  # root: tests/netns/test_sidecar_privileges.py
 
 
 def test_service_flows_once_and_the_pcap_holds_the_clients_requests(
@@ -213,21 +233,23 @@ def test_rolling_the_agent_restarts_no_application_pod_and_tunnels_return(worklo
 
 def test_deleting_the_client_removes_it_from_the_agent_table(workload: dict[str, Any],
                                                             installed: Cluster) -> None:
+    """Read from /status: push-down answers a pod only about itself (this test is not the pod), and
+    the same 403 whether the address is a pod or not, so it is no oracle of the table."""
     k, ip = installed, workload["client"]["status"]["podIP"]
-    pushdown = (f"http://{k.service_ip('podmirror', 'podmirror-agent')}:9477/v1/pushdown"
+    pushdown = (f"http://{k.service_ip('podmirror', 'podmirror-agent')}:9476/v1/pushdown"
                 f"?ip={ip}&vni={vni_for_address(ip)}&mode=sniff")
 
-    def known() -> int:
+    def answer() -> int:
         try:
-            with urllib.request.urlopen(pushdown, timeout=5) as answer:
-                return int(answer.status)
+            with urllib.request.urlopen(pushdown, timeout=5) as answered:
+                return int(answered.status)
         except urllib.error.HTTPError as exc:
             return exc.code
-    assert known() == 200 and k.agent_status()["kube"]["local"] == 2
+    assert answer() == 403 and k.agent_status()["kube"]["local"] == 2
     k.kubectl("-n", NS, "delete", "pod", "client", "--wait=true", timeout=120)
-    eventually(lambda: known() == 404, 30, "the agent forgets the deleted client")
+    eventually(lambda: k.agent_status()["kube"]["local"] == 1, 30, "the agent forgets the deleted client")
     status = k.agent_status()
-    assert status["kube"]["local"] == 1 and status["senders"] == 1
+    assert status["kube"]["local"] == 1 and status["senders"] == 1 and answer() == 403
 
 
 # -- what must not be injected or blocked ------------------------------------------------------------

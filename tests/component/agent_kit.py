@@ -33,6 +33,7 @@ def make_settings(tmp_path: Any = None, **groups: Any) -> Settings:
     base: dict[str, Any] = {
         "listen": {"host": "127.0.0.1", "port": 0},
         "status": {"host": "127.0.0.1", "port": 0},
+        "pushdown": {"host": "127.0.0.1", "port": 0},
         "senders": [f"{KNOWN}+{POD_IP},5,default/web"],
         "dedup": {"enabled": False},
         "cutoff": {"enabled": False},

@@ -1,8 +1,10 @@
-"""``GET /v1/pushdown`` on a running agent: the program, its version, the recorded mode, errors."""
+"""``GET /v1/pushdown`` on a running agent: the program, its version, the recorded mode, errors;
+its own listener, and a pod answered only about itself (the request's source address)."""
 
 from __future__ import annotations
 
 import asyncio
+import http.client
 import json
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -14,6 +16,7 @@ from sidecar_lite import cbpf
 from tests import cbpf_reference
 from tests.component.agent_kit import (
     KNOWN,
+    UNKNOWN,
     get_status,
     http_get,
     make_settings,
@@ -43,8 +46,25 @@ async def running(settings: Settings) -> AsyncIterator[Agent]:
         assert await asyncio.wait_for(task, 10) == 0
 
 
-async def fetch(agent, query: str) -> tuple[int, dict]:  # type: ignore[no-untyped-def]
-    code, body = await asyncio.to_thread(http_get, agent.status_address, f"/v1/pushdown?{query}")
+def _get(address: tuple[str, int], path: str, source: str) -> tuple[int, str]:
+    conn = http.client.HTTPConnection(*address, timeout=5, source_address=(source, 0))
+    try:
+        conn.request("GET", path)
+        answer = conn.getresponse()
+        return answer.status, answer.read().decode()
+    finally:
+        conn.close()
+
+
+async def pushdown_address(agent: Agent) -> tuple[str, int]:
+    host, _, port = (await get_status(agent))["pushdown"]["listen"].rpartition(":")
+    return host, int(port)
+
+
+async def fetch(agent: Agent, query: str, source: str = KNOWN) -> tuple[int, dict]:  # type: ignore[type-arg]
+    """GET push-down from ``source`` (the pod's own address unless a test says otherwise)."""
+    address = await pushdown_address(agent)
+    code, body = await asyncio.to_thread(_get, address, f"/v1/pushdown?{query}", source)
     return code, json.loads(body)
 
 
@@ -80,6 +100,40 @@ async def test_no_rules_is_null_and_bad_queries_are_rejected() -> None:
         code, body = await fetch(agent, f"ip={KNOWN}&vni=5&mode=sniff")
         assert code == 200 and body["bpf"] is None
         assert (await fetch(agent, f"ip={KNOWN}&vni=6&mode=sniff"))[0] == 404
-        assert (await fetch(agent, "ip=10.9.9.9&vni=5&mode=sniff"))[0] == 404
+        assert (await fetch(agent, f"ip={UNKNOWN}&vni=5&mode=sniff", source=UNKNOWN))[0] == 404
         assert (await fetch(agent, f"ip={KNOWN}&vni=5&mode=turbo"))[0] == 400
         assert (await fetch(agent, "ip=nope&vni=5&mode=kernel"))[0] == 400
+
+
+async def test_a_pod_is_answered_only_about_itself() -> None:
+    """From another address: 403 whether the asked address is a pod or not (no oracle), no mode
+    recorded; the pod itself is answered. Every refusal is counted."""
+    settings = make_settings(senders=[f"{KNOWN},5,default/web", "10.0.0.7,7,default/db"], filters=RULES)
+    async with running(settings) as agent:
+        assert (await fetch(agent, f"ip={KNOWN}&vni=5&mode=kernel", source=UNKNOWN))[0] == 403
+        assert (await fetch(agent, "ip=10.0.0.7&vni=7&mode=sniff"))[0] == 403      # another pod
+        assert (await fetch(agent, "ip=10.9.9.9&vni=9&mode=sniff"))[0] == 403      # no pod at all
+        status = await get_status(agent)
+        assert "mode" not in status["pods"]["default/web"] and "mode" not in status["pods"]["default/db"]
+        assert (await fetch(agent, f"ip={KNOWN}&vni=5&mode=sniff"))[0] == 200
+        status = await get_status(agent)
+        assert status["pods"]["default/web"]["mode"] == "sniff"
+        assert status["pushdown"]["refused"]["not_the_pod"] == 3 and status["pushdown"]["answered"] == 1
+
+
+async def test_push_down_and_status_are_two_listeners() -> None:
+    """Pods reach push-down; /status and /metrics are on the status listener only (deploy/'s
+    NetworkPolicy opens the first to every pod, the second to the node and Prometheus)."""
+    async with running(make_settings()) as agent:
+        pushdown = await pushdown_address(agent)
+        assert pushdown != agent.status_address
+        for path in ("/status", "/metrics"):
+            assert (await asyncio.to_thread(_get, pushdown, path, KNOWN))[0] == 404
+        status_code, _ = await asyncio.to_thread(http_get, agent.status_address, f"/v1/pushdown?ip={KNOWN}")
+        assert status_code == 404
+
+
+def test_ipv4_mapped_sources_count_as_their_ipv4_address() -> None:
+    assert pushdown_api.source_address("::ffff:10.0.0.5") == "10.0.0.5"
+    assert pushdown_api.source_address("fd00::5") == "fd00::5"
+    assert pushdown_api.source_address(None) is None

@@ -7,7 +7,7 @@ import contextlib
 from collections import defaultdict
 from pathlib import Path
 
-from nodeagent.adapters.transport_out import TransportOptions, TransportOutput, client_context
+from nodeagent.adapters.transport_out import TransportOptions, TransportOutput
 from tests.component.transport_kit import (
     Certs,
     RecordingSink,
@@ -47,7 +47,7 @@ async def test_every_flow_lands_entirely_at_one_collector_and_moves_only_with_it
     ca, pa = await start_collector(certs, sinks["a"])
     cb, pb = await start_collector(certs, sinks["b"])
     collectors = {"a": ca, "b": cb}
-    out = TransportOutput([("127.0.0.1", pa), ("127.0.0.1", pb)], client_context(certs.ca_file), OPTS)
+    out = TransportOutput([("127.0.0.1", pa), ("127.0.0.1", pb)], certs.agent_context(), OPTS)
     name_of = {f"127.0.0.1:{pa}": "a", f"127.0.0.1:{pb}": "b"}
     runner = asyncio.create_task(out.run(), name="transport")
     loop = asyncio.get_running_loop()

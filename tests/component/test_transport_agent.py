@@ -54,7 +54,8 @@ async def test_the_agent_delivers_forwarded_packets_to_the_collector_and_flushes
     sink = RecordingSink()
     collector, port = await start_collector(certs, sink)
     # A long max_delay: only the stop's flush can ship the last batch.
-    transport = {"collectors": [f"127.0.0.1:{port}"], "ca_file": certs.ca_file, "max_delay": 1.0}
+    transport = {"collectors": [f"127.0.0.1:{port}"], "ca_file": certs.ca_file, "max_delay": 1.0,
+                 "cert_file": certs.client_cert, "key_file": certs.client_key}
     frames = [tcp_frame(f"packet {i}".encode(), sport=41000 + i) for i in range(30)]
     try:
         async with running(make_settings(outputs={"transport": transport})) as agent:

@@ -7,7 +7,7 @@ import contextlib
 from pathlib import Path
 from typing import Any
 
-from nodeagent.adapters.transport_out import TransportOptions, TransportOutput, client_context
+from nodeagent.adapters.transport_out import TransportOptions, TransportOutput
 from nodeagent.collector import web
 from tests.component.transport_kit import Certs, RecordingSink, forward, frame, start_collector
 from tests.waiting import wait_for
@@ -18,7 +18,7 @@ async def test_status_and_metrics_count_what_was_delivered(tmp_path: Path, aioht
     collector, port = await start_collector(certs, RecordingSink())
     app = web.make_app(collector)
     client = await aiohttp_client(app)
-    out = TransportOutput([("127.0.0.1", port)], client_context(certs.ca_file),
+    out = TransportOutput([("127.0.0.1", port)], certs.agent_context(),
                           TransportOptions(max_delay=0.01))
     runner = asyncio.create_task(out.run(), name="transport")
     loop = asyncio.get_running_loop()

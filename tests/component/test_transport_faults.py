@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from nodeagent.adapters.transport_out import TransportOptions, TransportOutput, client_context
+from nodeagent.adapters.transport_out import TransportOptions, TransportOutput
 from tests.books import output_balances
 from tests.component.transport_kit import (
     Certs,
@@ -45,7 +45,7 @@ async def _kill_and_resume(tmp_path: Path, down_seconds: float) -> None:
     child = ChildCollector(certs, port, tmp_path / "pcap")
     opts = TransportOptions(max_delay=0.01, queue_bytes=QUEUE, backoff_initial=0.1, backoff_max=1.0,
                             connect_timeout=2.0)
-    out = TransportOutput([("127.0.0.1", port)], client_context(certs.ca_file), opts)
+    out = TransportOutput([("127.0.0.1", port)], certs.agent_context(), opts)
     link = out.links[f"127.0.0.1:{port}"]
     stop, peaks = asyncio.Event(), {"outbox": 0}
     runner = asyncio.create_task(out.run(), name="transport")

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from nodeagent.adapters.transport_out import TransportOptions, TransportOutput, client_context
+from nodeagent.adapters.transport_out import TransportOptions, TransportOutput
 from nodeagent.collector.server import Collector, server_context
 from nodeagent.collector.sinks import PcapngSink
 from tests.component.transport_kit import Certs, forward, frame, pcapng_packets
@@ -21,9 +21,9 @@ needs_tshark = pytest.mark.skipif(shutil.which("tshark") is None, reason="needs 
 
 async def _send(tmp_path: Path, sink: PcapngSink, frames: list[bytes]) -> None:
     certs = Certs(tmp_path)
-    collector = Collector([sink], server_context(certs.cert_file, certs.key_file))
+    collector = Collector([sink], server_context(certs.cert_file, certs.key_file, certs.ca_file))
     _, port = await collector.start("127.0.0.1", 0)
-    out = TransportOutput([("127.0.0.1", port)], client_context(certs.ca_file),
+    out = TransportOutput([("127.0.0.1", port)], certs.agent_context(),
                           TransportOptions(max_delay=0.01, batch_bytes=16 * 1024))
     runner = asyncio.create_task(out.run(), name="transport")
     loop = asyncio.get_running_loop()

@@ -44,7 +44,7 @@ async def test_batches_reach_the_collector_in_order_with_identity(tmp_path: Path
     frames = [frame(40000 + i % 20, 80, reply=bool(i % 2), payload=bytes([i % 256]) * 200)
               for i in range(600)]
     try:
-        out = TransportOutput([("127.0.0.1", port)], client_context(certs.ca_file), FAST)
+        out = TransportOutput([("127.0.0.1", port)], certs.agent_context(), FAST)
         async with running(out):
             for raw in frames:
                 out.offer(forward(raw, loop.time()))
@@ -95,7 +95,7 @@ async def test_the_certificate_must_name_the_collector(tmp_path: Path) -> None:
     try:
         opts = TransportOptions(max_delay=0.01, backoff_initial=0.05, backoff_max=0.2,
                                 server_name="collector.elsewhere.example")
-        out = TransportOutput([("127.0.0.1", port)], client_context(certs.ca_file), opts)
+        out = TransportOutput([("127.0.0.1", port)], certs.agent_context(), opts)
         async with running(out):
             link = out.links[f"127.0.0.1:{port}"]
             await wait_for(lambda: link.reconnects >= 1, 10, "a refused connection")
@@ -110,8 +110,7 @@ async def test_a_collector_requiring_client_certificates(tmp_path: Path, with_ce
     sink = RecordingSink()
     collector, port = await start_collector(certs, sink, client_ca=certs.ca_file)
     loop = asyncio.get_running_loop()
-    ctx = (client_context(certs.ca_file, certs.client_cert, certs.client_key) if with_cert
-           else client_context(certs.ca_file))
+    ctx = certs.agent_context() if with_cert else client_context(certs.ca_file)
     try:
         out = TransportOutput([("127.0.0.1", port)], ctx, FAST)
         async with running(out):
@@ -134,7 +133,7 @@ async def test_flush_waits_for_acknowledgements_and_close_counts_the_rest(tmp_pa
     loop = asyncio.get_running_loop()
     try:
         opts = TransportOptions(max_delay=30.0, backoff_initial=0.05)   # only flush closes the batch
-        out = TransportOutput([("127.0.0.1", port)], client_context(certs.ca_file), opts)
+        out = TransportOutput([("127.0.0.1", port)], certs.agent_context(), opts)
         async with running(out):
             for i in range(25):
                 out.offer(forward(frame(3000 + i, 80), loop.time()))

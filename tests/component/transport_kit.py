@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import signal
 import socket
+import ssl
 import subprocess
 import sys
 import time
@@ -16,6 +17,8 @@ import trustme
 from scapy.layers.inet import IP, TCP, UDP
 from scapy.layers.l2 import Ether
 
+from nodeagent.adapters.transport_out import client_context
+from nodeagent.collector.bounds import Limits
 from nodeagent.collector.server import Collector, server_context
 from nodeagent.pods.index import PodInfo
 from nodeagent.transport.records import Record
@@ -27,7 +30,11 @@ SERVER = PodInfo(ip="10.0.0.9", vni=9, namespace="shop", name="server")
 
 
 class Certs:
+    """A CA (trustme), the collector's serving certificate, and one agent client certificate
+    (``agent.example``); ``issue_client`` makes more agents."""
+
     def __init__(self, tmp: Path, ca: trustme.CA | None = None) -> None:
+        self.tmp = tmp
         self.ca = ca or trustme.CA()
         cert = self.ca.issue_cert("127.0.0.1", "localhost")
         self.ca_file = str(tmp / "ca.pem")
@@ -41,6 +48,19 @@ class Certs:
         self.client_key = str(tmp / "client.key")
         client.cert_chain_pems[0].write_to_path(self.client_cert)
         client.private_key_pem.write_to_path(self.client_key)
+
+    def issue_client(self, name: str) -> tuple[str, str]:
+        """Another agent's certificate and key files (common name ``name``)."""
+        cert = self.ca.issue_cert(name)
+        paths = str(self.tmp / f"{name}.pem"), str(self.tmp / f"{name}.key")
+        cert.cert_chain_pems[0].write_to_path(paths[0])
+        cert.private_key_pem.write_to_path(paths[1])
+        return paths
+
+    def agent_context(self, cert: tuple[str, str] | None = None) -> ssl.SSLContext:
+        """The agent's TLS context: the collector verified, the agent's certificate presented."""
+        cert_file, key_file = cert or (self.client_cert, self.client_key)
+        return client_context(self.ca_file, cert_file, key_file)
 
 
 def frame(sport: int, dport: int, reply: bool = False, payload: bytes = b"x" * 100,
@@ -67,9 +87,12 @@ def flow_key(raw: bytes) -> tuple[Any, ...]:
 class RecordingSink:
     def __init__(self) -> None:
         self.records: list[Record] = []
+        self.agents: list[str] = []
+        """The agent each record was delivered for (the collector's name for it)."""
 
     def deliver(self, records: Sequence[Record], agent: str) -> None:
         self.records.extend(records)
+        self.agents.extend(agent for _ in records)
 
     def close(self) -> None:
         pass
@@ -78,9 +101,15 @@ class RecordingSink:
         return {"kind": "recording", "packets": len(self.records)}
 
 
-async def start_collector(certs: Certs, sink: Any, client_ca: str | None = None,
-                          port: int = 0) -> tuple[Collector, int]:
-    collector = Collector([sink], server_context(certs.cert_file, certs.key_file, client_ca))
+MUTUAL = "mutual"
+
+
+async def start_collector(certs: Certs, sink: Any, client_ca: str | None = MUTUAL, port: int = 0,
+                          limits: Limits | None = None) -> tuple[Collector, int]:
+    """An in-process collector on loopback; by default it requires the agents' certificates, as
+    ``nodeagent collect`` does (``client_ca=None``: client authentication off)."""
+    ca = certs.ca_file if client_ca == MUTUAL else client_ca
+    collector = Collector([sink], server_context(certs.cert_file, certs.key_file, ca), limits)
     _, port = await collector.start("127.0.0.1", port)
     return collector, port
 
@@ -96,7 +125,8 @@ class ChildCollector:
 
     def __init__(self, certs: Certs, port: int, pcap_dir: Path, extra: Sequence[str] = ()) -> None:
         self.cmd = [sys.executable, "-m", "nodeagent.collector", "--cert", certs.cert_file,
-                    "--key", certs.key_file, "--listen", f"127.0.0.1:{port}", "--status", "",
+                    "--key", certs.key_file, "--client-ca", certs.ca_file,
+                    "--listen", f"127.0.0.1:{port}", "--status", "",
                     "--pcap-dir", str(pcap_dir), *extra]
         self.proc: subprocess.Popen[bytes] | None = None
 

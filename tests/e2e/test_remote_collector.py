@@ -33,16 +33,18 @@ VETH = "pmrsv"
 
 
 def certs(tmp: Path, hosts: list[Host]) -> tuple[str, dict[str, tuple[str, str]]]:
+    """One CA; a serving certificate per collector host and the agent's client certificate
+    (``out["agent"]``): mutual TLS, as ``nodeagent collect`` requires by default."""
     ca = trustme.CA()
     ca_file = str(tmp / "ca.pem")
     ca.cert_pem.write_to_path(ca_file)
     out = {}
-    for h in hosts:
-        cert = ca.issue_cert(h.ip)
-        pair = (str(tmp / f"{h.name}.pem"), str(tmp / f"{h.name}.key"))
+    for name, identity in [(h.name, h.ip) for h in hosts] + [("agent", "agent.lab")]:
+        cert = ca.issue_cert(identity)
+        pair = (str(tmp / f"{name}.pem"), str(tmp / f"{name}.key"))
         cert.cert_chain_pems[0].write_to_path(pair[0])
         cert.private_key_pem.write_to_path(pair[1])
-        out[h.name] = pair
+        out[name] = pair
     return ca_file, out
 
 
@@ -72,10 +74,11 @@ def run(lab: Lab, tmp: Path, n_collectors: int, veth: bool) -> dict[str, Any]:
     for h in hosts:
         extra = ["--interface", VETH] if veth else []
         collectors.append(start_collector(lab, h, tmp, cert=pairs[h.name][0], key=pairs[h.name][1],
-                                          pcap_dir=tmp / f"pcapng-{h.name}", extra=extra))
+                                          client_ca=ca, pcap_dir=tmp / f"pcapng-{h.name}", extra=extra))
     sniff = (capture.start_tcpdump(lab, hosts[0].ns, f"{VETH[:10]}-s", tmp / "veth.pcap") if veth else None)
     monitored: list[Pod] = [client, egress]
-    extra = [arg for h in hosts for arg in ("--collector", h.ip)] + ["--collector-ca", ca]
+    extra = [arg for h in hosts for arg in ("--collector", h.ip)] + [
+        "--collector-ca", ca, "--collector-cert", pairs["agent"][0], "--collector-key", pairs["agent"][1]]
     agent = podmirror.start_agent(lab, node, tmp, pods=monitored, config=WHOLE, extra=extra)
     sidecars = {p.key: podmirror.start_sidecar(lab, p, tmp, extra=["--tunnel-mtu", "1600"])
                 for p in monitored}

@@ -24,7 +24,7 @@ import trustme
 
 from nodeagent.lab import podmirror
 from nodeagent.lab.collector import LabCollector, start_collector
-from nodeagent.lab.topology import Host, Lab
+from nodeagent.lab.topology import Lab
 from nodeagent.lab.workload import Workload
 from tests.books import output_balances
 from tests.component.transport_kit import pcapng_packets
@@ -37,8 +37,8 @@ CONFIG = {"cutoff": {"enabled": False},
           "outputs": {"transport": {"queue_bytes": QUEUE, "backoff_initial": 0.1, "backoff_max": 1.0}}}
 
 
-def issue(ca: trustme.CA, host: Host, tmp: Path, name: str) -> tuple[str, str]:
-    cert = ca.issue_cert(host.ip)
+def issue(ca: trustme.CA, identity: str, tmp: Path, name: str) -> tuple[str, str]:
+    cert = ca.issue_cert(identity)
     pair = (str(tmp / f"{name}.pem"), str(tmp / f"{name}.key"))
     cert.cert_chain_pems[0].write_to_path(pair[0])
     cert.private_key_pem.write_to_path(pair[1])
@@ -64,13 +64,16 @@ def scenario(lab: Lab, tmp: Path, outage: float) -> dict[str, Any]:
     coll = lab.add_host("coll")
     good, bad = trustme.CA(), trustme.CA()
     good.cert_pem.write_to_path(str(tmp / "ca.pem"))
-    bad_pair, good_pair = issue(bad, coll, tmp, "untrusted"), issue(good, coll, tmp, "trusted")
+    bad_pair, good_pair = issue(bad, coll.ip, tmp, "untrusted"), issue(good, coll.ip, tmp, "trusted")
+    agent_pair = issue(good, "agent.lab", tmp, "agent")   # the agent's client certificate (mutual TLS)
+    ca = str(tmp / "ca.pem")
     out: dict[str, Any] = {}
 
-    wrong: LabCollector = start_collector(lab, coll, tmp, cert=bad_pair[0], key=bad_pair[1],
+    wrong: LabCollector = start_collector(lab, coll, tmp, cert=bad_pair[0], key=bad_pair[1], client_ca=ca,
                                           pcap_dir=tmp / "wrong")
     agent = podmirror.start_agent(lab, node, tmp, pods=[client], config=CONFIG,
-                                  extra=["--collector", coll.ip, "--collector-ca", str(tmp / "ca.pem")])
+                                  extra=["--collector", coll.ip, "--collector-ca", ca,
+                                         "--collector-cert", agent_pair[0], "--collector-key", agent_pair[1]])
     sidecar = podmirror.start_sidecar(lab, client, tmp, extra=["--tunnel-mtu", "1600"])
     podmirror.wait_mirroring(lab, agent, client, sidecar)
     poll(lambda: link(agent)["reconnects"] >= 2, 20, "refused connections")
@@ -79,7 +82,8 @@ def scenario(lab: Lab, tmp: Path, outage: float) -> dict[str, Any]:
     wrong.stop()
 
     pcap = tmp / "pcapng"
-    collector = start_collector(lab, coll, tmp, cert=good_pair[0], key=good_pair[1], pcap_dir=pcap)
+    collector = start_collector(lab, coll, tmp, cert=good_pair[0], key=good_pair[1], client_ca=ca,
+                                pcap_dir=pcap)
     poll(lambda: link(agent)["state"] == "up" and link(agent)["delivered"] > 0, 20, "delivery to start")
 
     work = Workload(lab, tmp)
@@ -97,7 +101,8 @@ def scenario(lab: Lab, tmp: Path, outage: float) -> dict[str, Any]:
         time.sleep(0.25)
     out["during"] = link(agent)
     delivered_before = out["during"]["delivered"]
-    collector = start_collector(lab, coll, tmp, cert=good_pair[0], key=good_pair[1], pcap_dir=pcap)
+    collector = start_collector(lab, coll, tmp, cert=good_pair[0], key=good_pair[1], client_ca=ca,
+                                pcap_dir=pcap)
     poll(lambda: link(agent)["delivered"] > delivered_before, 20, "delivery to resume by itself")
     bulk.join(outage + 60)
     poll(lambda: link(agent)["queued_packets"] == 0 and link(agent)["open_packets"] == 0, 30, "backlog")

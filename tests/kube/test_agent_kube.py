@@ -48,6 +48,7 @@ async def test_agent_takes_senders_from_the_api_and_reports_silent_pods(fake_api
     conf = kubeconfig(os.path.join(tmp_path, "kubeconfig"), client.configuration.host)
     agent = app.Agent(settings.load({
         "listen": {"host": "127.0.0.1", "port": 0}, "status": {"host": "127.0.0.1", "port": 0},
+        "pushdown": {"host": "127.0.0.1", "port": 0},
         "kube": {"node_name": "node-a", "kubeconfig": conf, "silent_after": 2.0}}))
     app._install_extensions(agent)
     runner = asyncio.create_task(agent.run(handle_signals=False), name="agent")

@@ -103,25 +103,44 @@ CAN_I = [
     (WEBHOOK, ["list", "mutatingwebhookconfigurations"], False),
     (WEBHOOK, ["list", "pods", "--all-namespaces"], False),
     (WEBHOOK, ["get", "secrets", "-n", "podmirror"], False),
-    ("system:serviceaccount:shop:default", ["list", "pods", "-n", "podmirror"], True),  # label discovery
+    ("system:serviceaccount:shop:default", ["list", "pods", "-n", "podmirror"], False),  # no label discovery
+    ("system:serviceaccount:shop:default", ["list", "pods", "-n", "shop"], False),
+]
+LABEL_DISCOVERY = [  # deploy/overlays/label-discovery: what its sidecars use, and nothing more
+    ("system:serviceaccount:shop:default", ["list", "pods", "-n", "podmirror"], True),
+    ("system:serviceaccount:shop:default", ["get", "pods", "-n", "podmirror"], True),
     ("system:serviceaccount:shop:default", ["list", "pods", "-n", "shop"], False),
     ("system:serviceaccount:shop:default", ["watch", "pods", "-n", "podmirror"], False),
+    ("system:serviceaccount:shop:default", ["list", "secrets", "-n", "podmirror"], False),
 ]
 
 
-def test_rbac_grants_what_the_code_uses_and_nothing_more(installed: controlplane.ControlPlane) -> None:
+def can_i(plane: controlplane.ControlPlane, checks: list[tuple[str, list[str], bool]]) -> list[Any]:
+    """The checks ``kubectl auth can-i --as`` answers otherwise than expected."""
     wrong = []
-    for user, verb_resource, expected in CAN_I:
+    for user, verb_resource, expected in checks:
         namespace = user.split(":")[2]
         result = subprocess.run(
-            ["kubectl", "--kubeconfig", installed.kubeconfig, "auth", "can-i", *verb_resource, "--as", user,
+            ["kubectl", "--kubeconfig", plane.kubeconfig, "auth", "can-i", *verb_resource, "--as", user,
              "--as-group", "system:serviceaccounts", "--as-group", f"system:serviceaccounts:{namespace}"],
             capture_output=True, text=True, timeout=60)
         answer = result.stdout.strip()
         assert answer in ("yes", "no"), result.stderr  # an error is neither a grant nor a denial
         if (answer == "yes") != expected:
             wrong.append((user, verb_resource, answer))
-    assert not wrong
+    return wrong
+
+
+def test_rbac_grants_what_the_code_uses_and_nothing_more(installed: controlplane.ControlPlane) -> None:
+    assert not can_i(installed, CAN_I)
+
+
+def test_label_discovery_overlay_grants_listing_agent_pods_only() -> None:
+    """On its own control plane: the overlay's RoleBinding must not leak into the other tests."""
+    with controlplane.running() as plane:
+        objs = [o for o in built("deploy/overlays/label-discovery") if o["kind"] in RBAC_KINDS]
+        kubectl(plane, "apply", "-f", "-", stdin=yaml.safe_dump_all(objs))
+        assert not can_i(plane, LABEL_DISCOVERY)
 
 
 def _paths(obj: Any, prefix: str = "") -> set[str]:
@@ -133,7 +152,8 @@ def _paths(obj: Any, prefix: str = "") -> set[str]:
     return {prefix}
 
 
-@pytest.mark.parametrize("path", ["deploy", "deploy/overlays/zeek"])  # cert-manager's needs its CRDs
+@pytest.mark.parametrize("path", ["deploy", "deploy/overlays/zeek", "deploy/overlays/label-discovery"])
+# (cert-manager's needs its CRDs)
 def test_server_dry_run_accepts_every_manifest_and_drops_only_known_fields(
         installed: controlplane.ControlPlane, path: str) -> None:
     objs = built(path)
@@ -266,6 +286,8 @@ def test_apiserver_calls_the_webhook_over_tls_and_stores_injected_pods(
     assert pod.metadata.labels["podmirror.io/monitored"] == "true"
     (sidecar,) = [c for c in pod.spec.containers if c.name == SIDECAR_NAME]
     assert sidecar.image == "podmirror:test" and sidecar.security_context.capabilities.add == ["NET_ADMIN"]
+    assert sidecar.security_context.capabilities.drop == ["ALL"]
+    assert sidecar.security_context.seccomp_profile.type == "RuntimeDefault"
     # idempotent at admission too: a pod injected offline is admitted as it is
     offline = webhook.sanitize_for_serialization(pod)
     offline["metadata"] = {"name": "again", "labels": offline["metadata"]["labels"],
@@ -291,7 +313,8 @@ def test_nodeagent_run_takes_its_pod_table_from_the_apiserver(installed: control
         conf = installed.kubeconfig_for(controlplane.SERVICE_ACCOUNTS[AGENT], "lab-agent")
         log = open(os.path.join(installed.workdir, "agent.log"), "wb")  # noqa: SIM115
         proc = subprocess.Popen([sys.executable, "-m", "nodeagent", "run", "--listen", "127.0.0.1:0",
-                                 "--status", f"127.0.0.1:{port}", "--node-name", "lab-node",
+                                 "--status", f"127.0.0.1:{port}", "--pushdown", "127.0.0.1:0",
+                                 "--node-name", "lab-node",
                                  "--kubeconfig", conf], stdout=log, stderr=subprocess.STDOUT,
                                 stdin=subprocess.DEVNULL)
         try:

@@ -46,7 +46,7 @@ def frame(src: str) -> bytes:
                  / UDP(sport=5000, dport=53) / b"q")
 
 
-def sidecars(first: int, count: int, status: tuple[str, int], tunnel: int) -> None:
+def sidecars(first: int, count: int, pushdown: tuple[str, int], tunnel: int) -> None:
     """Each pod's tunnel delivers one datagram and its sidecar polls push-down, from its own address."""
     for n in range(first, first + count):
         ip = address(n)
@@ -54,7 +54,7 @@ def sidecars(first: int, count: int, status: tuple[str, int], tunnel: int) -> No
         with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
             sock.bind((ip, 0))
             sock.sendto(vxlan.encode(vni, frame(ip)), ("127.0.0.1", tunnel))
-        conn = http.client.HTTPConnection(*status, timeout=5, source_address=(ip, 0))
+        conn = http.client.HTTPConnection(*pushdown, timeout=5, source_address=(ip, 0))
         try:
             conn.request("GET", f"/v1/pushdown?ip={ip}&vni={vni}&mode=kernel")
             assert conn.getresponse().status == 200
@@ -78,7 +78,8 @@ def rss_kib(pid: int) -> int:
     raise AssertionError("no VmRSS")
 
 
-def addresses(log: Path, proc: subprocess.Popen[bytes]) -> tuple[int, tuple[str, int]]:
+def addresses(log: Path, proc: subprocess.Popen[bytes]) -> tuple[int, tuple[str, int], tuple[str, int]]:
+    """The tunnel port, the status address and the push-down address, from the agent's log."""
     import re
 
     deadline = time.monotonic() + 30
@@ -86,8 +87,10 @@ def addresses(log: Path, proc: subprocess.Popen[bytes]) -> tuple[int, tuple[str,
         text = log.read_text(errors="replace") if log.exists() else ""
         tunnel = re.search(r"receiving tunnels on 127\.0\.0\.1:(\d+)", text)
         status = re.search(r"status on http://127\.0\.0\.1:(\d+)/status", text)
-        if tunnel and status:
-            return int(tunnel.group(1)), ("127.0.0.1", int(status.group(1)))
+        pushdown = re.search(r"push-down on http://127\.0\.0\.1:(\d+)/v1/pushdown", text)
+        if tunnel and status and pushdown:
+            return (int(tunnel.group(1)), ("127.0.0.1", int(status.group(1))),
+                    ("127.0.0.1", int(pushdown.group(1))))
         time.sleep(0.05)
     raise AssertionError(f"the agent did not start: {log.read_text(errors='replace')[-2000:]}")
 
@@ -97,7 +100,8 @@ async def test_ten_thousand_pods_churned_through_the_watcher_leave_rss_and_serie
     fake, client = fake_api
     config = tmp_path / "agent.json"
     config.write_text(json.dumps({
-        "listen": "127.0.0.1:0", "status": "127.0.0.1:0", "log": {"level": "WARNING"},
+        "listen": "127.0.0.1:0", "status": "127.0.0.1:0", "pushdown": "127.0.0.1:0",
+        "log": {"level": "WARNING"},
         # Flow state is bounded by its own capacity and idle time (tested in the unit tier); short
         # here so that what remains is per-pod state.
         "dedup": {"flow_idle": 1.0}, "cutoff": {"idle": 1.0},
@@ -110,7 +114,7 @@ async def test_ten_thousand_pods_churned_through_the_watcher_leave_rss_and_serie
                                  "--log-level", "INFO"], cwd=ROOT, stdout=out, stderr=subprocess.STDOUT,
                                 stdin=subprocess.DEVNULL, env={**os.environ, "PYTHONPATH": str(ROOT)})
     try:
-        tunnel, status_at = await asyncio.to_thread(addresses, log, proc)
+        tunnel, status_at, pushdown_at = await asyncio.to_thread(addresses, log, proc)
 
         async def status() -> dict[str, Any]:
             return json.loads(await asyncio.to_thread(get, status_at, "/status"))  # type: ignore[no-any-return]
@@ -131,7 +135,7 @@ async def test_ten_thousand_pods_churned_through_the_watcher_leave_rss_and_serie
             for n in range(first, first + WAVE):
                 fake.create(pod(f"p{n}", ip=address(n), labels=MON))
             await eventually_async(listed, 30)
-            await asyncio.to_thread(sidecars, first, WAVE, status_at, tunnel)
+            await asyncio.to_thread(sidecars, first, WAVE, pushdown_at, tunnel)
             await eventually_async(listed, 10)
             assert sum(1 for p in last["pods"].values() if p.get("mode") == "kernel") == WAVE
             for n in range(first, first + WAVE):

@@ -20,7 +20,8 @@ from tests.kube.patching import validate
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
 KUSTOMIZATIONS = ["deploy", "deploy/base", "deploy/example", "deploy/overlays/zeek",
-                  "deploy/overlays/cert-manager", "deploy/overlays/local"]
+                  "deploy/overlays/cert-manager", "deploy/overlays/label-discovery",
+                  "deploy/overlays/capture", "deploy/overlays/local"]
 CRD_GROUPS = ("cert-manager.io/",)
 """Custom resources: no schema in kubernetes-validate; their fields are checked below instead."""
 pytestmark = pytest.mark.skipif(shutil.which("kubectl") is None,
@@ -63,6 +64,7 @@ def test_agent_daemonset_probes_status_port_runs_everywhere_unprivileged() -> No
     ports = {p["name"]: p for p in agent["ports"]}
     assert ports["status"]["containerPort"] == 9477 and ports["tunnel"] == {
         "name": "tunnel", "containerPort": 14789, "protocol": "UDP"}
+    assert ports["pushdown"]["containerPort"] == 9476
     assert agent["livenessProbe"]["httpGet"] == {"path": "/healthz", "port": "status"}
     assert agent["readinessProbe"]["httpGet"] == {"path": "/readyz", "port": "status"}
     assert agent["securityContext"]["capabilities"] == {"drop": ["ALL"]}
@@ -76,6 +78,7 @@ def test_agent_config_map_is_a_config_the_agent_accepts() -> None:
         (cm,) = [o for o in build(path) if o["kind"] == "ConfigMap"]
         loaded = settings.load(yaml.safe_load(cm["data"]["config.yaml"]))
         assert loaded.listen.port == settings.TUNNEL_PORT and loaded.status.port == settings.STATUS_PORT
+        assert loaded.pushdown.port == settings.PUSHDOWN_PORT
         ds = find(build(path), "DaemonSet", "podmirror-agent")
         volumes = {v["name"]: v for v in ds["spec"]["template"]["spec"]["volumes"]}
         assert volumes["config"]["configMap"]["name"] == cm["metadata"]["name"]  # hashed name followed
@@ -84,7 +87,12 @@ def test_agent_config_map_is_a_config_the_agent_accepts() -> None:
 def test_agent_service_is_node_local_with_tunnel_and_status_ports() -> None:
     svc = find(build("deploy/base"), "Service", "podmirror-agent")
     assert svc["spec"]["internalTrafficPolicy"] == "Local"
-    assert {(p["port"], p["protocol"]) for p in svc["spec"]["ports"]} == {(14789, "UDP"), (9477, "TCP")}
+    assert {(p["port"], p["protocol"]) for p in svc["spec"]["ports"]} == {
+        (14789, "UDP"), (9477, "TCP"), (9476, "TCP")}
+    (webhook,) = find(build("deploy/base"), "Deployment", "podmirror-webhook")["spec"]["template"]["spec"][
+        "containers"]
+    rules_url = webhook["args"][webhook["args"].index("--rules-url") + 1]
+    assert rules_url.endswith("PORT_PUSHDOWN)/v1/pushdown")   # the sidecars' URL: the push-down port
 
 
 def test_webhook_can_never_block_pods_and_skips_system_namespaces() -> None:
@@ -108,8 +116,53 @@ def test_rbac_is_least_privilege() -> None:
     assert find(objs, "ClusterRole", "podmirror-webhook")["rules"] == [
         {"apiGroups": ["admissionregistration.k8s.io"], "resources": ["mutatingwebhookconfigurations"],
          "resourceNames": ["podmirror-injector"], "verbs": ["get", "patch"]}]
+    # Every ClusterRole rule that names a resource kind names its objects, except the agent's
+    # list/watch (which a resourceNames cannot restrict); no RoleBinding to all service accounts.
+    assert not [o for o in objs if o["kind"] in ("Role", "RoleBinding")]
+    bindings = [o for o in objs if o["kind"].endswith("Binding")]
+    assert all(s["kind"] == "ServiceAccount" for b in bindings for s in b["subjects"])
+
+
+def test_capture_overlay_opens_only_the_capture_port_beyond_the_base_policy() -> None:
+    objs = build("deploy/overlays/capture")
+    extra = find(objs, "NetworkPolicy", "podmirror-agent-capture")["spec"]
+    assert [p for rule in extra["ingress"] for p in rule["ports"]] == [{"protocol": "TCP", "port": 9479}]
+    assert find(objs, "NetworkPolicy", "podmirror-agent")["spec"] == find(
+        build("deploy/base"), "NetworkPolicy", "podmirror-agent")["spec"]
+
+
+def test_label_discovery_overlay_adds_the_namespaced_grant_and_the_webhook_flag() -> None:
+    objs = build("deploy/overlays/label-discovery")
     role = find(objs, "Role", "podmirror-agent-discovery")
     assert role["metadata"]["namespace"] == "podmirror" and role["rules"][0]["verbs"] == ["get", "list"]
+    binding = find(objs, "RoleBinding", "podmirror-agent-discovery")
+    assert binding["metadata"]["namespace"] == "podmirror"
+    assert binding["subjects"] == [{"kind": "Group", "apiGroup": "rbac.authorization.k8s.io",
+                                    "name": "system:serviceaccounts"}]
+    (webhook,) = find(objs, "Deployment", "podmirror-webhook")["spec"]["template"]["spec"]["containers"]
+    assert webhook["args"][-2:] == ["--discovery", "label"]
+
+
+def test_network_policies_admit_only_what_each_port_is_for() -> None:
+    objs = build("deploy/base")
+    agent = find(objs, "NetworkPolicy", "podmirror-agent")["spec"]
+    assert agent["podSelector"] == {"matchLabels": {"app.kubernetes.io/name": "podmirror-agent"}}
+    assert agent["policyTypes"] == ["Ingress"]
+    by_port = {(p["protocol"], p["port"]): rule["from"] for rule in agent["ingress"] for p in rule["ports"]}
+    monitored = [{"namespaceSelector": {},
+                  "podSelector": {"matchLabels": {"podmirror.io/monitored": "true"}}}]
+    assert by_port == {
+        ("UDP", 14789): monitored, ("TCP", 9476): monitored,   # sidecars: tunnel and push-down
+        ("TCP", 9477): [{"namespaceSelector": {"matchLabels": {"podmirror.io/metrics": "allowed"}}}],
+    }
+    ds = find(objs, "DaemonSet", "podmirror-agent")["spec"]["template"]
+    assert ds["metadata"]["labels"]["app.kubernetes.io/name"] == "podmirror-agent"
+    webhook = find(objs, "NetworkPolicy", "podmirror-webhook")["spec"]
+    assert webhook["policyTypes"] == ["Ingress", "Egress"]
+    assert [p["port"] for rule in webhook["ingress"] for p in rule["ports"]] == [8443]
+    assert {p["port"] for rule in webhook["egress"] for p in rule["ports"]} == {443, 6443}
+    (container,) = find(objs, "Deployment", "podmirror-webhook")["spec"]["template"]["spec"]["containers"]
+    assert [p["containerPort"] for p in container["ports"]] == [8443]
 
 
 def test_zeek_overlay_adds_zeek_beside_the_agent_fed_over_loopback() -> None:
@@ -173,8 +226,8 @@ def test_webhook_gives_sidecars_the_agent_service_address_without_dns(path: str)
     prefix = svc["metadata"]["name"].upper().replace("-", "_") + "_SERVICE_"
     ports = {p["name"].upper(): p["port"] for p in svc["spec"]["ports"]}
     assert _arg(webhook["args"], "--agent") == f"$({prefix}HOST):$({prefix}PORT_TUNNEL)"
-    assert _arg(webhook["args"], "--rules-url") == f"http://{{agent_host}}:$({prefix}PORT_STATUS)/v1/pushdown"
-    assert ports == {"TUNNEL": 14789, "STATUS": 9477}
+    assert _arg(webhook["args"], "--rules-url") == f"http://{{agent_host}}:$({prefix}PORT_PUSHDOWN)/v1/pushdown"
+    assert ports == {"TUNNEL": 14789, "STATUS": 9477, "PUSHDOWN": 9476}
     assert deployment["spec"]["template"]["spec"].get("enableServiceLinks", True) is True
 
 

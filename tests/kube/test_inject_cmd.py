@@ -59,7 +59,7 @@ def test_annotations_choose_ports_and_mode() -> None:
     web = template_of(after[1])
     assert web["metadata"]["annotations"]["podmirror.io/ports"] == "80/TCP"
     db_sidecar = template_of(after[2])["spec"]["containers"][-1]
-    assert db_sidecar["securityContext"]["capabilities"] == {"add": ["NET_ADMIN"]}
+    assert db_sidecar["securityContext"]["capabilities"] == {"drop": ["ALL"], "add": ["NET_ADMIN"]}
 
 
 def test_injecting_twice_changes_nothing() -> None:

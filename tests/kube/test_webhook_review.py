@@ -44,10 +44,13 @@ def test_annotated_pod_gets_sidecar_label_env_and_a_valid_spec() -> None:
     env = {e["name"]: e.get("value") or e["valueFrom"]["fieldRef"]["fieldPath"] for e in container["env"]}
     assert env["PODMIRROR_AGENT"].endswith(":14789") and env["PODMIRROR_VNI"] == "auto"
     assert env["PODMIRROR_MODE"] == "auto" and env["PODMIRROR_DISCOVERY"] == "service"
-    assert env["PODMIRROR_RULES_URL"].endswith(":9477/v1/pushdown")
+    assert env["PODMIRROR_RULES_URL"].endswith(":9476/v1/pushdown")  # the push-down listener
     assert (env["POD_IP"], env["NODE_NAME"], env["NODE_IP"]) == ("status.podIP", "spec.nodeName",
                                                                  "status.hostIP")
-    assert "capabilities" not in container["securityContext"]  # auto/sniff: runtime-default NET_RAW
+    security = container["securityContext"]
+    assert security["capabilities"] == {"drop": ["ALL"], "add": ["NET_RAW"]}  # auto, as injected: sniffs
+    assert security["seccompProfile"] == {"type": "RuntimeDefault"}
+    assert security["allowPrivilegeEscalation"] is False and security["privileged"] is False
     assert container["resources"]["limits"] == {"cpu": "200m", "memory": "64Mi"}
     # Ready only while the pod's agent receives its tunnel: what other nodes' agents trust.
     assert container["readinessProbe"]["exec"]["command"] == ["sidecar-lite", "--check-tunnel"]
@@ -56,7 +59,7 @@ def test_annotated_pod_gets_sidecar_label_env_and_a_valid_spec() -> None:
 
 def test_kernel_mode_adds_net_admin_and_containers_become_declared_ports() -> None:
     pod, answer = injected("kernel_mode_containers")
-    assert sidecar(pod)["securityContext"]["capabilities"] == {"add": ["NET_ADMIN"]}
+    assert sidecar(pod)["securityContext"]["capabilities"] == {"drop": ["ALL"], "add": ["NET_ADMIN"]}
     assert pod["metadata"]["annotations"][kube.PORTS_ANNOTATION] == "8080/TCP,8081/UDP,9090/TCP"
     assert "warnings" not in answer["response"]
     validate(pod)
@@ -96,7 +99,7 @@ def test_missing_containers_and_bad_mode_are_warned_not_denied() -> None:
     warnings = answer["response"]["warnings"]
     assert any("ghost" in w for w in warnings) and any("turbo" in w for w in warnings)
     pod = apply_patch(req["request"]["object"], response_patch(answer))
-    assert "capabilities" not in sidecar(pod)["securityContext"]  # fell back to the default mode
+    assert sidecar(pod)["securityContext"]["capabilities"]["add"] == ["NET_RAW"]  # the default mode
 
 
 def test_escaped_keys_patch_existing_labels_in_place() -> None:
@@ -105,9 +108,35 @@ def test_escaped_keys_patch_existing_labels_in_place() -> None:
     assert {"op": "add", "path": "/metadata/labels/podmirror.io~1monitored", "value": "true"} in ops
 
 
-def test_not_a_review_is_rejected() -> None:
+@pytest.mark.parametrize("body", [{"kind": "AdmissionReview"}, None, [], 7, {"request": {"uid": 5}},
+                                  {"request": []}])
+def test_not_a_review_is_rejected(body: Any) -> None:
+    """Found by tests/fuzz (admission): a JSON body that is not an object was a 500."""
     with pytest.raises(BadReview):
-        respond({"kind": "AdmissionReview"}, CONFIG, namespace_enabled=False)
+        respond(body, CONFIG, namespace_enabled=False)
+
+
+@pytest.mark.parametrize("mangle, injected_ok", [
+    (lambda pod: pod.pop("metadata"), True),                      # the patch makes /metadata first
+    (lambda pod: pod.__setitem__("metadata", None), True),
+    (lambda pod: pod["spec"].pop("containers"), False),           # nowhere to add the sidecar
+    (lambda pod: pod.__setitem__("spec", []), False),
+    (lambda pod: pod["metadata"].__setitem__("labels", "x"), False),
+    (lambda pod: pod["metadata"].__setitem__("labels", False), False),
+    (lambda pod: pod["metadata"].__setitem__("labels", {}), True),
+])
+def test_a_pod_we_do_not_understand_is_admitted_unchanged_or_patched_validly(mangle: Any,
+                                                                           injected_ok: bool) -> None:
+    """Found by tests/fuzz (admission): such pods made a patch that did not apply, or a 500."""
+    req = review("plain_pod_in_enabled_namespace")
+    mangle(req["request"]["object"])
+    answer = respond(req, CONFIG, namespace_enabled=True)["response"]
+    assert answer["allowed"] is True
+    if injected_ok:
+        pod = apply_patch(req["request"]["object"], response_patch({"response": answer}))
+        assert sidecar(pod)["name"] == SIDECAR_NAME and pod["metadata"]["labels"][kube.MONITORED_LABEL]
+    else:
+        assert "patch" not in answer and "not injected" in answer["warnings"][0]
 
 
 @pytest.mark.parametrize("discovery", ["service", "node-ip", "label"])

@@ -252,3 +252,56 @@ def test_fast_path_is_taken_for_plain_ipv4_tcp_and_udp(monkeypatch):
     monkeypatch.setattr(headers, "_decode_general", no_general)
     assert [headers.decode(f) for f in frames] == expected
     assert all(type(m) is headers.PacketMeta and m.l4 == 34 for m in expected)
+
+
+def _udp_after(ext_or_tags) -> bytes:
+    return bytes(ext_or_tags / UDP(sport=1, dport=2) / b"x")
+
+
+def test_two_vlan_tags_are_decoded_a_third_is_malformed():
+    two = Ether(src=MAC1, dst=MAC2) / Dot1AD(vlan=5) / Dot1Q(vlan=6) / IP(src=A4, dst=B4)
+    assert headers.decode(_udp_after(two)).l3 == 22
+    three = Ether(src=MAC1, dst=MAC2) / Dot1AD(vlan=5) / Dot1Q(vlan=6) / Dot1Q(vlan=7) / IP(src=A4, dst=B4)
+    with pytest.raises(Malformed, match="more than 2 VLAN tags"):
+        headers.decode(_udp_after(three))
+
+
+def test_a_vlan_tag_storm_is_malformed_after_two_tags():
+    """The amplification attack: 364 tags before a 64 KB TCP super-packet."""
+    storm = bytes(Ether(src=MAC1, dst=MAC2, type=0x8100)) + b"\x00\x07\x81\x00" * 363 + b"\x00\x07\x08\x00"
+    frame = storm + bytes(IP(src=A4, dst=B4) / TCP(sport=1, dport=2) / (b"s" * 60000))
+    with pytest.raises(Malformed, match="VLAN"):
+        headers.decode(frame)
+
+
+def _dest_opts(count: int, extra: bool) -> bytes:
+    """``count`` destination-options headers of 32 bytes each (PadN of 28), plus one of 8 if ``extra``."""
+    from scapy.layers.inet6 import PadN
+
+    chain = b"".join(bytes(IPv6ExtHdrDestOpt(nh=60, options=[PadN(optdata=b"\x00" * 28)]))
+                     for _ in range(count))
+    return chain + (bytes(IPv6ExtHdrDestOpt(nh=60)) if extra else b"")
+
+
+@pytest.mark.parametrize("extra", [False, True])
+def test_ipv6_extension_headers_up_to_256_bytes(extra):
+    chain = bytearray(_dest_opts(8, extra))
+    assert len(chain) == (264 if extra else 256)
+    chain[len(chain) - (8 if extra else 32)] = 6  # the last header's next header: TCP
+    tcp = bytes(TCP(sport=5, dport=6))
+    frame = bytes(Ether(src=MAC1, dst=MAC2) / IPv6(src=A6, dst=B6, nh=60, plen=len(chain) + 20)) + chain + tcp
+    if not extra:
+        meta = headers.decode(frame)
+        assert meta.l4 == 54 + 256 and meta.dport == 6
+    else:
+        with pytest.raises(Malformed, match="longer than 256 bytes"):
+            headers.decode(frame)
+
+
+def test_ipv6_extension_headers_cannot_point_past_the_packet():
+    ext = bytes(IPv6ExtHdrDestOpt(nh=99))
+    hdr = bytearray(ext)
+    hdr[1] = 20  # claims 168 bytes, the packet ends after 8
+    frame = bytes(Ether(src=MAC1, dst=MAC2) / IPv6(src=A6, dst=B6, nh=60, plen=8)) + bytes(hdr)
+    with pytest.raises(Malformed, match="overrun"):
+        headers.decode(frame)

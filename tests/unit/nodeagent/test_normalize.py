@@ -290,3 +290,58 @@ def test_segment_checksums_verify_for_odd_and_even_mss(max_frame):
     assert out is not None and len(out) == -(-30001 // (max_frame - 66))
     assert all(_l4_valid(seg) for seg in out)
     assert b"".join(bytes(Ether(seg)[TCP].payload) for seg in out) == bytes(i * 7 % 256 for i in range(30001))
+
+
+def _v6_super(ext_bytes: int, payload: int) -> bytes:
+    """An IPv6 TCP super-packet behind ``ext_bytes`` of destination options and the longest TCP
+    options (60-byte header): the longest headers ``headers.decode`` accepts when ext_bytes = 256."""
+    from scapy.layers.inet6 import PadN
+
+    exts = None
+    for _ in range(ext_bytes // 32):
+        ext = IPv6ExtHdrDestOpt(options=[PadN(optdata=b"\x00" * 28)])
+        exts = ext if exts is None else exts / ext
+    tcp = TCP(sport=1, dport=2, seq=5, flags="PA", options=[("NOP", None)] * 40)
+    pkt = Ether(src=MAC1, dst=MAC2) / Dot1Q(vlan=7) / IPv6(src="fd00::5", dst="fd00::9")
+    pkt = (pkt / exts / tcp) if exts is not None else (pkt / tcp)
+    return _with_partial(pkt / bytes(i % 249 for i in range(payload)))
+
+
+def test_longest_headers_still_split_with_an_mss_of_at_least_1136():
+    frame = _v6_super(256, 65000)
+    meta = headers.decode(frame)
+    assert meta.payload == 14 + 4 + 40 + 256 + 60
+    norm, out = _apply(frame)
+    assert out is not None and len(out) == -(-65000 // (1514 - meta.payload)) <= 58
+    assert all(_l4_valid(seg) for seg in out) and norm.unsplittable == 0
+
+
+V6_HEADERS = 14 + 4 + 40 + 60
+"""Ethernet, one VLAN tag, IPv6, TCP with 40 bytes of options: ``_v6_super(0, ...)``'s headers."""
+
+
+@pytest.mark.parametrize("max_frame, splits", [(1514, True), (V6_HEADERS + 536, True),
+                                               (V6_HEADERS + 535, False)])
+def test_a_split_below_the_minimum_mss_is_refused_and_counted(max_frame, splits):
+    """With a small ``max_frame`` the MSS would fall under 536: the frame goes on whole, counted."""
+    frame = _v6_super(0, 20000)
+    norm, out = _apply(frame, max_frame=max_frame)
+    if splits:
+        assert out is not None and len(out) <= -(-20000 // normalize.MIN_MSS) and norm.unsplittable == 0
+    else:
+        assert (out is None or len(out) == 1) and norm.unsplittable == 1 and norm.oversize == 1
+
+
+def test_more_than_max_segments_is_refused():
+    """A frame above 64 KB (total length 0, as BIG TCP sends them) is not cut into more than 128."""
+
+    def big(payload: int) -> bytes:
+        frame = bytearray(bytes(_tcp4(b""))) + bytes(payload)
+        frame[16:18] = b"\x00\x00"  # IPv4 total length 0: the frame's length counts
+        return bytes(frame)
+
+    mss = 1514 - 66
+    norm, out = _apply(big(128 * mss + 1))
+    assert (out is None or len(out) == 1) and norm.unsplittable == 1
+    norm, out = _apply(big(128 * mss))
+    assert out is not None and len(out) == normalize.MAX_SEGMENTS and norm.unsplittable == 0

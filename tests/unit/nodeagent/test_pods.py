@@ -53,3 +53,30 @@ def test_replace_all_forgets_the_old_table():
     index.replace_all([_pod("10.0.0.7", name="c")])
     assert [p.name for p in index.all()] == ["c"]
     assert index.by_addr(ipaddress.ip_address("10.0.0.5").packed) is None
+
+
+def test_removing_a_pod_gives_a_shared_address_back_to_the_pod_that_still_holds_it():
+    """Found by tests/fuzz (kube_pods): a peer listing a local pod's address among its podIPs took
+    that address over; when the peer went, the local pod was left unreachable by address."""
+    from nodeagent.pods.index import PodIndex, PodInfo
+
+    local = PodInfo(ip="10.0.0.5", vni=5, namespace="shop", name="web")
+    peer = PodInfo(ip="10.0.0.6", vni=0, namespace="shop", name="web", local=False, ips=("10.0.0.5",))
+    index = PodIndex([local, peer])
+    assert index.by_addr(local.addr) is peer
+    index.remove(peer.ip)
+    assert index.by_addr(local.addr) is local and index.sender(local.ip) is local
+
+
+def test_removing_a_local_pod_gives_a_shared_source_back_to_the_other_sender():
+    from nodeagent.pods.index import PodIndex, PodInfo
+
+    first = PodInfo(ip="10.0.0.5", vni=5, namespace="shop", name="a", ips=("fd00::5",))
+    second = PodInfo(ip="10.0.0.6", vni=6, namespace="shop", name="b", ips=("fd00::5",))
+    index = PodIndex([first, second])
+    assert index.sender("fd00::5") is second
+    index.remove(second.ip)
+    import ipaddress
+
+    assert index.sender("fd00::5") is first
+    assert index.by_addr(ipaddress.ip_address("fd00::5").packed) is first

@@ -69,7 +69,7 @@ def test_corrupt_or_lying_batches_are_malformed() -> None:
     with pytest.raises(Malformed):
         compression.StreamDecompressor().unpack(good._replace(raw_len=good.raw_len - 1))
     with pytest.raises(Malformed):
-        records.decode_records(records.encode_records(sample_records(3))[:-5])
+        records.decode_records(records.encode_records(sample_records(3))[:-5], 3)
 
 
 def test_a_zstd_bomb_stops_at_the_announced_length() -> None:
