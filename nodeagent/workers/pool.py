@@ -46,6 +46,7 @@ from nodeagent.stats import Stats
 from nodeagent.wire import Malformed
 from nodeagent.workers import merge, relay
 from nodeagent.workers.channel import Channel, ChannelClosed, Message, pod_changes, pod_to_json
+from nodeagent.workers.worker import Worker, install_extensions
 
 log = logging.getLogger(__name__)
 
@@ -143,6 +144,9 @@ class WorkerPool:
     # ---- lifecycle ----
     async def start(self) -> None:
         """Bind the group, start every worker, wait until all read their sockets."""
+        # What each worker builds from the settings is built here once, and dropped, so that a bad
+        # setting stops the agent with its field named (ConfigError, exit 2), not a worker's crash.
+        install_extensions(Worker(self.settings, PodIndex(self.pods.all()), count=self.count))
         socks = steering.open_sockets(self.settings.listen, self.count)
         self.address = socks[0].getsockname()[:2]
         self.workers = [WorkerProcess(i, sock) for i, sock in enumerate(socks)]

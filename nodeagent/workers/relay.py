@@ -15,8 +15,8 @@ queue_limit) -> Session``. With worker processes the packets are in the workers,
   own queue). Nothing waits on a slow reader: every queue is bounded and counts what it drops.
 
 Stream frames (worker -> supervisor): ``FRAME`` (body length, capture id, kind) then the body:
-kind ``R`` records in the transport's record encoding (``records.encode_records``), kind ``D``
-JSON ``{pod: records dropped}``.
+kind ``R`` the record count (``COUNT``) and the records in the transport's record encoding
+(``records.encode_records``), kind ``D`` JSON ``{pod: records dropped}``.
 """
 
 from __future__ import annotations
@@ -33,6 +33,7 @@ from nodeagent.transport.records import decode_records, encode_records
 from nodeagent.verdict import OutputDrop
 
 FRAME = struct.Struct("!IIc")
+COUNT = struct.Struct("!I")
 RECORDS, DROPS = b"R", b"D"
 STREAM_BUFFER = 8 << 20
 """Bytes of capture frames a worker lets wait for the supervisor before it drops (and counts)."""
@@ -98,7 +99,8 @@ class Captures:
         if session is None or session.closed:
             return
         if kind == RECORDS:
-            for record in decode_records(body):
+            (count,) = COUNT.unpack_from(body)
+            for record in decode_records(body[COUNT.size:], count):
                 session.offer(record)
         elif kind == DROPS:
             for pod, count in json.loads(body).items():
@@ -125,7 +127,7 @@ async def forward(capture: int, session: Session, stream: asyncio.StreamWriter) 
             for record in batch:
                 lost[record.pod] = lost.get(record.pod, 0) + 1
         else:
-            stream.write(frame(capture, RECORDS, encode_records(batch)))
+            stream.write(frame(capture, RECORDS, COUNT.pack(len(batch)) + encode_records(batch)))
         _report(capture, session, reported, lost, stream)
     _report(capture, session, reported, lost, stream)
 

@@ -107,7 +107,7 @@ def test_relayed_capture_carries_the_filter_and_counts_upstream_losses() -> None
     message = captures.message(session.ident)
     assert capture_filter.parse(parse_qsl(message["filter"])) == session.filter
     records = [Record(1, 60, "default/web", 5, 1, bytes(60)), Record(2, 60, "default/web", 5, 2, bytes(60))]
-    captures.receive(session.ident, relay.RECORDS, encode_records(records))
+    captures.receive(session.ident, relay.RECORDS, relay.COUNT.pack(len(records)) + encode_records(records))
     captures.receive(session.ident, relay.DROPS, json.dumps({"default/web": 3}).encode())
     assert session.queued == 2 and session.received == {"default/web": 5}
     assert session.dropped == {"default/web": 3}
