@@ -55,7 +55,9 @@ from nodeagent.settings import Settings
 from nodeagent.stats import Counters
 from nodeagent.web import metrics, status
 from nodeagent.workers import cores
-from nodeagent.workers.pool import SharedPodIndex, WorkerPool, table_entries
+from nodeagent.workers.merge import table_entries
+from nodeagent.workers.podtable import SharedPodIndex
+from nodeagent.workers.pool import WorkerPool
 from nodeagent.workers.worker import Worker, install_extensions, static_pods
 
 log = logging.getLogger(__name__)

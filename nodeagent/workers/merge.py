@@ -55,3 +55,8 @@ def merge(snapshots: Sequence[Any], key: str = "") -> Any:
 
 def _number(value: Any) -> bool:
     return isinstance(value, int | float) and not isinstance(value, bool)
+
+
+def table_entries(snapshot: dict[str, Any]) -> int:
+    """Entries in a worker's pipeline tables (flows, digests): what its memory grows with."""
+    return sum(int(t.get("entries", 0)) for t in (snapshot.get("pipeline") or {}).values())

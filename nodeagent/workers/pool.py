@@ -34,7 +34,6 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterable
 from typing import Any
 
 from nodeagent.adapters import steering
@@ -46,6 +45,8 @@ from nodeagent.stats import Stats
 from nodeagent.wire import Malformed
 from nodeagent.workers import merge, relay
 from nodeagent.workers.channel import Channel, ChannelClosed, Message, pod_changes, pod_to_json
+from nodeagent.workers.merge import table_entries
+from nodeagent.workers.podtable import SharedPodIndex
 from nodeagent.workers.worker import Worker, install_extensions
 
 log = logging.getLogger(__name__)
@@ -89,40 +90,6 @@ class WorkerProcess:
         """This slot's counters over every process it ran (the socket's only from the live one)."""
         total: dict[str, Any] | None = merge.merge([self.retired, self.snapshot])
         return total
-
-
-class SharedPodIndex(PodIndex):
-    """The supervisor's pod table: each change schedules one push of the changes to the workers
-    (coalesced: a relist of thousands of pods is one message), in the loop turn after it, so a
-    worker has the pod before any later message on its channel (a ``status`` request included)."""
-
-    def __init__(self, pods: Iterable[PodInfo] = ()) -> None:
-        self.on_change: Callable[[], None] | None = None
-        self._scheduled = False
-        super().__init__(pods)
-
-    def add(self, pod: PodInfo) -> None:
-        super().add(pod)
-        self._changed()
-
-    def remove(self, ip: str) -> PodInfo | None:
-        pod = super().remove(ip)
-        self._changed()
-        return pod
-
-    def replace_all(self, pods: Iterable[PodInfo]) -> None:
-        super().replace_all(pods)
-        self._changed()
-
-    def _changed(self) -> None:
-        if self.on_change is not None and not self._scheduled:
-            self._scheduled = True
-            asyncio.get_running_loop().call_soon(self._push)
-
-    def _push(self) -> None:
-        self._scheduled = False
-        if self.on_change is not None:
-            self.on_change()
 
 
 class WorkerPool:
@@ -446,8 +413,3 @@ class WorkerPool:
                 before = out.get(key)
                 out[key] = seen if before is None or (seen is not None and seen > before) else before
         return out
-
-
-def table_entries(snapshot: dict[str, Any]) -> int:
-    """Entries in a worker's pipeline tables (flows, digests): what its memory grows with."""
-    return sum(int(t.get("entries", 0)) for t in (snapshot.get("pipeline") or {}).values())
