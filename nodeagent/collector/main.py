@@ -31,7 +31,8 @@ from aiohttp import web
 from nodeagent.collector import sinks
 from nodeagent.collector import web as status_web
 from nodeagent.collector.bounds import Limits
-from nodeagent.collector.server import Collector, require_client_certificates, server_context
+from nodeagent.collector.server import Collector
+from nodeagent.tls import server_context, trust_clients
 
 DEFAULT_PORT = 14790
 DEFAULT_STATUS_PORT = 9478
@@ -97,7 +98,7 @@ class CollectSettings:
             raise ConfigError(f"--cert/--key cannot be loaded: {exc}") from None
         if self.client_ca:
             try:
-                require_client_certificates(ctx, self.client_ca)
+                trust_clients(ctx, self.client_ca)
             except (ssl.SSLError, ValueError) as exc:
                 raise ConfigError(f"--client-ca cannot be loaded: {exc}") from None
         return ctx
