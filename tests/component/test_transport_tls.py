@@ -134,7 +134,8 @@ async def test_flush_waits_for_acknowledgements_and_close_counts_the_rest(tmp_pa
     collector, port = await start_collector(certs, sink)
     loop = asyncio.get_running_loop()
     try:
-        opts = TransportSettings(max_delay=1.0, backoff_initial=0.05)   # the longest allowed: flush closes it first
+        # The longest max_delay allowed: flush closes the batch first.
+        opts = TransportSettings(max_delay=1.0, backoff_initial=0.05)
         out = TransportOutput([("127.0.0.1", port)], certs.agent_context(), opts)
         async with running(out):
             for i in range(25):
