@@ -139,10 +139,11 @@ def cpu_per_packet(n: int = 50_000) -> None:
     from scapy.layers.inet import IP, TCP
     from scapy.layers.l2 import Ether
 
-    from nodeagent.adapters.transport_out import TransportOptions, TransportOutput, client_context
+    from nodeagent.adapters.transport_out import TransportOutput
     from nodeagent.adapters.vxlan_out import VxlanOutput
     from nodeagent.pods.index import PodInfo
-    from nodeagent.settings import SensorSettings
+    from nodeagent.settings import SensorSettings, TransportSettings
+    from nodeagent.tls import client_context
     from nodeagent.transport import compression
     from nodeagent.verdict import Direction, Forward
     from nodeagent.wire import headers
@@ -154,7 +155,8 @@ def cpu_per_packet(n: int = 50_000) -> None:
     fwds = [Forward(memoryview(f), headers.decode(f), 5, pod, Direction.EGRESS, len(f), 0.0) for f in frames]
 
     async def measure() -> None:
-        out = TransportOutput([("127.0.0.1", 9)], client_context(None), TransportOptions(queue_bytes=1 << 30))
+        out = TransportOutput([("127.0.0.1", 9)], client_context(None),
+                              TransportSettings(queue_bytes=1 << 30))
         t0 = time.process_time()
         for i in range(n):
             out.offer(fwds[i % len(fwds)])

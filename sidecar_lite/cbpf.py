@@ -114,6 +114,9 @@ def _instruction(insn: Sequence[int], pc: int, length: int) -> Instruction:
         raise BpfError(f"instruction {pc}: scratch slot {k} out of range")
     elif cls == LD and mode in (ABS, IND) and k >= _ANCILLARY:
         raise BpfError(f"instruction {pc}: Linux ancillary loads are not supported")
+    elif code in (ALU | DIV | K, ALU | MOD | K) and k == 0:
+        # The kernel refuses these at attach time (EINVAL); the sidecar would keep its old program.
+        raise BpfError(f"instruction {pc}: division by the constant 0")
     return Instruction(code, jt, jf, k)
 
 

@@ -30,9 +30,9 @@ def find_agent(settings: Settings) -> str:
     if not settings.pod.node_name:
         raise NoAgent("label discovery needs NODE_NAME (downward API spec.nodeName)")
     try:
-        config.load_incluster_config()  # type: ignore[no-untyped-call]
+        config.load_incluster_config()
     except config.ConfigException:
-        config.load_kube_config(config_file=settings.kubeconfig)  # type: ignore[no-untyped-call]
+        config.load_kube_config(config_file=settings.kubeconfig)
     namespace = settings.agent_namespace or "default"
     try:
         pods = client.CoreV1Api().list_namespaced_pod(

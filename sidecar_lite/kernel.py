@@ -33,7 +33,7 @@ IN6_ADDR_GEN_MODE_NONE = 1
 RTAX_MTU_LOCK = 1 << 2  # lock bit for RTAX_MTU (2): the kernel will not lower it by PMTU discovery
 
 
-class _ClsBpfOptions(sched_bpf.options):  # type: ignore[misc]
+class _ClsBpfOptions(sched_bpf.options):  # type: ignore[misc]  # pyroute2 is untyped: its class is Any
     nla_map = (
         ("TCA_BPF_UNSPEC", "none"),
         ("TCA_BPF_ACT", "bpf_act"),

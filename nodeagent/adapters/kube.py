@@ -143,7 +143,7 @@ class PodStream:
         if self._stopped.is_set():  # stop() ran before the response was visible to it
             response.shutdown()
         try:
-            for line in iter_resp_lines(response):  # type: ignore[no-untyped-call]
+            for line in iter_resp_lines(response):
                 if self._stopped.is_set():
                     break
                 event = json.loads(line)
@@ -164,11 +164,11 @@ class PodStream:
 def api_client(kubeconfig: str | None) -> kubernetes.client.ApiClient:
     """A client for ``kubeconfig``, or the in-cluster service account; never the global default."""
     if kubeconfig:
-        client: kubernetes.client.ApiClient = kubernetes.config.new_client_from_config(  # type: ignore[no-untyped-call]
+        client: kubernetes.client.ApiClient = kubernetes.config.new_client_from_config(
             config_file=kubeconfig)
         return client
     configuration = kubernetes.client.Configuration()
-    kubernetes.config.load_incluster_config(client_configuration=configuration)  # type: ignore[no-untyped-call]
+    kubernetes.config.load_incluster_config(client_configuration=configuration)
     return kubernetes.client.ApiClient(configuration)
 
 
@@ -245,7 +245,7 @@ def install(agent: Any) -> None:
         try:
             await watcher.run()
         finally:
-            client.close()  # type: ignore[no-untyped-call]
+            client.close()
 
     async def forget() -> None:
         """Per-pod state follows the pod table: removed ``forget_after`` seconds after a pod left."""

@@ -74,14 +74,14 @@ def api_client(kubeconfig: str | None, context: str | None) -> Any:
     import kubernetes.config
 
     try:
-        return kubernetes.config.new_client_from_config(  # type: ignore[no-untyped-call]
+        return kubernetes.config.new_client_from_config(
             config_file=kubeconfig, context=context)
     except (kubernetes.config.ConfigException, OSError, TypeError) as exc:
         if kubeconfig:
             raise DiscoveryError(f"kubeconfig {kubeconfig}: {exc}") from None
     configuration = kubernetes.client.Configuration()
     try:
-        kubernetes.config.load_incluster_config(client_configuration=configuration)  # type: ignore[no-untyped-call]
+        kubernetes.config.load_incluster_config(client_configuration=configuration)
     except kubernetes.config.ConfigException as exc:
         raise DiscoveryError(f"no kubeconfig and not in a cluster ({exc}); or use --agent URL") from None
     return kubernetes.client.ApiClient(configuration)

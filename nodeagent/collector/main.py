@@ -31,7 +31,8 @@ from aiohttp import web
 from nodeagent.collector import sinks
 from nodeagent.collector import web as status_web
 from nodeagent.collector.bounds import Limits
-from nodeagent.collector.server import Collector, require_client_certificates, server_context
+from nodeagent.collector.server import Collector
+from nodeagent.tls import server_context, trust_clients
 
 DEFAULT_PORT = 14790
 DEFAULT_STATUS_PORT = 9478
@@ -97,7 +98,7 @@ class CollectSettings:
             raise ConfigError(f"--cert/--key cannot be loaded: {exc}") from None
         if self.client_ca:
             try:
-                require_client_certificates(ctx, self.client_ca)
+                trust_clients(ctx, self.client_ca)
             except (ssl.SSLError, ValueError) as exc:
                 raise ConfigError(f"--client-ca cannot be loaded: {exc}") from None
         return ctx
@@ -169,17 +170,23 @@ async def run(s: CollectSettings, ctx: ssl.SSLContext) -> int:
     stop = asyncio.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
-    collector = Collector(make_sinks(s), ctx, s.limits)
+    sinks_ = make_sinks(s)
+    log.info("start-up 1/3: TLS loaded (client certificates %s); sinks ready: %s",
+             "required" if s.client_ca else "NOT required", ", ".join(_describe(k) for k in sinks_) or "none")
+    collector = Collector(sinks_, ctx, s.limits)
     if not s.client_ca:
         log.warning("client authentication is off (--insecure-no-client-auth): anyone who reaches "
                     "%s:%d can send packets under any pod's name", *s.listen)
     runner = web.AppRunner(status_web.make_app(collector), handle_signals=False)
     try:
         host, port = await collector.start(*s.listen)
-        log.info("collector listening on %s:%d", host, port)
+        log.info("start-up 2/3: listening for agents on %s:%d", host, port)
         if s.status:
             await runner.setup()
             await web.TCPSite(runner, *s.status).start()
+            log.info("start-up 3/3: status on http://%s:%d/status", *runner.addresses[0][:2])
+        else:
+            log.info("start-up 3/3: no status listener (--status)")
         # Stdout line for tests and scripts: the bound port (0 in --listen picks one).
         print(f"listening {host}:{port}", flush=True)
         await stop.wait()
@@ -187,6 +194,13 @@ async def run(s: CollectSettings, ctx: ssl.SSLContext) -> int:
         await collector.stop()
         await runner.cleanup()
     return 0
+
+
+def _describe(sink: sinks.Sink) -> str:
+    """``pcapng DIR``, ``vxlan HOST:PORT``, ``interface NAME``: a start-up progress line's words."""
+    state = sink.state()
+    where = state.get("directory") or state.get("sensor") or state.get("interface") or ""
+    return f"{state.get('kind', type(sink).__name__)} {where}".strip()
 
 
 def register(subparsers: Any) -> None:

@@ -47,25 +47,6 @@ log = logging.getLogger(__name__)
 _FAULTS = (OSError, ssl.SSLError, asyncio.TimeoutError, Malformed, ConnectionError, EOFError)
 
 
-def server_context(cert_file: str | None, key_file: str | None,
-                   client_ca: str | None = None) -> ssl.SSLContext:
-    """TLS server context; with ``client_ca`` every agent must present a certificate it signed."""
-    ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-    ctx.minimum_version = ssl.TLSVersion.TLSv1_2
-    if cert_file:
-        ctx.load_cert_chain(cert_file, key_file)
-    if client_ca:
-        require_client_certificates(ctx, client_ca)
-    return ctx
-
-
-def require_client_certificates(ctx: ssl.SSLContext, client_ca: str) -> None:
-    """Mutual TLS: a client must present a certificate that ``client_ca`` signed."""
-    before = len(ctx.get_ca_certs())
-    ctx.load_verify_locations(client_ca)
-    if len(ctx.get_ca_certs()) == before:   # a file without a CA certificate would trust nobody new
-        raise ValueError(f"{client_ca} holds no CA certificate")
-    ctx.verify_mode = ssl.CERT_REQUIRED
 
 
 class CollectorStats:

@@ -56,7 +56,7 @@ class PcapngSink:
         self._fh: Any = None
         self._size = 0
         self._opened = 0.0
-        self.packets = self.bytes = self.rotations = self.errors = 0
+        self.packets = self.rotations = 0
 
     @property
     def files(self) -> list[str]:

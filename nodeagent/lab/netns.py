@@ -82,8 +82,9 @@ class Namespaces:
         self.ip(name, "link", "set", "lo", "up")
         return name
 
-    def exec(self, ns: str, cmd: Sequence[str], **kw: object) -> subprocess.CompletedProcess[str]:
-        return run(["ip", "netns", "exec", ns, *cmd], **kw)  # type: ignore[arg-type]
+    def exec(self, ns: str, cmd: Sequence[str], *, check: bool = True, timeout: float = 30.0,
+             input: str | None = None) -> subprocess.CompletedProcess[str]:
+        return run(["ip", "netns", "exec", ns, *cmd], check=check, timeout=timeout, input=input)
 
     def ip(self, ns: str, *args: str) -> str:
         return run(["ip", "-n", ns, *args]).stdout

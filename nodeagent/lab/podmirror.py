@@ -60,7 +60,8 @@ class Served:
         code, body = self.get("/status")
         if code != 200:
             raise LabError(f"{self.program} /status answered {code}")
-        return json.loads(body)  # type: ignore[no-any-return]
+        data: dict[str, Any] = json.loads(body)
+        return data
 
     def wait_ready(self, timeout: float = 20.0) -> dict[str, Any]:
         deadline = time.monotonic() + timeout
@@ -96,7 +97,8 @@ class Agent(Served):
         return self.node.agent.ns, self.ip, STATUS_PORT
 
     def pod(self, pod: Pod) -> dict[str, Any]:
-        return self.status().get("pods", {}).get(pod.key, {})  # type: ignore[no-any-return]
+        pods: dict[str, dict[str, Any]] = self.status().get("pods", {})
+        return pods.get(pod.key, {})
 
     def wait_quiet(self, settle: float = 0.5, timeout: float = 20.0) -> dict[str, Any]:
         """Poll ``/status`` until ``received`` has not moved for ``settle`` seconds; that status."""

@@ -86,7 +86,8 @@ class Workload:
         if tls:
             cmd += ["--cafile", str(self.cert)]
         proc = self.lab.ns.exec(client.ns, cmd, timeout=60 + rounds * 10)
-        return json.loads(proc.stdout.strip().splitlines()[-1])  # type: ignore[no-any-return]
+        result: dict[str, Any] = json.loads(proc.stdout.strip().splitlines()[-1])
+        return result
 
     def iperf(self, client: Endpoint, server: Endpoint, *, seconds: float = 3.0, udp_len: int | None = None,
               bitrate: str | None = None, reverse: bool = False) -> dict[str, Any]:

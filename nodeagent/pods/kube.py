@@ -46,8 +46,6 @@ from sidecar_lite.identity import vni_for_address
 
 MONITOR_ANNOTATION = "podmirror.io/monitor"
 """Pod annotation asking for monitoring (value ``"true"``)."""
-NAMESPACE_LABEL = "podmirror.io/monitor"
-"""Namespace label (value ``enabled``): monitor every pod of the namespace (the webhook's choice)."""
 MONITORED_LABEL = "podmirror.io/monitored"
 """Pod label (value ``"true"``) set by the webhook and ``nodeagent inject``; what the watch selects."""
 MODE_ANNOTATION = "podmirror.io/mode"

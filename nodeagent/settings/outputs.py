@@ -103,9 +103,10 @@ class TransportSettings:
     max_delay: float = 0.02
     """Seconds a packet may wait in an open batch: bounds the latency (required: <= 50 ms)."""
     queue_bytes: int = 32 << 20
-    """Compressed bytes kept per collector until acknowledged; the oldest batches go beyond it."""
+    """Batch bytes (uncompressed: batches are compressed as they are sent, in each connection's
+    stream) kept per collector until acknowledged; beyond it the oldest batches go (``queue_full``)."""
     level: int = 3
-    """zstd level (1..19)."""
+    """zstd level (1..19); 3 is zstd's default speed/ratio point."""
     backoff_initial: float = 0.2
     backoff_max: float = 10.0
     """Reconnect delay bounds in seconds (exponential, jittered)."""

@@ -7,6 +7,6 @@
 - ``messages``: HELLO / WELCOME / BATCH / ACK and their framing;
 - ``outbox`` (agent) and ``streams`` (collector): resume after a broken connection, exactly once.
 
-The adapters are ``adapters/transport_out.py`` (agent) and ``collector/server.py``. The protocol is
-described in ``docs/transport.md``.
+The adapters are ``adapters/transport_out.py`` with ``adapters/collector_link.py`` (agent) and
+``collector/server.py``. The protocol is described in ``docs/transport.md``.
 """

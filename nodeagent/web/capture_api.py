@@ -31,6 +31,7 @@ from nodeagent.capture.filter import CaptureError, CaptureFilter, parse, stream_
 from nodeagent.capture.session import Session, TooManySessions
 from nodeagent.capture.stream import StreamEncoder
 from nodeagent.settings import CaptureSettings, ConfigError, Settings
+from nodeagent.tls import server_context
 from nodeagent.web import status
 from nodeagent.web.capture_auth import Denied, Gate, KubeReviewer
 
@@ -48,17 +49,6 @@ the stream live."""
 class CaptureHost(Protocol):
     def open_capture(self, flt: CaptureFilter, queue_limit: int) -> Session: ...
 
-
-def server_context(cert: str, key: str, client_ca: str | None) -> ssl.SSLContext:
-    """TLS for the listener. With a client CA, certificates are requested and verified but not
-    required, so token users connect too; a request with neither gets a readable 401."""
-    ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-    ctx.minimum_version = ssl.TLSVersion.TLSv1_2
-    ctx.load_cert_chain(cert, key)
-    if client_ca:
-        ctx.load_verify_locations(client_ca)
-        ctx.verify_mode = ssl.CERT_OPTIONAL
-    return ctx
 
 
 def make_app(host: CaptureHost, gate: Gate, agent_name: str, queue_limit: int) -> web.Application:
@@ -195,7 +185,7 @@ def install(agent: CaptureAgent, kube_client: Callable[[], Any] | None = None) -
         return
     assert s.cert is not None and s.key is not None
     try:
-        ctx = server_context(s.cert, s.key, s.client_ca)
+        ctx = server_context(s.cert, s.key, s.client_ca, client_certificate=ssl.CERT_OPTIONAL)
     except (OSError, ssl.SSLError) as exc:
         raise ConfigError("capture.cert", f"and capture.key (or client_ca) cannot be loaded: {exc}") from None
     gate = make_gate(s, kube_client)

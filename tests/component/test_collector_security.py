@@ -18,17 +18,19 @@ from typing import Any
 import pytest
 import zstandard
 
-from nodeagent.adapters.transport_out import TransportOptions, TransportOutput, client_context
+from nodeagent.adapters.transport_out import TransportOutput
 from nodeagent.collector import web
 from nodeagent.collector.bounds import Limits
 from nodeagent.collector.server import Collector
+from nodeagent.settings import TransportSettings
+from nodeagent.tls import client_context
 from nodeagent.transport import messages, records, streams
 from nodeagent.transport.compression import StreamCompressor
 from nodeagent.transport.records import Record
 from tests.component.transport_kit import Certs, RecordingSink, forward, frame, start_collector
 from tests.waiting import wait_for
 
-FAST = TransportOptions(max_delay=0.01, backoff_initial=0.05, backoff_max=0.2, connect_timeout=2.0)
+FAST = TransportSettings(max_delay=0.01, backoff_initial=0.05, backoff_max=0.2, connect_timeout=2.0)
 VICTIM = bytes(range(16))
 """The victim agent's stream id, as an attacker would have read it from the old /status."""
 
@@ -84,7 +86,7 @@ def injected(pod: str = "shop/client", n: int = 3) -> list[Record]:
 
 @contextlib.asynccontextmanager
 async def agent(port: int, ctx: ssl.SSLContext, stream: bytes = VICTIM,
-                opts: TransportOptions = FAST) -> AsyncIterator[TransportOutput]:
+                opts: TransportSettings = FAST) -> AsyncIterator[TransportOutput]:
     out = TransportOutput([("127.0.0.1", port)], ctx, opts, stream=stream, agent="victim")
     task = asyncio.create_task(out.run(), name="victim")
     try:
@@ -210,7 +212,7 @@ async def test_silent_peers_are_closed_by_the_handshake_and_idle_timeouts(tmp_pa
         for raw in (tcp, tls, idle):
             raw.close()
         # A live agent with nothing to send PINGs and stays connected.
-        opts = TransportOptions(max_delay=0.01, keepalive=0.2, backoff_initial=0.05)
+        opts = TransportSettings(max_delay=0.01, keepalive=0.2, backoff_initial=0.05)
         async with agent(port, certs.agent_context(), opts=opts) as out:
             link = next(iter(out.links.values()))
             await wait_for(lambda: link.status == "up", 5, "connected")

@@ -7,7 +7,8 @@ import contextlib
 from collections import defaultdict
 from pathlib import Path
 
-from nodeagent.adapters.transport_out import TransportOptions, TransportOutput
+from nodeagent.adapters.transport_out import TransportOutput
+from nodeagent.settings import TransportSettings
 from tests.component.transport_kit import (
     Certs,
     RecordingSink,
@@ -18,7 +19,7 @@ from tests.component.transport_kit import (
 )
 from tests.waiting import wait_for
 
-OPTS = TransportOptions(max_delay=0.01, backoff_initial=0.05, backoff_max=0.3, connect_timeout=2.0)
+OPTS = TransportSettings(max_delay=0.01, backoff_initial=0.05, backoff_max=0.3, connect_timeout=2.0)
 FLOWS = [(30000 + i, 80 + i % 3, i % 4 == 0) for i in range(200)]   # (sport, dport, udp)
 
 

@@ -7,8 +7,9 @@ import contextlib
 from pathlib import Path
 from typing import Any
 
-from nodeagent.adapters.transport_out import TransportOptions, TransportOutput
+from nodeagent.adapters.transport_out import TransportOutput
 from nodeagent.collector import web
+from nodeagent.settings import TransportSettings
 from tests.component.transport_kit import Certs, RecordingSink, forward, frame, start_collector
 from tests.waiting import wait_for
 
@@ -19,7 +20,7 @@ async def test_status_and_metrics_count_what_was_delivered(tmp_path: Path, aioht
     app = web.make_app(collector)
     client = await aiohttp_client(app)
     out = TransportOutput([("127.0.0.1", port)], certs.agent_context(),
-                          TransportOptions(max_delay=0.01))
+                          TransportSettings(max_delay=0.01))
     runner = asyncio.create_task(out.run(), name="transport")
     loop = asyncio.get_running_loop()
     try:

@@ -9,7 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from nodeagent.adapters.transport_out import TransportOptions, TransportOutput
+from nodeagent.adapters.transport_out import TransportOutput
+from nodeagent.settings import TransportSettings
 from tests.books import output_balances
 from tests.component.transport_kit import (
     Certs,
@@ -43,7 +44,7 @@ async def _kill_and_resume(tmp_path: Path, down_seconds: float) -> None:
     certs = Certs(tmp_path)
     port = free_port()
     child = ChildCollector(certs, port, tmp_path / "pcap")
-    opts = TransportOptions(max_delay=0.01, queue_bytes=QUEUE, backoff_initial=0.1, backoff_max=1.0,
+    opts = TransportSettings(max_delay=0.01, queue_bytes=QUEUE, backoff_initial=0.1, backoff_max=1.0,
                             connect_timeout=2.0)
     out = TransportOutput([("127.0.0.1", port)], certs.agent_context(), opts)
     link = out.links[f"127.0.0.1:{port}"]

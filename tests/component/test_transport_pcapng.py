@@ -10,9 +10,11 @@ from pathlib import Path
 
 import pytest
 
-from nodeagent.adapters.transport_out import TransportOptions, TransportOutput
-from nodeagent.collector.server import Collector, server_context
+from nodeagent.adapters.transport_out import TransportOutput
+from nodeagent.collector.server import Collector
 from nodeagent.collector.sinks import PcapngSink
+from nodeagent.settings import TransportSettings
+from nodeagent.tls import server_context
 from tests.component.transport_kit import Certs, forward, frame, pcapng_packets
 from tests.waiting import wait_for
 
@@ -24,7 +26,7 @@ async def _send(tmp_path: Path, sink: PcapngSink, frames: list[bytes]) -> None:
     collector = Collector([sink], server_context(certs.cert_file, certs.key_file, certs.ca_file))
     _, port = await collector.start("127.0.0.1", 0)
     out = TransportOutput([("127.0.0.1", port)], certs.agent_context(),
-                          TransportOptions(max_delay=0.01, batch_bytes=16 * 1024))
+                          TransportSettings(max_delay=0.01, batch_bytes=16 * 1024))
     runner = asyncio.create_task(out.run(), name="transport")
     loop = asyncio.get_running_loop()
     try:

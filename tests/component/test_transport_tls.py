@@ -9,7 +9,9 @@ from pathlib import Path
 import pytest
 import trustme
 
-from nodeagent.adapters.transport_out import TransportOptions, TransportOutput, client_context
+from nodeagent.adapters.transport_out import TransportOutput
+from nodeagent.settings import TransportSettings
+from nodeagent.tls import client_context
 from tests.books import output_balances
 from tests.component.transport_kit import (
     CLIENT,
@@ -21,7 +23,7 @@ from tests.component.transport_kit import (
 )
 from tests.waiting import wait_for
 
-FAST = TransportOptions(max_delay=0.01, backoff_initial=0.05, backoff_max=0.2, connect_timeout=2.0)
+FAST = TransportSettings(max_delay=0.01, backoff_initial=0.05, backoff_max=0.2, connect_timeout=2.0)
 
 
 @contextlib.asynccontextmanager
@@ -93,7 +95,7 @@ async def test_the_certificate_must_name_the_collector(tmp_path: Path) -> None:
     sink = RecordingSink()
     collector, port = await start_collector(certs, sink)
     try:
-        opts = TransportOptions(max_delay=0.01, backoff_initial=0.05, backoff_max=0.2,
+        opts = TransportSettings(max_delay=0.01, backoff_initial=0.05, backoff_max=0.2,
                                 server_name="collector.elsewhere.example")
         out = TransportOutput([("127.0.0.1", port)], certs.agent_context(), opts)
         async with running(out):
@@ -132,7 +134,8 @@ async def test_flush_waits_for_acknowledgements_and_close_counts_the_rest(tmp_pa
     collector, port = await start_collector(certs, sink)
     loop = asyncio.get_running_loop()
     try:
-        opts = TransportOptions(max_delay=30.0, backoff_initial=0.05)   # only flush closes the batch
+        # The longest max_delay allowed: flush closes the batch first.
+        opts = TransportSettings(max_delay=1.0, backoff_initial=0.05)
         out = TransportOutput([("127.0.0.1", port)], certs.agent_context(), opts)
         async with running(out):
             for i in range(25):

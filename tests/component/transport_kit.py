@@ -17,10 +17,10 @@ import trustme
 from scapy.layers.inet import IP, TCP, UDP
 from scapy.layers.l2 import Ether
 
-from nodeagent.adapters.transport_out import client_context
 from nodeagent.collector.bounds import Limits
-from nodeagent.collector.server import Collector, server_context
+from nodeagent.collector.server import Collector
 from nodeagent.pods.index import PodInfo
+from nodeagent.tls import client_context, server_context
 from nodeagent.transport.records import Record
 from nodeagent.verdict import Direction, Forward
 from nodeagent.wire import headers

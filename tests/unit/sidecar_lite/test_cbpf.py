@@ -34,6 +34,8 @@ def test_accept_all_keeps_libpcaps_snap_length_and_reject_all_nothing() -> None:
         ([[0x0E, 0, 0, 0]], "unknown opcode"),
         ([[0x02, 0, 0, 16], [6, 0, 0, 0]], "scratch slot"),
         ([[0x20, 0, 0, 0xFFFFF004], [6, 0, 0, 1]], "ancillary"),
+        ([[0x34, 0, 0, 0], [6, 0, 0, 1]], "division by the constant 0"),   # A /= 0
+        ([[0x94, 0, 0, 0], [6, 0, 0, 1]], "division by the constant 0"),   # A %= 0
         ([[6, 0, 0, 1]] * (cbpf.MAX_PUSHED_INSNS + 1), "length"),
     ],
 )
