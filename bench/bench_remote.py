@@ -4,24 +4,26 @@ One lab run (root; namespaces ``pmrsb*``): a node with 3 mirrored pods (kernel-m
 agent with *both* outputs on (VXLAN to a sensor host, batched TLS to a collector host), so both
 carry exactly the same kept packets. The wire figures are the kernel counters of each remote
 host's eth0 (the VXLAN sensor receives only the VXLAN output; the collector's eth0 carries the
-batched output both ways, TCP ACKs and TLS included). "Direct per-sidecar" (the reference
-sidecar's design, docs/datapath.md; every mirrored packet straight to the sensor) is computed from
-the agent's received datagrams (+42 bytes of UDP/IP/Ethernet each). Latency: the collector's
-capture-to-delivery delays (the agent's reception time to the collector writing the pcapng) at the
-default flush delay.
+batched output both ways, TCP ACKs and TLS included). The design without an agent (sidecars
+straight to the sensor) is ``bench/bench_bandwidth.py``'s, run there. Latency: the collector's
+capture-to-delivery delays (the agent's reception time to the collector writing the pcapng) at
+the default flush delay.
 
-Phases: ``mixed`` (the lab workload's HTTP, DNS, TLS, ping rounds), ``iperf3 bulk`` (iperf3 sends
-one random buffer over and over: the zstd stream removes the repeats, so this phase flatters
-batching), and ``random bulk`` (TCP with fresh ``os.urandom`` bytes: the incompressible worst
-case). Run: ``sudo .venv/bin/python bench/bench_remote.py`` (about a minute).
+Compression is measured on content that does not repeat: the HTTP server answers each request
+with the next document of a corpus of this machine's text, JSON and HTML files (about 24 MB, each
+content once: ``traffic.corpus_files``), so zstd's window never holds an earlier copy of a body.
+Phases: ``mixed`` (the lab workload's HTTP, DNS, TLS and ping rounds, HTTP bodies from the
+corpus), ``corpus bulk`` (``--corpus-gets`` HTTP downloads of corpus documents in a row), and
+``random bulk`` (TCP with fresh ``os.urandom`` bytes: the incompressible worst case). Run:
+``sudo .venv/bin/python bench/bench_remote.py`` (about a minute).
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import tempfile
-import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -34,6 +36,7 @@ from nodeagent.lab import podmirror
 from nodeagent.lab.collector import LabCollector, start_collector
 from nodeagent.lab.podmirror import Agent
 from nodeagent.lab.topology import Host, Lab
+from nodeagent.lab.traffic import HTTP_PORT, corpus_files
 from nodeagent.lab.workload import Workload
 
 
@@ -77,11 +80,9 @@ def settle(agent: Agent, timeout: float = 20.0) -> None:
 def report(name: str, a: dict[str, Any], b: dict[str, Any]) -> None:
     d = {k: b[k] - a[k] for k in a}
     frames = d["vxlan_bytes"] - 8 * d["vxlan_packets"]      # kept frame bytes (what is monitored)
-    direct = d["received_bytes"] + 42 * d["received"]
     print(f"\n== {name}: {d['vxlan_packets']} kept packets, {frames} frame bytes monitored ==")
     print(f"{'design':34} {'wire bytes':>12} {'packets':>9} {'bytes/byte':>11} {'vs VXLAN':>9}")
-    rows = [("direct per-sidecar (computed)", direct, d["received"]),
-            ("agent VXLAN output (sensor eth0)", d["sensor_bytes"], d["sensor_packets"]),
+    rows = [("agent VXLAN output (sensor eth0)", d["sensor_bytes"], d["sensor_packets"]),
             ("agent batched TLS (collector eth0)", d["coll_bytes"], d["coll_packets"])]
     for label, nbytes, npk in rows:
         print(f"{label:34} {nbytes:>12} {npk:>9} {nbytes / max(frames, 1):>11.3f} "
@@ -114,14 +115,14 @@ def random_bulk(lab: Lab, client: Any, server: Any, bits_per_second: float, seco
                 timeout=seconds + 30)
 
 
-def trace(agent: Agent, collector: LabCollector) -> None:
-    st = agent.status()
-    (link,) = st["outputs"]["transport"]["collectors"].values()
-    cs = collector.status()
-    print(f"  t={time.monotonic():.1f} agent received {st['received']} socket {st.get('socket')} | "
-          f"transport offered {link['offered']} open {link['open_packets']} queued {link['queued_batches']} "
-          f"unsent {link['unsent_batches']} | collector packets {cs['packets']} "
-          f"p50 {cs['delay_seconds']['p50']}")
+def corpus_gets(lab: Lab, client: Any, server: Any, count: int) -> int:
+    """``count`` HTTP GETs from ``client`` to ``server`` (each answered with the corpus's next
+    document); the bytes received."""
+    code = ("import urllib.request\n"
+            f"n = sum(len(urllib.request.urlopen('http://{server.ip}:{HTTP_PORT}/', timeout=10).read())"
+            f" for _ in range({count}))\nprint(n)\n")
+    out = lab.ns.exec(client.ns, [sys.executable, "-c", code], timeout=300).stdout
+    return int(out.strip().splitlines()[-1])
 
 
 def delay(label: str, d: dict[str, float]) -> None:
@@ -133,7 +134,6 @@ def cpu_per_packet(n: int = 50_000) -> None:
     """CPU per packet on the agent's loop: ``offer`` (hash, copy, batch, encode) and the zstd
     stream at send time, against ``VxlanOutput.offer`` (one sendmsg) on the same packets."""
     import asyncio
-    import os
     import socket
 
     from scapy.layers.inet import IP, TCP
@@ -149,9 +149,9 @@ def cpu_per_packet(n: int = 50_000) -> None:
     from nodeagent.wire import headers
 
     pod = PodInfo(ip="10.0.0.5", vni=5, namespace="shop", name="client")
+    text = b"".join(open(p, "rb").read() for p in corpus_files(4 << 20))  # noqa: SIM115 - read at once
     frames = [bytes(Ether() / IP(src="10.0.0.5", dst="10.0.0.9") / TCP(sport=40000 + i % 100, dport=80)
-                    / (b"GET /item/%d HTTP/1.1\r\nHost: shop\r\n\r\n" % i * 4 + os.urandom(300)))
-              for i in range(5000)]
+                    / text[i * 800 : i * 800 + 300 + i % 1100]) for i in range(5000)]
     fwds = [Forward(memoryview(f), headers.decode(f), 5, pod, Direction.EGRESS, len(f), 0.0) for f in frames]
 
     async def measure() -> None:
@@ -186,8 +186,8 @@ def cpu_per_packet(n: int = 50_000) -> None:
         await vx.close()
         sink.close()
         size = sum(len(f) for f in frames) / len(frames)
-        print(f"\n== CPU per packet on the agent's loop ({n} packets of {size:.0f} bytes: "
-              "headers, text, 300 random bytes) ==")
+        print(f"\n== CPU per packet on the agent's loop ({n} packets of {size:.0f} bytes on average: "
+              "payloads cut from the corpus, 5000 distinct) ==")
         print(f"batched: offer {offer * 1e6:.2f} us + zstd stream {compress * 1e6:.2f} us "
               f"(compressed to {wire / raw:.3f} of the records); VXLAN offer (sendmsg): {vxlan * 1e6:.2f} us")
 
@@ -215,8 +215,11 @@ def run(args: argparse.Namespace) -> int:
                     for p in node.pods}
         for p in node.pods:
             podmirror.wait_mirroring(lab, agent, p, sidecars[p.key])
-        work.start_servers(web)
-        work.start_servers(ext, iperf=False)
+        corpus = corpus_files()
+        print(f"corpus: {len(corpus)} documents (text, JSON, HTML), "
+              f"{sum(os.path.getsize(p) for p in corpus) / 1e6:.1f} MB, each served once per pass")
+        work.start_servers(web, corpus=corpus)
+        work.start_servers(ext, iperf=False, corpus=corpus)
         settle(agent)
         a = snapshot(lab, agent, sensor, coll)
         t0 = time.monotonic()
@@ -225,25 +228,19 @@ def run(args: argparse.Namespace) -> int:
             work.client(egress, ext)
         settle(agent)
         b = snapshot(lab, agent, sensor, coll)
-        report(f"mixed ({args.duration:.0f} s of HTTP, DNS, TLS, ping rounds)", a, b)
+        report(f"mixed ({args.duration:.0f} s of HTTP, DNS, TLS, ping rounds; HTTP bodies from the "
+               "corpus)", a, b)
         delays = collector.status()["delay_seconds"]
-        bulk = threading.Thread(target=work.iperf, args=(client, web),
-                                kwargs={"seconds": args.iperf_seconds, "bitrate": args.iperf_rate})
-        bulk.start()
-        while bulk.is_alive():
-            if args.trace:
-                trace(agent, collector)
-            time.sleep(0.5)
-        bulk.join()
+        fetched = corpus_gets(lab, client, web, args.corpus_gets)
         settle(agent)
         c = snapshot(lab, agent, sensor, coll)
-        report(f"iperf3 bulk (TCP {args.iperf_rate}bit/s, {args.iperf_seconds:.0f} s; iperf3 repeats one "
-               "random buffer, so zstd across batches removes it)", b, c)
-        random_bulk(lab, client, web, args.random_rate, args.iperf_seconds)
+        report(f"corpus bulk ({args.corpus_gets} HTTP downloads, {fetched / 1e6:.1f} MB of distinct text, "
+               "JSON and HTML)", b, c)
+        random_bulk(lab, client, web, args.random_rate, args.random_seconds)
         settle(agent)
         d = snapshot(lab, agent, sensor, coll)
         report(f"random bulk (TCP, fresh os.urandom payload, {args.random_rate / 1e6:.0f} Mbit/s, "
-               f"{args.iperf_seconds:.0f} s: incompressible)", c, d)
+               f"{args.random_seconds:.0f} s: incompressible)", c, d)
         report("all phases", a, d)
         print()
         delay("mixed phase (default max_delay 20 ms)", delays)
@@ -260,12 +257,11 @@ def run(args: argparse.Namespace) -> int:
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--duration", type=float, default=10.0)
-    p.add_argument("--iperf-seconds", type=float, default=3.0)
-    p.add_argument("--iperf-rate", default="100M")
+    p.add_argument("--corpus-gets", type=int, default=300, help="HTTP downloads in the corpus bulk phase")
+    p.add_argument("--random-seconds", type=float, default=3.0)
     p.add_argument("--random-rate", type=float, default=50e6, help="bits/s of the random bulk phase")
     p.add_argument("--node-mtu", type=int, default=1600)
     p.add_argument("--output")
-    p.add_argument("--trace", action="store_true", help="print queue states during the bulk phase")
     p.add_argument("--cpu-only", action="store_true", help="only the CPU-per-packet part (no root)")
     args = p.parse_args()
     cpu_per_packet()

@@ -1,205 +1,164 @@
-"""Sidecar cost: pod throughput with and without mirroring, and the sidecar's own CPU and RSS.
+"""The sidecar: sniff mode's CPU per packet (ring vs socket I/O) and the tunnel's MTU choice.
 
-One run (root; namespaces ``pmsc-bench-*``, removed at the end): a pod namespace and a node
-namespace joined by a veth (MTU 1500 both sides), iperf3 server and the "agent" in the node. The
-agent is a bound UDP socket that never reads (a sink: no ICMP errors, no Python on the receiving
-side competing for the 2 cores), so the figures are the sidecar's and the kernel's alone.
+Run as root: ``.venv/bin/python bench/bench_sidecar.py [--seconds 3]`` (about 2 minutes; lab
+namespaces ``pmscb-*``, removed at the end).
 
-Printed, side by side:
-
-1. pod iperf3 bulk TCP (Gbit/s) and 64-byte UDP (received packets/s) with mirroring in: kernel
-   mode (default: tunnel packets IP-fragmented by the kernel), kernel mode with ``--tunnel-mtu
-   1600`` and the node side of the veth at MTU 1600 (no fragments), sniff mode; each as the median
-   ratio to a no-mirroring run made just before it (interleaved pairs: the machine is noisy);
-2. the sidecar process's CPU seconds and RSS at fixed offered loads (UDP 64 B at 5k and 40k pps
-   for a few seconds), kernel vs sniff: kernel-mode CPU must not grow with the load;
-3. IP fragments the node had to reassemble per mirrored datagram (the MTU cost).
-
-Run: ``sudo .venv/bin/python bench/bench_sidecar.py`` (about 100 s; ``--seconds``, ``--reps``).
+1. **Sniff mode, ring vs socket.** A lab node: pod ``client`` mirrored by a sniff-mode sidecar,
+   pod ``server``, and ``nodeagent run`` receiving the tunnel. At each fixed offered load (iperf3
+   from client to server: 64-byte UDP at 20,000 and 60,000 packets/s, TCP at 300 Mbit/s), a fresh
+   sidecar with ``--sniff-io socket`` (one recvfrom + one sendto per frame) then with
+   ``--sniff-io ring`` (TPACKET_V3 ring + sendmmsg). Printed: frames captured, sent, lost in the
+   kernel (the sidecar's ``kernel_drops``, PACKET_STATISTICS), what the agent received, and the
+   sidecar process's CPU seconds and microseconds per captured frame; the ring's CPU per frame
+   as a share of the socket path's at the same load.
+2. **The tunnel's MTU.** Kernel mode with the node's veths at 1500 (the tunnel datagram of a
+   full-size frame is IP-fragmented) and at 1600 with ``--tunnel-mtu 1600`` (not): IP fragments
+   reassembled at the agent per tunnel datagram, and the pod's bulk TCP throughput with mirroring
+   as a share of the same pod's without, median of ``--reps`` interleaved pairs.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import os
-import secrets
-import signal
+import re
 import statistics
 import sys
+import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))  # run from a checkout
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout
 
-from nodeagent.lab import netns  # noqa: E402
-from tests.waiting import poll  # noqa: E402
+from nodeagent.lab import measure, podmirror  # noqa: E402
+from nodeagent.lab.topology import Lab, Pod  # noqa: E402
+from nodeagent.lab.workload import Workload  # noqa: E402
 
-POD_IP, NODE_IP, PORT = "10.78.0.2", "10.78.0.1", 14789
-SERVER_IP = "10.78.0.3"
-"""iperf3 listens on another node address than the agent's: with --tunnel-mtu the pod's own traffic to
-the agent's address uses the raised route MTU, which no real workload talks to."""
-SINK = (
-    "import socket, sys, signal; s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM); "
-    "s.bind((sys.argv[1], int(sys.argv[2]))); print('ready', flush=True); signal.pause()"
-)
+LOADS: list[tuple[str, dict[str, Any]]] = [
+    ("UDP 64 B 20k pps", {"udp_len": 64, "bitrate": str(20_000 * 64 * 8)}),
+    ("UDP 64 B 60k pps", {"udp_len": 64, "bitrate": str(60_000 * 64 * 8)}),
+    ("TCP 300 Mbit/s", {"bitrate": "300M"}),
+]
 
 
-def build(lab: netns.Namespaces) -> tuple[str, str]:
-    pod, node = lab.create("bench-pod"), lab.create("bench-node")
-    lab.ip(pod, "link", "add", "eth0", "type", "veth", "peer", "name", "vpod", "netns", node)
-    for ns, ifname, cidrs in ((pod, "eth0", [POD_IP]), (node, "vpod", [NODE_IP, SERVER_IP])):
-        for ip in cidrs:
-            lab.ip(ns, "addr", "add", f"{ip}/24", "dev", ifname)
-        lab.ip(ns, "link", "set", ifname, "up")
-    sink_log = Path("/tmp/pmsc-bench-sink.log")
-    sink = lab.spawn(node, [sys.executable, "-c", SINK, NODE_IP, str(PORT)], log=sink_log)
-    poll(lambda: "ready" in sink_log.read_text() or sink.poll() is not None, 10, "the sink")
-    lab.spawn(node, ["iperf3", "-s", "-B", SERVER_IP, "-p", "5201"])
-    poll(lambda: ":5201" in lab.exec(node, ["ss", "-ltn"]).stdout, 5, "iperf3 server")
-    return pod, node
+def counters(log: Path) -> dict[str, int]:
+    """The sidecar's last counters line (written when it stops)."""
+    line = [ln for ln in log.read_text().splitlines() if "sniff mode stopped:" in ln][-1]
+    return {k: int(v) for k, v in re.findall(r"(\w+)=(\d+)", line.split("stopped:", 1)[1])}
 
 
-def iperf(lab: netns.Namespaces, pod: str, seconds: float, *args: str) -> dict[str, object]:
-    out = lab.exec(
-        pod, ["iperf3", "-c", SERVER_IP, "-p", "5201", "-t", str(seconds), "-J", *args], timeout=seconds + 30
-    ).stdout
-    return json.loads(out)  # type: ignore[no-any-return]
+def sniff_row(lab: Lab, work: Workload, agent: podmirror.Agent, client: Pod, server: Pod, out: Path,
+              io: str, load: dict[str, Any], seconds: float) -> dict[str, Any]:
+    sidecar = podmirror.start_sidecar(lab, client, out, mode="sniff", extra=["--sniff-io", io])
+    podmirror.wait_mirroring(lab, agent, client, sidecar)
+    received0 = agent.wait_quiet()["pods"][client.key]["received"]
+    cpu0, split0 = measure.cpu_seconds(sidecar.pid), measure.cpu_split(sidecar.pid)
+    work.iperf(client, server, seconds=seconds, **load)
+    cpu = measure.cpu_seconds(sidecar.pid) - cpu0
+    user, system = (b - a for a, b in zip(split0, measure.cpu_split(sidecar.pid), strict=True))
+    received = agent.wait_quiet()["pods"][client.key]["received"] - received0
+    rss = measure.rss_bytes(sidecar.pid)
+    assert lab.ns.stop(sidecar, timeout=15) == 0
+    c = counters(out / f"sidecar-{client.name}.log")
+    captured = c["captured_in"] + c["captured_out"]
+    return {"captured": captured, "sent": c["sent"], "kernel_drops": c["kernel_drops"],
+            "send_errors": c["send_errors"], "received": received, "cpu": cpu, "user": user, "system": system,
+            "per_frame_us": cpu / max(1, captured) * 1e6, "rss_mib": rss / 2**20}
 
 
-def tcp_gbps(lab: netns.Namespaces, pod: str, seconds: float) -> float:
-    doc = iperf(lab, pod, seconds)
-    return float(doc["end"]["sum_received"]["bits_per_second"]) / 1e9  # type: ignore[index]
+def sniff_section(seconds: float, out: Path) -> None:
+    lab = Lab("pmscb", workdir=out)
+    try:
+        node = lab.add_node()
+        client, server = lab.add_pod(node, "client"), lab.add_pod(node, "server")
+        lab.add_agent(node)
+        work = Workload(lab, out)
+        work.start_servers(server)
+        agent = podmirror.start_agent(lab, node, out, pods=[client], extra=["--workers", "1"])
+        print(f"\n1) sniff mode, {seconds:.0f} s per load, the agent receiving (nodeagent run --workers 1)")
+        print(f"{'load':<18}{'io':>7}{'captured':>10}{'sent':>9}{'k.drops':>9}{'agent rx':>10}"
+              f"{'CPU s':>8}{'user/sys':>11}{'us/frame':>10}{'RSS MiB':>9}{'ring/socket':>13}")
+        for label, load in LOADS:
+            rows = {io: sniff_row(lab, work, agent, client, server, out, io, load, seconds)
+                    for io in ("socket", "ring")}
+            for io, r in rows.items():
+                share = f"{r['per_frame_us'] / rows['socket']['per_frame_us']:.2f}" if io == "ring" else ""
+                print(f"{label:<18}{io:>7}{r['captured']:>10}{r['sent']:>9}{r['kernel_drops']:>9}"
+                      f"{r['received']:>10}{r['cpu']:>8.2f}{r['user']:>6.2f}/{r['system']:.2f}"
+                      f"{r['per_frame_us']:>10.1f}{r['rss_mib']:>9.1f}"
+                      f"{share:>13}", flush=True)
+        agent.stop()
+    finally:
+        lab.close()
 
 
-def udp_pps(lab: netns.Namespaces, pod: str, seconds: float, rate: str = "0") -> float:
-    doc = iperf(lab, pod, seconds, "-u", "-l", "64", "-b", rate)
-    s = doc["end"]["sum"]  # type: ignore[index]
-    return (s["packets"] - s["lost_packets"]) / s["seconds"]  # type: ignore[no-any-return]
+def mtu_pair(lab: Lab, work: Workload, client: Pod, server: Pod, out: Path, extra: list[str],
+             seconds: float) -> tuple[float, float, float]:
+    """(Gbit/s without mirroring, Gbit/s with, IP fragments reassembled per tunnel datagram)."""
+    base = work.iperf(client, server, seconds=seconds)["bps"] / 1e9
+    agent_ns = client.node.agent.ns  # type: ignore[union-attr]
+    sidecar = podmirror.start_sidecar(lab, client, out, mode="kernel", extra=extra)
+    try:
+        deadline = time.monotonic() + 15
+        while lab.tunnel_tx_packets(client) is None and time.monotonic() < deadline:
+            time.sleep(0.1)
+        reasm0, udp0 = lab.ip_stats(agent_ns)["ReasmReqds"], udp_datagrams(lab, agent_ns)
+        mirrored = work.iperf(client, server, seconds=seconds)["bps"] / 1e9
+        frags = lab.ip_stats(agent_ns)["ReasmReqds"] - reasm0
+        datagrams = udp_datagrams(lab, agent_ns) - udp0
+    finally:
+        lab.ns.stop(sidecar, timeout=15)
+    return base, mirrored, frags / max(1, datagrams)
 
 
-def reassembly_requests(lab: netns.Namespaces, node: str) -> int:
-    lines = lab.exec(node, ["cat", "/proc/net/snmp"]).stdout.splitlines()
-    names, values = [line.split() for line in lines if line.startswith("Ip:")][:2]
-    return int(values[names.index("ReasmReqds")])
+def udp_datagrams(lab: Lab, ns: str) -> int:
+    """UDP datagrams that reached the namespace's sockets (delivered or dropped for a full buffer):
+    the tunnel's, as the agent's end sees them (a GSO super-packet the kernel cut counts per cut)."""
+    lines = [line.split() for line in lab.ns.exec(ns, ["cat", "/proc/net/snmp"]).stdout.splitlines()
+             if line.startswith("Udp:")]
+    udp = dict(zip(lines[0][1:], (int(v) for v in lines[1][1:]), strict=True))
+    return udp["InDatagrams"] + udp["RcvbufErrors"]
 
 
-def udp_in(lab: netns.Namespaces, node: str) -> int:
-    lines = lab.exec(node, ["cat", "/proc/net/snmp"]).stdout.splitlines()
-    names, values = [line.split() for line in lines if line.startswith("Udp:")][:2]
-    return int(values[names.index("InDatagrams")]) + int(values[names.index("RcvbufErrors")])
-
-
-class Sidecar:
-    def __init__(self, lab: netns.Namespaces, pod: str, mode: str, *extra: str) -> None:
-        self.lab, self.log = lab, Path(f"/tmp/pmsc-bench-{mode}.log")
-        cmd = [sys.executable, "-m", "sidecar_lite", "--agent", f"{NODE_IP}:{PORT}", "--mode", mode, *extra]
-        self.proc = lab.spawn(pod, cmd, log=self.log)
-        poll(lambda: "mirroring eth0" in self.log.read_text() or self.proc.poll() is not None, 15, "sidecar")
-        if self.proc.poll() is not None:
-            raise RuntimeError(self.log.read_text())
-
-    def cpu_seconds(self) -> float:
-        fields = Path(f"/proc/{self.proc.pid}/stat").read_text().rsplit(")", 1)[1].split()
-        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-    def rss_mib(self) -> float:
-        for line in Path(f"/proc/{self.proc.pid}/status").read_text().splitlines():
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) / 1024
-        return float("nan")
-
-    def stop(self) -> str:
-        code = self.lab.stop(self.proc, signal.SIGTERM, timeout=15)
-        assert code == 0, self.log.read_text()
-        return self.log.read_text().strip().splitlines()[-1]
-
-
-def measure(
-    lab: netns.Namespaces, pod: str, node: str, seconds: float
-) -> tuple[float, float, float]:
-    """(TCP Gbit/s, UDP-64 packets/s, IP fragments per tunnel datagram at the node)."""
-    reasm, dgrams = reassembly_requests(lab, node), udp_in(lab, node)
-    tcp = tcp_gbps(lab, pod, seconds)
-    frags = (reassembly_requests(lab, node) - reasm) / max(1, udp_in(lab, node) - dgrams)
-    return tcp, udp_pps(lab, pod, seconds), frags
-
-
-def throughput(lab: netns.Namespaces, pod: str, node: str, seconds: float, reps: int) -> None:
-    print(
-        f"\n1) pod throughput: {reps} interleaved pairs (no mirroring, then mirroring), {seconds:.0f} s runs;"
-    )
-    print("   the machine is shared and noisy, so each ratio is against the run just before it (median)")
-    print(f"{'setup':34} {'TCP Gbit/s':>15} {'ratio':>6} {'UDP64 kpps':>15} {'ratio':>6} {'frags/dgram':>11}")
-    setups = [
-        ("kernel, MTU 1500 (fragments)", "kernel", (), None),
-        ("kernel, --tunnel-mtu 1600, node 1600", "kernel", ("--tunnel-mtu", "1600"), 1600),
-        ("sniff", "sniff", (), None),
-    ]
-    for label, mode, extra, node_mtu in setups:
-        rows, last = [], ""
-        for _ in range(reps):
-            base = measure(lab, pod, node, seconds)
-            if node_mtu:
-                lab.ip(node, "link", "set", "vpod", "mtu", str(node_mtu))
-            sidecar = Sidecar(lab, pod, mode, *extra)
-            mirrored = measure(lab, pod, node, seconds)
-            last = sidecar.stop()
-            if node_mtu:
-                lab.ip(node, "link", "set", "vpod", "mtu", "1500")
-            rows.append((base, mirrored))
-        tcp_r = statistics.median(m[0] / b[0] for b, m in rows)
-        udp_r = statistics.median(m[1] / b[1] for b, m in rows)
-        tcp = (
-            f"{statistics.median(b[0] for b, _ in rows):.1f}->{statistics.median(m[0] for _, m in rows):.1f}"
-        )
-        base_udp, mirror_udp = (statistics.median(r[i][1] for r in rows) / 1e3 for i in (0, 1))
-        udp = f"{base_udp:.0f}->{mirror_udp:.0f}"
-        frags = statistics.median(m[2] for _, m in rows)
-        print(f"{label:34} {tcp:>15} {tcp_r:6.2f} {udp:>15} {udp_r:6.2f} {frags:11.2f}")
-        if mode == "sniff":
-            print(f"{'':34} sniff counters (last run): {last.split('stopped: ')[-1]}")
-
-
-def cpu(lab: netns.Namespaces, pod: str, seconds: float) -> None:
-    print(
-        f"\n2) sidecar process at fixed offered load (UDP 64 B, {seconds:.0f} s each, fresh sidecar per row)"
-    )
-    print(f"{'mode':8} {'offered pps':>11} {'CPU s':>7} {'CPU %':>6} {'RSS MiB':>8}  sniff counters")
-    for mode in ("kernel", "sniff"):
-        for pps in (5_000, 40_000):
-            sidecar = Sidecar(lab, pod, mode)
-            before = sidecar.cpu_seconds()
-            udp_pps(lab, pod, seconds, rate=str(pps * 64 * 8))
-            used, rss = sidecar.cpu_seconds() - before, sidecar.rss_mib()
-            last = sidecar.stop()
-            counters = last.split("stopped: ")[-1] if mode == "sniff" else ""
-            print(f"{mode:8} {pps:11,} {used:7.2f} {100 * used / seconds:6.1f} {rss:8.1f}  {counters}")
+def mtu_section(seconds: float, reps: int, out: Path) -> None:
+    print(f"\n2) the tunnel's MTU, kernel mode, {reps} interleaved pairs of {seconds:.0f} s bulk TCP")
+    print(f"{'setup':<40}{'TCP Gbit/s none -> mirrored':>30}{'ratio':>8}{'frags/datagram':>16}")
+    for label, node_mtu, extra in (("node veths 1500, default (fragments)", 1500, []),
+                                   ("node veths 1600, --tunnel-mtu 1600", 1600, ["--tunnel-mtu", "1600"])):
+        lab = Lab("pmscb", node_mtu=node_mtu, workdir=out)
+        try:
+            node = lab.add_node()
+            client, server = lab.add_pod(node, "client"), lab.add_pod(node, "server")
+            lab.add_agent(node)
+            work = Workload(lab, out)
+            work.start_servers(server)
+            work.start_sink(node.agent, 14789)  # type: ignore[arg-type]  # the tunnel's end: no ICMP errors
+            pairs = [mtu_pair(lab, work, client, server, out, extra, seconds) for _ in range(reps)]
+        finally:
+            lab.close()
+        base = statistics.median(p[0] for p in pairs)
+        mirrored = statistics.median(p[1] for p in pairs)
+        ratio = statistics.median(p[1] / p[0] for p in pairs)
+        print(f"{label:<40}{f'{base:.1f} -> {mirrored:.1f}':>30}{ratio:>8.2f}"
+              f"{statistics.median(p[2] for p in pairs):>16.2f}", flush=True)
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
-    parser.add_argument("--seconds", type=float, default=2.0, help="seconds per iperf3 run (default 2)")
-    parser.add_argument("--reps", type=int, default=3, help="interleaved pairs per setup (default 3)")
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--seconds", type=float, default=3.0)
+    parser.add_argument("--reps", type=int, default=3)
+    parser.add_argument("--only", choices=("sniff", "mtu"))
     args = parser.parse_args()
     if os.geteuid() != 0:
-        print("needs root (network namespaces)", file=sys.stderr)
+        print("bench_sidecar: needs root (network namespaces)", file=sys.stderr)
         return 2
-    started = time.monotonic()
-    lab = netns.Namespaces(f"pmsc-{secrets.token_hex(3)}-")
-    try:
-        pod, node = build(lab)
-        throughput(lab, pod, node, args.seconds, args.reps)
-        cpu(lab, pod, 4.0)
-    finally:
-        lab.close()
-    print(
-        f"\n(bench took {time.monotonic() - started:.0f} s;"
-        f" kernel {os.uname().release}, {os.cpu_count()} CPUs)"
-    )
+    with tempfile.TemporaryDirectory(prefix="pmscb-") as tmp:
+        if args.only in (None, "sniff"):
+            sniff_section(args.seconds, Path(tmp))
+        if args.only in (None, "mtu"):
+            mtu_section(args.seconds, args.reps, Path(tmp))
+    print(f"\n(kernel {os.uname().release}, {os.cpu_count()} CPUs)")
     return 0
 
 

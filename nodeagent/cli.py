@@ -67,6 +67,8 @@ def _register_run(subparsers: Any) -> None:
     p.add_argument("--collector-key", metavar="FILE", help="the private key of --collector-cert")
     p.add_argument("--dedup-vantage", choices=("client", "server"),
                    help="which vantage of a local flow is kept")
+    p.add_argument("--workers", metavar="N|auto",
+                   help="worker processes (default auto: one per CPU the agent may use)")
     p.add_argument("--log-level", choices=("DEBUG", "INFO", "WARNING", "ERROR"))
     p.add_argument("--node-name", metavar="NAME", help="take the pod table from Kubernetes for this node")
     p.add_argument("--kubeconfig", metavar="FILE", help="with --node-name (default: in-cluster account)")
@@ -118,6 +120,8 @@ def run_overrides(args: argparse.Namespace) -> dict[str, Any]:
             over.setdefault("outputs", {}).setdefault("transport", {})[field] = getattr(args, flag)
     if args.dedup_vantage:
         over["dedup"] = {"vantage": args.dedup_vantage}
+    if args.workers:
+        over["workers"] = {"count": args.workers}
     if args.log_level:
         over["log"] = {"level": args.log_level}
     capture = {key: value for key, value in (

@@ -69,7 +69,7 @@ def _run(cfg: settings.Settings, stop: Stopper) -> int:
                 return 1
             log.warning("kernel mode refused (%s); falling back to sniff mode", exc)
     runner.run_sniff(target, _poller(cfg, pod_ip, vni, "sniff", agent_ip), stop,
-                     cfg.rules_interval, cfg.stats_interval)
+                     cfg.rules_interval, cfg.stats_interval, cfg.sniff_io)
     return 0
 
 

@@ -133,7 +133,7 @@ def _verify(kernel: Kernel, current: plan.MirrorPlan, failing: list[str]) -> Non
 
 
 def run_sniff(t: Target, poller: Poller | None, stop: Stopper, rules_interval: float,
-              stats_interval: float) -> None:
+              stats_interval: float, io: str = "ring") -> None:
     """The capture loop in this thread; push-down polls in a helper thread.
 
     A poll can block for up to ``rules.TIMEOUT`` seconds on an unreachable agent, which must not
@@ -141,8 +141,9 @@ def run_sniff(t: Target, poller: Poller | None, stop: Stopper, rules_interval: f
     thread is a single setsockopt, atomic in the kernel.
     """
     program = bpf.mirror_program(t.agent_ip, t.agent_port)
-    sniffer = Sniffer(t.interface, (t.agent_ip, t.agent_port), t.vni, program)
-    log.info("sniff mode: mirroring %s to %s:%d vni %d", t.interface, t.agent_ip, t.agent_port, t.vni)
+    sniffer = Sniffer(t.interface, (t.agent_ip, t.agent_port), t.vni, program, io=io)
+    log.info("sniff mode: mirroring %s to %s:%d vni %d (%s)", t.interface, t.agent_ip, t.agent_port, t.vni,
+             "TPACKET_V3 ring + sendmmsg" if sniffer.io == "ring" else "recvfrom + sendto")
     stats = Every(stats_interval, time.monotonic() + stats_interval)
     done = threading.Event()
     helper = threading.Thread(target=_poll_loop, args=(poller, sniffer, t, rules_interval, done),

@@ -28,6 +28,7 @@ from sidecar_lite import identity
 from sidecar_lite.vxlan import DEFAULT_PORT
 
 MODES = ("auto", "kernel", "sniff")
+SNIFF_IO = ("ring", "socket")
 DISCOVERY = ("service", "node-ip", "label")
 
 
@@ -72,6 +73,8 @@ class Settings:
     """Seconds between counter log lines (sniff: capture/send counters; kernel: tunnel device)."""
     tunnel_mtu: int | None = None
     """If set, a locked route MTU to the agent (needs the node side of the veth raised too)."""
+    sniff_io: str = "ring"
+    """Sniff mode's reading and sending: ``ring`` (TPACKET_V3 + sendmmsg) or ``socket``."""
     pod: PodIdentity = PodIdentity()
     check_tunnel: bool = False
     """Do not mirror: ask the agent once whether it receives this pod's tunnel (exit 0 if so): the
@@ -90,6 +93,8 @@ class Settings:
             raise ConfigError("agent: the tunnel is IPv4 (its exclusion filter matches IPv4), not IPv6")
         if self.discovery == "label" and not self.label_value:
             raise ConfigError("label discovery needs SENSOR=<label value>")
+        if self.sniff_io not in SNIFF_IO:
+            raise ConfigError(f"sniff-io must be one of {', '.join(SNIFF_IO)}, not {self.sniff_io!r}")
         if self.tunnel_mtu is not None and not 1280 <= self.tunnel_mtu <= 65535:
             raise ConfigError("tunnel-mtu must be in 1280..65535")
         for name in ("rules_interval", "verify_interval", "stats_interval"):
@@ -127,6 +132,9 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--verify-interval", type=float, help="seconds between kernel checks (default 3)")
     p.add_argument("--stats-interval", type=float, help="seconds between counter logs (default 60)")
     p.add_argument("--tunnel-mtu", type=int, help="locked route MTU to the agent (default: kernel fragments)")
+    p.add_argument("--sniff-io", choices=SNIFF_IO,
+                   help="sniff mode: ring (TPACKET_V3 + sendmmsg, default) or socket "
+                        "(env PODMIRROR_SNIFF_IO)")
     p.add_argument("--check-tunnel", action="store_true",
                    help="readiness probe: exit 0 when the agent receives this pod's tunnel, else 1")
     return p
@@ -159,6 +167,7 @@ def parse(argv: Sequence[str], env: Mapping[str, str]) -> Settings:
         verify_interval=_float(args.verify_interval, env, "PODMIRROR_VERIFY_INTERVAL", 3.0),
         stats_interval=_float(args.stats_interval, env, "PODMIRROR_STATS_INTERVAL", 60.0),
         tunnel_mtu=args.tunnel_mtu if args.tunnel_mtu is not None else _int_env(env, "PODMIRROR_TUNNEL_MTU"),
+        sniff_io=args.sniff_io or env.get("PODMIRROR_SNIFF_IO") or "ring",
         pod=pod,
         check_tunnel=args.check_tunnel,
     )

@@ -258,8 +258,7 @@ def install(agent: Any) -> None:
 
     def report(snapshot: dict[str, Any]) -> None:
         now = asyncio.get_running_loop().time()
-        last_seen = {key: counters.last_seen for key, counters in agent.stats.pods.items()}
-        silent = table.silent(last_seen, now, settings.silent_after)
+        silent = table.silent(agent.last_seen(), now, settings.silent_after)
         add_status(snapshot, table, watcher, silent)
 
     agent.add_task("kube-watch", run)

@@ -114,8 +114,7 @@ class MultiSend:
         return n
 
 
-_SENDMMSG = mmsg.libc_function(
-    "sendmmsg", [ctypes.c_int, ctypes.c_void_p, ctypes.c_uint, ctypes.c_int])
+_SENDMMSG = mmsg.sendmmsg()
 
 
 class Sensor:

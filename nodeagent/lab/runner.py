@@ -77,6 +77,8 @@ def configure(p: argparse.ArgumentParser) -> None:
     p.add_argument("--iperf-seconds", type=float, default=3.0)
     p.add_argument("--iperf-rate", default="500M",
                    help="iperf3 bitrate (default 500M, no loss to pcap + VXLAN; 0 = unlimited)")
+    p.add_argument("--workers", default="auto",
+                   help="the agent's worker processes (default auto: one per CPU, nodeagent run --workers)")
     p.add_argument("--pod-table", choices=("static", "apiserver"), default="static",
                    help="where the agent learns its pods: --sender flags (static), or a real kube-apiserver "
                         "in the agent's namespace (apiserver; see nodeagent/lab/kubelab.py)")
@@ -145,9 +147,9 @@ def start(r: Run, args: argparse.Namespace) -> None:
     if args.pod_table == "apiserver":
         say("starting etcd and kube-apiserver in the agent's namespace; pods created with kubectl")
         r.kube = kubelab.setup(r.lab, r.node, r.out)
+    extra = ["--workers", args.workers] + ([] if r.kube is None else r.kube.agent_args)
     r.agent = podmirror.start_agent(r.lab, r.node, r.out, sensors=[r.sensor], pcap_dir=r.out / "pcap",
-                                    pods=None if r.kube is None else [],
-                                    extra=[] if r.kube is None else r.kube.agent_args)
+                                    pods=None if r.kube is None else [], extra=extra)
     if r.kube is not None:
         wait_kube_synced(r.agent, r.kube)
     say(f"agent ready at {r.agent.ip} (tunnels :14789, status :9477); sensor {r.sensor.ip}:4789")
@@ -223,6 +225,9 @@ def summarize(r: Run, args: argparse.Namespace) -> None:
           f"{ {k: v for k, v in st['drops'].items() if v} or 0} + held {st.get('held', 0)}")
     coverage(r, st, sent)
     print(f"agent socket: {st.get('socket', {})} (kernel_drops: datagrams lost before the agent read them)")
+    for w in st.get("workers", []):
+        print(f"  worker {w['index']}: received {w['received']}, forwarded {w['forwarded']}, socket drops "
+              f"{w['kernel_drops']}, CPU {w['cpu_seconds']:.1f} s, RSS {w['rss_bytes'] / 2**20:.0f} MiB")
     norm = st.get("normalize", {})
     if norm:
         print(f"normalized for sensors: {norm['segmented']} GSO super-packets re-segmented into "

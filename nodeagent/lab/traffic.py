@@ -39,15 +39,75 @@ class _DualStack(socketserver.ThreadingMixIn, http.server.HTTPServer):
         super().server_bind()
 
 
-def _http_handler(body: bytes) -> type[http.server.BaseHTTPRequestHandler]:
+class Corpus:
+    """Real documents served one after the other, each once per pass: no two responses in a row
+    repeat, so a compressor downstream sees content as varied as a service's (see ``corpus_files``)."""
+
+    def __init__(self, listing: str) -> None:
+        with open(listing, encoding="utf-8") as handle:
+            self.paths = [line.rstrip("\n") for line in handle if line.strip()]
+        self._next = 0
+        self._lock = threading.Lock()
+
+    def next(self) -> bytes:
+        with self._lock:
+            path = self.paths[self._next % len(self.paths)]
+            self._next += 1
+        with open(path, "rb") as handle:
+            return handle.read()
+
+
+CORPUS_ROOTS = ("/usr/share", "/usr/lib", sys.prefix)
+CORPUS_KINDS = ((".json", "json"), (".html", "html"), (".htm", "html"), (".txt", "text"), (".md", "text"),
+                (".rst", "text"), (".py", "text"))
+
+
+def corpus_files(limit: int = 24 << 20, roots: tuple[str, ...] = CORPUS_ROOTS) -> list[str]:
+    """Text, JSON and HTML files of this machine (2 to 512 KB each), about ``limit`` bytes, a third
+    of each kind where the machine has enough, each content once, the kinds interleaved: a web
+    service's mix of responses without a single repeated body."""
+    import hashlib
+    import itertools
+
+    by_kind: dict[str, list[str]] = {"json": [], "html": [], "text": []}
+    sizes: dict[str, int] = dict.fromkeys(by_kind, 0)
+    seen: set[bytes] = set()
+    for root in roots:
+        for folder, dirs, names in os.walk(root):
+            dirs.sort()
+            for name in sorted(names):
+                kind = next((k for ext, k in CORPUS_KINDS if name.endswith(ext)), None)
+                path = os.path.join(folder, name)
+                if kind is None or sizes[kind] >= limit // 3 or not 2048 <= _size(path) <= 512 << 10:
+                    continue
+                with open(path, "rb") as handle:
+                    digest = hashlib.sha256(handle.read()).digest()
+                if digest not in seen:
+                    seen.add(digest)
+                    by_kind[kind].append(path)
+                    sizes[kind] += _size(path)
+            if all(n >= limit // 3 for n in sizes.values()):
+                break
+    return [p for group in itertools.zip_longest(*by_kind.values()) for p in group if p is not None]
+
+
+def _size(path: str) -> int:
+    try:
+        return os.path.getsize(path)
+    except OSError:
+        return 0
+
+
+def _http_handler(body: bytes, corpus: Corpus | None = None) -> type[http.server.BaseHTTPRequestHandler]:
     class Handler(http.server.BaseHTTPRequestHandler):
         protocol_version = "HTTP/1.0"
 
         def do_GET(self) -> None:  # noqa: N802 (stdlib name)
+            data = corpus.next() if corpus is not None else body
             self.send_response(200)
-            self.send_header("Content-Length", str(len(body)))
+            self.send_header("Content-Length", str(len(data)))
             self.end_headers()
-            self.wfile.write(body)
+            self.wfile.write(data)
 
         def log_message(self, *args: Any) -> None:  # quiet: the lab shows its own progress
             pass
@@ -101,7 +161,7 @@ def _tls_session(ctx: ssl.SSLContext, conn: socket.socket, body: bytes) -> None:
 
 def serve(args: argparse.Namespace) -> None:
     body = os.urandom(args.body)
-    httpd = _DualStack(("::", args.http), _http_handler(body))
+    httpd = _DualStack(("::", args.http), _http_handler(body, Corpus(args.corpus) if args.corpus else None))
     threading.Thread(target=_serve_dns, args=(args.dns,), daemon=True).start()
     if args.cert:
         threading.Thread(target=_serve_tls, args=(args.tls, args.cert, args.key, body), daemon=True).start()
@@ -216,6 +276,7 @@ def main(argv: list[str] | None = None) -> int:
         p.add_argument("--tls", type=int, default=TLS_PORT)
     s = sub.choices["serve"]
     s.add_argument("--body", type=int, default=20_000, help="bytes per HTTP and TLS response")
+    s.add_argument("--corpus", help="a file listing documents: HTTP answers each GET with the next one")
     s.add_argument("--cert")
     s.add_argument("--key")
     c = sub.choices["client"]

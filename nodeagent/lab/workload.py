@@ -34,11 +34,19 @@ class Workload:
              "-addext", "subjectAltName=DNS:web.lab.podmirror",
              "-keyout", str(self.key), "-out", str(self.cert)])
 
-    def start_servers(self, server: Endpoint, *, iperf: bool = True, body: int = 20_000) -> None:
+    def start_servers(self, server: Endpoint, *, iperf: bool = True, body: int = 20_000,
+                      corpus: list[str] | None = None) -> None:
+        """HTTP, DNS and TLS servers (and iperf3). HTTP answers with ``body`` random bytes (the same
+        each time), or with ``corpus``'s documents one after the other (``traffic.corpus_files``)."""
         if not self.cert.exists():
             self.make_certificate()
-        self.lab.ns.spawn(server.ns, [sys.executable, "-m", "nodeagent.lab.traffic", "serve",
-                                      "--cert", str(self.cert), "--key", str(self.key), "--body", str(body)])
+        cmd = [sys.executable, "-m", "nodeagent.lab.traffic", "serve", "--cert", str(self.cert), "--key",
+               str(self.key), "--body", str(body)]
+        if corpus is not None:
+            listing = self.workdir / f"corpus-{server.name}.txt"
+            listing.write_text("\n".join(corpus) + "\n")
+            cmd += ["--corpus", str(listing)]
+        self.lab.ns.spawn(server.ns, cmd)
         ports = [HTTP_PORT, TLS_PORT]
         if iperf:
             self.lab.ns.spawn(server.ns, ["iperf3", "-s", "-p", str(IPERF_PORT)])

@@ -47,6 +47,7 @@ from nodeagent.settings.inputs import (
     PushdownSettings,
     SenderSettings,
     StatusSettings,
+    WorkersSettings,
 )
 from nodeagent.settings.outputs import (
     CollectorEndpointSettings,
@@ -90,6 +91,7 @@ __all__ = [
     "StatusSettings",
     "TUNNEL_PORT",
     "TransportSettings",
+    "WorkersSettings",
     "convert",
     "load",
     "load_file",
@@ -115,6 +117,7 @@ class Settings:
     log: LogSettings = LogSettings()
     kube: KubeSettings = KubeSettings()
     capture: CaptureSettings = CaptureSettings()
+    workers: WorkersSettings = WorkersSettings()
 
     _unique: ClassVar[tuple[str, ...]] = ("senders", "peers")
 

@@ -10,6 +10,7 @@ from nodeagent.settings.base import (
     PUSHDOWN_PORT,
     STATUS_PORT,
     TUNNEL_PORT,
+    ConfigError,
     Endpoint,
     check,
     check_ports,
@@ -188,6 +189,40 @@ class KubeSettings:
         check(self.silent_after > 0, "silent_after", "must be > 0 seconds")
         check(self.forget_after > 0, "forget_after", "must be > 0 seconds")
         check(10 <= self.watch_timeout <= 3600, "watch_timeout", "must be in 10..3600 seconds")
+
+
+@dataclasses.dataclass(frozen=True)
+class WorkersSettings:
+    """Processes that receive and process tunnels (``nodeagent.workers``): the kernel steers every
+    copy of a flow to one of them."""
+
+    count: int | str = "auto"
+    """``auto``: one per CPU the agent may use (CPU affinity and cgroup quota); or 1..1024. One
+    worker runs in the agent's own process."""
+    restart: bool = True
+    """Restart a worker that died, after 0.5 s doubling to 30 s if it keeps dying (its socket stays
+    open meanwhile and queues its flows' datagrams up to ``listen.rcvbuf``)."""
+    start_timeout: float = 60.0
+    """Seconds a worker process may take to start (import, open its outputs) before startup fails."""
+
+    @classmethod
+    def from_text(cls, text: str) -> WorkersSettings:
+        return cls(count=text.strip() if text.strip() == "auto" else _int(text, "count"))
+
+    def __post_init__(self) -> None:
+        count = self.count
+        if isinstance(count, str):
+            count = "auto" if count.strip() == "auto" else _int(count, "count")
+            object.__setattr__(self, "count", count)
+        check(count == "auto" or 1 <= int(count) <= 1024, "count", "must be auto or in 1..1024")
+        check(self.start_timeout > 0, "start_timeout", "must be > 0 seconds")
+
+
+def _int(text: str, field: str) -> int:
+    try:
+        return int(text.strip())
+    except ValueError:
+        raise ConfigError(field, f"must be auto or an integer, got {text!r}") from None
 
 
 @dataclasses.dataclass(frozen=True)

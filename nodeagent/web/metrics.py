@@ -32,6 +32,7 @@ class AgentCollector(Collector):
         yield from _misc(status)
         yield from _health(status)
         yield from _tables(status.get("pipeline", {}))
+        yield from _workers(status.get("workers", []))
 
 
 def make_registry(status: Callable[[], dict[str, Any]]) -> CollectorRegistry:
@@ -175,3 +176,38 @@ def _tables(tables: dict[str, dict[str, Any]]) -> Iterator[Metric]:
             entries = GaugeMetricFamily(f"podmirror_{table}_entries", f"Entries in the {table} table.")
             entries.add_metric([], state["entries"])
             yield entries
+
+
+WORKER_COUNTERS = (
+    ("received", "podmirror_worker_packets_received_total", "Tunnel datagrams the worker received."),
+    ("forwarded", "podmirror_worker_packets_forwarded_total", "Datagrams the worker handed to its outputs."),
+    ("dropped", "podmirror_worker_packets_dropped_total", "Datagrams the worker dropped (all reasons)."),
+    ("kernel_drops", "podmirror_worker_socket_kernel_drops_total",
+     "Datagrams the kernel dropped on the worker's socket (receive buffer full)."),
+    ("restarts", "podmirror_worker_restarts_total", "Times the worker process was started again."),
+    ("cpu_seconds", "podmirror_worker_cpu_seconds_total", "CPU seconds of the worker's process."),
+)
+WORKER_GAUGES = (
+    ("rss_bytes", "podmirror_worker_resident_memory_bytes", "Resident memory of the worker's process."),
+    ("rx_queue_bytes", "podmirror_worker_socket_queue_bytes", "Bytes waiting in the worker's socket."),
+    ("table_entries", "podmirror_worker_table_entries", "Entries in the worker's pipeline tables."),
+)
+
+
+def _workers(workers: list[dict[str, Any]]) -> Iterator[Metric]:
+    """Per worker (label ``worker``): its share of the node's counters, its socket and its process.
+    The node-wide families above are the sums over workers."""
+    for key, name, doc in WORKER_COUNTERS:
+        family = CounterMetricFamily(name, doc, labels=["worker"])
+        for w in workers:
+            family.add_metric([str(w["index"])], w.get(key) or 0)
+        yield family
+    for key, name, doc in WORKER_GAUGES:
+        gauge = GaugeMetricFamily(name, doc, labels=["worker"])
+        for w in workers:
+            gauge.add_metric([str(w["index"])], w.get(key) or 0)
+        yield gauge
+    up = GaugeMetricFamily("podmirror_worker_up", "1 while the worker process runs.", labels=["worker"])
+    for w in workers:
+        up.add_metric([str(w["index"])], 1 if w.get("state") == "running" else 0)
+    yield up

@@ -45,7 +45,6 @@ from aiohttp import web
 from nodeagent.pods.index import PodIndex, PodInfo
 from nodeagent.settings import Settings
 from nodeagent.stages import filters, pushdown
-from nodeagent.stats import Stats
 
 PATH = "/v1/pushdown"
 _CACHE_LIMIT = 1024
@@ -57,7 +56,8 @@ log = logging.getLogger(__name__)
 class PushdownHost(Protocol):
     settings: Settings
     pods: PodIndex
-    stats: Stats
+
+    def seen(self, pod_key: str) -> float | None: ...
 
     def add_task(self, name: str, factory: Any) -> None: ...
 
@@ -148,7 +148,7 @@ class PushdownServer:
         return web.json_response(self._plan(pod).as_json() | {"tunnel": self._tunnel(pod.key)})
 
     def _tunnel(self, key: str) -> bool:
-        seen = self._agent.stats.last_seen(key)
+        seen = self._agent.seen(key)
         return seen is not None and asyncio.get_running_loop().time() - seen <= self._live
 
     def _plan(self, pod: PodInfo) -> pushdown.PushdownPlan:

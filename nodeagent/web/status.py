@@ -4,9 +4,11 @@
 runs it with ``AppRunner(handle_signals=False)`` so that the agent, not aiohttp, owns SIGTERM.
 Extra routes (``Route`` tuples) come from other parts of the agent, e.g. the push-down endpoint.
 
-``/status`` is built by the source in one synchronous call on the loop thread, so the invariant
-``received == forwarded + sum(drops) + held`` holds in every response. ``drops`` holds the pipeline's
-reasons (``verdict.Drop``); what each output lost after that is under ``outputs.<name>.dropped``
+``/status`` and ``/metrics`` first ``await source.refresh()`` (a worker pool fetches its workers'
+counters), then read ``source.status()``, built in one synchronous call on the loop thread from
+snapshots each taken in one synchronous call, so the invariant ``received == forwarded +
+sum(drops) + held`` holds in every response. ``drops`` holds the pipeline's reasons
+(``verdict.Drop``); what each output lost after that is under ``outputs.<name>.dropped``
 (``verdict.OutputDrop``), so no reason is listed twice or where nothing can emit it.
 """
 
@@ -30,6 +32,9 @@ class Route(NamedTuple):
 
 
 class StatusSource(Protocol):
+    async def refresh(self) -> None:
+        """Bring the counters up to date (a worker pool asks its workers); then ``status()``."""
+
     def status(self) -> dict[str, Any]: ...
 
     def is_ready(self) -> bool: ...
@@ -47,9 +52,11 @@ def make_app(
         return web.Response(status=503, text="not ready\n")
 
     async def status(_request: web.Request) -> web.Response:
+        await source.refresh()
         return web.json_response(source.status(), dumps=_dumps)
 
     async def metrics(_request: web.Request) -> web.Response:
+        await source.refresh()
         body = generate_latest(registry)
         return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
 

@@ -98,13 +98,13 @@ def decode(frame: memoryview | bytes) -> PacketMeta:
 
     Untagged IPv4 (IHL 5, not a fragment) with TCP or UDP takes a fast path: one ``unpack_from``
     (two for TCP) and ``tuple.__new__`` instead of three calls and a NamedTuple constructor (0.6
-    against 1.4 us, ``bench/bench_agent.py``). It returns exactly what the general path returns
+    against 1.4 us, ``bench/bench_pipeline.py``). It returns exactly what the general path returns
     (a differential test in ``tests/unit/nodeagent/test_headers.py`` checks it); anything else,
     including every input the general path rejects, falls through to the general path.
 
     ``frame`` is used as given, not wrapped in a new ``memoryview``: bytes, bytearray and a byte
     memoryview index and ``unpack_from`` alike, and the wrapper cost 0.12 us per packet (measured
-    with ``bench/bench_agent.py``'s in-process step).
+    with ``bench/bench_pipeline.py``'s in-process step).
     """
     view = frame
     size = len(view)

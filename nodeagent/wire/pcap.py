@@ -22,9 +22,10 @@ SNAPLEN = 262144
 """libpcap's maximum snap length for Ethernet; covers 64 KB GSO super-packets whole."""
 
 _GLOBAL = struct.Struct("=IHHiIII")
-_RECORD = struct.Struct("=IIII")
+RECORD = struct.Struct("=IIII")
+"""A record header: seconds, fraction (us or ns), captured length, original length."""
 GLOBAL_SIZE = _GLOBAL.size
-RECORD_SIZE = _RECORD.size
+RECORD_SIZE = RECORD.size
 
 
 class Record(NamedTuple):
@@ -44,7 +45,7 @@ def record_header(ts_ns: int, caplen: int, orig_len: int, *, nanos: bool = True)
     sec, frac = divmod(ts_ns, 1_000_000_000)
     if not nanos:
         frac //= 1000
-    return _RECORD.pack(sec, frac, caplen, max(orig_len, caplen))
+    return RECORD.pack(sec, frac, caplen, max(orig_len, caplen))
 
 
 def append_record(

@@ -11,7 +11,8 @@ import pytest
 from scapy.layers.inet import IP, TCP, UDP
 from scapy.layers.l2 import Ether
 
-from nodeagent.adapters.receiver import DropLog, Receiver
+from nodeagent.adapters.droplog import DropLog
+from nodeagent.adapters.receiver import Receiver
 from nodeagent.pipeline import Pipeline
 from nodeagent.pods.index import PodIndex, PodInfo
 from nodeagent.settings import ListenSettings
@@ -54,7 +55,7 @@ async def test_a_raising_datagram_is_counted_and_the_next_ones_still_processed(
     tx = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
     try:
         assert receiver.address is not None
-        with caplog.at_level(logging.ERROR, logger="nodeagent.adapters.receiver"):
+        with caplog.at_level(logging.ERROR, logger="nodeagent.adapters"):
             for l4 in (UDP(dport=53), TCP(dport=80), UDP(dport=53), TCP(dport=80), UDP(dport=53)):
                 tx.sendto(_datagram(l4), receiver.address)
             async with asyncio.timeout(5):

@@ -9,7 +9,7 @@ import time
 
 import pytest
 
-from nodeagent.adapters.receiver import BatchReader
+from nodeagent.adapters.mmsg import BatchReader
 
 
 def test_batch_reader_slots_match_size_and_source():
