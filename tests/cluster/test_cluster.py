@@ -76,8 +76,13 @@ def workload_manifests() -> list[dict[str, Any]]:
 @pytest.fixture(scope="module")
 def workload(installed: Cluster) -> Iterator[dict[str, Any]]:
     k = installed
-    k.apply(workload_manifests())
+    namespace, *rest = workload_manifests()
+    k.apply(namespace)
     eventually(lambda: k.get("-n", NS, "serviceaccount", "default"), 60, "the namespace's default account")
+    # The webhook's pod is Ready before the API server can reach it (its Service's endpoints, its
+    # caBundle patch): until then failurePolicy Ignore admits pods without a sidecar.
+    eventually(lambda: injects(k), 90, "the webhook injecting into a server-side dry run")
+    k.apply(rest)
     k.kubectl("-n", NS, "rollout", "status", "deployment/web", "--timeout=120s", timeout=150)
     k.apply(pod("client", NS))  # no mode annotation: auto, and the webhook grants no NET_ADMIN
     k.kubectl("-n", NS, "wait", "--for=condition=Ready", "pod/client", "--timeout=120s", timeout=150)
@@ -87,6 +92,14 @@ def workload(installed: Cluster) -> Iterator[dict[str, Any]]:
     yield found
     for namespace in ([] if k.is_down else [NS, PLAIN_NS]):
         k.kubectl("delete", "namespace", namespace, "--ignore-not-found", "--wait=false")
+
+
+def injects(k: Cluster) -> bool:
+    """Whether a pod created now in the monitored namespace gets the sidecar (a server-side dry run:
+    admission runs, webhooks included, nothing is stored)."""
+    probe = pod("probe", NS)
+    out = k.kubectl("create", "--dry-run=server", "-o", "json", "-f", "-", input=json.dumps(probe))
+    return bool(sidecars(json.loads(out)))
 
 
 def key(obj: dict[str, Any]) -> str:

@@ -18,7 +18,7 @@ from tests.fuzz import harness
 
 with harness.instrumented():
     from nodeagent import settings
-    from nodeagent.app import build_pipeline, static_pods
+    from nodeagent.workers.worker import build_pipeline, static_pods
     from nodeagent.pods.index import PodIndex
     from nodeagent.stats import Stats
     from nodeagent.verdict import Drop, Forward
