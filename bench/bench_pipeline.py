@@ -7,7 +7,11 @@ check and decode alone, then vantage, filters, dedup and cutoff: the default pip
 fan-out to the outputs (normalization, pcap, VXLAN to a loopback sensor). Each figure is the
 process CPU per datagram of the mix (``time.process_time``), the best of ``--repeats`` passes
 (other load on the machine only ever adds), and the cost of a step is its difference to the
-previous line. The rates a worker reaches at an offered load are ``bench/bench_receive.py``'s.
+previous line. A second mix (``loadgen.HEAVY``: heavy-tailed flow lengths, so most packets are
+not a flow's first few) gives the decode and default-pipeline rows again. The process first
+applies a worker's collector policy (``settle_heap``: the mixes' own datagrams, which a worker
+never holds, are frozen with the rest). The rates a worker reaches at an offered load are
+``bench/bench_receive.py``'s.
 
 Run: ``.venv/bin/python bench/bench_pipeline.py [--repeats 5]`` (no root, under a minute).
 """
@@ -38,14 +42,14 @@ from nodeagent.settings import SensorSettings  # noqa: E402
 from nodeagent.stats import Stats  # noqa: E402
 from nodeagent.verdict import Forward, Released  # noqa: E402
 from nodeagent.wire.normalize import Normalizer  # noqa: E402
-from nodeagent.workers.worker import build_pipeline, static_pods  # noqa: E402
+from nodeagent.workers.worker import build_pipeline, settle_heap, static_pods  # noqa: E402
 
 PODS = [(f"127.0.0.{10 + i}", 10 + i) for i in range(4)]
 """The loopback pods of bench/bench_receive.py: (address, VNI = its low 24 bits, ``--vni auto``)."""
 
 
-def datagrams() -> list[tuple[memoryview, str]]:
-    the_mix = loadgen.mix(PODS)
+def datagrams(**kwargs: Any) -> list[tuple[memoryview, str]]:
+    the_mix = loadgen.mix(PODS, **kwargs)
     senders = [the_mix.senders[s] for s, _first, count in the_mix.runs for _ in range(count)]
     return [(memoryview(bytearray(d)), s) for d, s in zip(the_mix.datagrams, senders, strict=True)]
 
@@ -154,11 +158,15 @@ class _Null:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--heavy-flows", type=int, default=5000,
+                        help="flows of the second, heavy-tailed mix (0: skip it)")
     args = parser.parse_args()
     os.sched_setaffinity(0, {max(os.sched_getaffinity(0))})
     settings = settings_mod.load({"senders": [f"{ip},auto,bench/pod{i}" for i, (ip, _) in enumerate(PODS)]})
     data = datagrams()
     fwds = forwarded(settings, data)
+    heavy = datagrams(flows=args.heavy_flows, lengths=loadgen.HEAVY) if args.heavy_flows else []
+    settle_heap()
     print(f"mix: {len(data):,} datagrams, {len(fwds):,} forwarded by the default pipeline "
           f"({len(fwds) / len(data):.0%}); CPU per datagram, best of {args.repeats}")
     previous = 0.0
@@ -169,6 +177,13 @@ def main() -> int:
     for name, per_forward in asyncio.run(outputs(fwds, args.repeats)):
         per = per_forward * len(fwds) / len(data) * 1e6
         print(f"  {name:<32}{per:7.2f} us per datagram ({per_forward * 1e6:.2f} per forwarded packet)")
+    if heavy:
+        print(f"heavy-tailed flow lengths (loadgen.HEAVY): {len(heavy):,} datagrams of {args.heavy_flows:,} "
+              "flows, the same pods and shares")
+        steps = pipelines(settings)
+        for name, build in (steps[0], steps[-1]):
+            cost = best(run_pipeline(build, heavy), args.repeats) * 1e6
+            print(f"  {name:<32}{cost:7.2f} us")
     return 0
 
 

@@ -58,7 +58,7 @@ from nodeagent.workers import cores
 from nodeagent.workers.merge import table_entries
 from nodeagent.workers.podtable import SharedPodIndex
 from nodeagent.workers.pool import WorkerPool
-from nodeagent.workers.worker import Worker, install_extensions, static_pods
+from nodeagent.workers.worker import Worker, install_extensions, settle_heap, static_pods
 
 log = logging.getLogger(__name__)
 
@@ -314,4 +314,5 @@ async def run(settings: Settings) -> int:
     log.info("agent pid %d: %d worker%s", os.getpid(), count, "s" if count > 1 else "")
     agent = Agent(settings, workers=count)
     _install_extensions(agent)
+    settle_heap()
     return await agent.run()

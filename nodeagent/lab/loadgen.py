@@ -28,11 +28,12 @@ buffer of a saturated receiver refuses is the receiver's loss, counted on its si
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import random
 import socket
 import struct
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 
 from nodeagent.adapters import mmsg
 from nodeagent.wire import headers, normalize, vxlan
@@ -88,54 +89,110 @@ def frame(src: bytes, dst: bytes, sport: int, dport: int, seq: int, size: int, p
     return bytes(out)
 
 
+FIXED, HEAVY = "fixed", "heavy"
+"""Flow lengths: ``packets_per_flow`` each, or heavy-tailed (``heavy_length``)."""
+HEAVY_SHAPE, HEAVY_MIN, HEAVY_MAX = 1.1, 2, 2000
+"""Bounded Pareto flow lengths in packets: most flows are a few packets, most packets belong to
+long flows, as data-centre measurements report (Benson, Akella and Maltz, "Network Traffic
+Characteristics of Data Centers in the Wild", IMC 2010: most flows are under 10 KB, a small share
+of long flows carries most bytes; Alizadeh et al., "Data Center TCP", SIGCOMM 2010, section 2:
+the same for query and background traffic). With these parameters the median flow has 3 packets,
+95% have at most 30, the mean is about 11, and flows longer than 33 packets (about 10 KB of this
+mix's frames) carry half of the packets."""
+CONCURRENT = 256
+"""Flows in progress at once in the heavy-tailed mix: packets of concurrent flows interleave."""
+
+
+def heavy_length(rng: random.Random) -> int:
+    """A flow's packet count from the bounded Pareto distribution above (inverse transform)."""
+    u = rng.random()
+    low, high, a = HEAVY_MIN, HEAVY_MAX, HEAVY_SHAPE
+    n = low / (1 - u * (1 - (low / high) ** a)) ** (1 / a)
+    return int(n)
+
+
 def mix(pods: Sequence[tuple[str, int]], *, flows: int = 10_000, packets_per_flow: int = 4,
-        intra: float = 0.4, vip: str = "10.96.0.10", outside: str = "192.0.2.0", seed: int = 1) -> Mix:
-    """``pods``: (address, VNI) of the monitored pods, at least two (see the module docstring)."""
+        intra: float = 0.4, vip: str = "10.96.0.10", outside: str = "192.0.2.0", seed: int = 1,
+        lengths: str = FIXED) -> Mix:
+    """``pods``: (address, VNI) of the monitored pods, at least two (see the module docstring).
+    ``lengths``: ``FIXED`` (``packets_per_flow`` each, one flow after the other) or ``HEAVY``
+    (``heavy_length`` each, ``CONCURRENT`` flows interleaved)."""
     rng = random.Random(seed)
     sizes = [size for size, weight in IMIX for _ in range(weight)]
-    per_pod: list[list[bytes]] = [[] for _ in pods]
+    per_flow: list[list[list[tuple[int, bytes]]]] = []
+    """Per flow, per packet: its copies (pod index, datagram)."""
     packed = [socket.inet_aton(ip) for ip, _ in pods]
     outside_base = int.from_bytes(socket.inet_aton(outside), "big")
     ident = 0
 
     def mirror(pod: int, src: bytes, dst: bytes, sport: int, dport: int, seq: int, size: int, head: bytes,
-               partial: bool) -> None:
+               partial: bool) -> tuple[int, bytes]:
         """One sidecar's copy of the current packet (``ident``: both copies of a packet share it)."""
-        per_pod[pod].append(vxlan.encode(pods[pod][1], frame(src, dst, sport, dport, seq, size, head, partial,
-                                                             ident)))
+        return pod, vxlan.encode(pods[pod][1], frame(src, dst, sport, dport, seq, size, head, partial, ident))
 
     for f in range(flows):
         client, cport = rng.randrange(len(pods)), 32768 + rng.randrange(28000)
         c_ip, seq = packed[client], [rng.getrandbits(32), rng.getrandbits(32)]
+        packets: list[list[tuple[int, bytes]]] = []
+        per_flow.append(packets)
         if rng.random() < intra:  # the client's copy shows the VIP, the server's the pod (after DNAT)
             server = (client + 1 + rng.randrange(len(pods) - 1)) % len(pods)
             s_ip, v_ip = packed[server], socket.inet_aton(vip)
-            for n in range(packets_per_flow):
+            for n in range(packets_per_flow if lengths == FIXED else heavy_length(rng)):
                 size, up, ident = rng.choice(sizes), n % 2, ident + 1
                 head = b"GET /item HTTP/1.1\r\n" if n == 0 else b""
                 if up == 0:
-                    mirror(client, c_ip, v_ip, cport, 80, seq[0], size, head, True)
-                    mirror(server, c_ip, s_ip, cport, 8080, seq[0], size, head, True)
+                    packets.append([mirror(client, c_ip, v_ip, cport, 80, seq[0], size, head, True),
+                                    mirror(server, c_ip, s_ip, cport, 8080, seq[0], size, head, True)])
                 else:
-                    mirror(server, s_ip, c_ip, 8080, cport, seq[1], size, head, True)
-                    mirror(client, v_ip, c_ip, 80, cport, seq[1], size, head, True)
+                    packets.append([mirror(server, s_ip, c_ip, 8080, cport, seq[1], size, head, True),
+                                    mirror(client, v_ip, c_ip, 80, cport, seq[1], size, head, True)])
                 seq[up] += max(0, size - 54)
             continue
         remote = (outside_base + 1 + f % 250).to_bytes(4, "big")
         tls = rng.random() < 0.2
         rport = 443 if tls else 80
-        for n in range(packets_per_flow):
+        for n in range(packets_per_flow if lengths == FIXED else heavy_length(rng)):
             size, up, ident = rng.choice(sizes), n % 2, ident + 1
             if n == 0:
                 head = TLS_HELLO if tls else b"GET / HTTP/1.1\r\n"
             else:
                 head = b"\x17\x03\x03" if tls else b""
             if up == 0:  # sent by the pod: partial checksum; received from outside: complete
-                mirror(client, c_ip, remote, cport, rport, seq[0], size, head, True)
+                packets.append([mirror(client, c_ip, remote, cport, rport, seq[0], size, head, True)])
             else:
-                mirror(client, remote, c_ip, rport, cport, seq[1], size, head, False)
+                packets.append([mirror(client, remote, c_ip, rport, cport, seq[1], size, head, False)])
             seq[up] += max(0, size - 54)
+    per_pod: list[list[bytes]] = [[] for _ in pods]
+    for copies in _in_order(per_flow) if lengths == FIXED else _concurrent(per_flow, rng):
+        for pod, datagram in copies:
+            per_pod[pod].append(datagram)
     return _interleave([ip for ip, _ in pods], per_pod, flows)
+
+
+def _in_order(per_flow: list[list[list[tuple[int, bytes]]]]) -> Iterator[list[tuple[int, bytes]]]:
+    for packets in per_flow:
+        yield from packets
+
+
+def _concurrent(per_flow: list[list[list[tuple[int, bytes]]]],
+                rng: random.Random) -> Iterator[list[tuple[int, bytes]]]:
+    """Packets of ``CONCURRENT`` flows in progress at once, each step one random flow's next packet;
+    a finished flow's place goes to the next flow."""
+    waiting = iter(per_flow)
+    active = [iter(packets) for packets in itertools.islice(waiting, CONCURRENT)]
+    while active:
+        index = rng.randrange(len(active))
+        packet = next(active[index], None)
+        if packet is not None:
+            yield packet
+            continue
+        following = next(waiting, None)
+        if following is None:
+            active[index] = active[-1]
+            active.pop()
+        else:
+            active[index] = iter(following)
 
 
 def _interleave(senders: list[str], per_pod: list[list[bytes]], flows: int) -> Mix:

@@ -30,6 +30,7 @@ handshake): it is then forwarded whole, never lost. Pure: ``now`` comes from the
 from __future__ import annotations
 
 import struct
+from typing import Any
 
 from nodeagent.stages.flowtable import FlowTable
 from nodeagent.wire import normalize
@@ -45,15 +46,11 @@ _CONTROL = TCP_SYN | TCP_FIN | TCP_RST
 _U16 = struct.Struct("!H")
 
 
-class _Flow:
-    __slots__ = ("encrypted", "seen", "sent")
-
-    def __init__(self) -> None:
-        self.encrypted = False
-        self.seen = [False, False]
-        """Whether each direction's first payload was inspected."""
-        self.sent = [0, 0]
-        """Payload bytes forwarded whole, per direction."""
+_ENCRYPTED, _SEEN, _SENT = 0, 1, 3
+"""A flow's state is a list ``[encrypted, seen (2), sent (2)]``: whether it is encrypted, whether
+each direction's first payload was inspected, the payload bytes each direction forwarded whole. A
+list literal, not a ``__slots__`` object with two lists: 0.10 -> 0.02 us per new flow (every flow
+with a payload makes one; measured per call)."""
 
 
 class Cutoff:
@@ -63,7 +60,7 @@ class Cutoff:
             raise ValueError(f"after must be headers or drop, got {after!r}")
         self._budget = budget
         self._drop = after == DROP
-        self._flows: FlowTable[_Flow] = FlowTable(capacity=capacity, idle=idle)
+        self._flows: FlowTable[list[Any]] = FlowTable(capacity=capacity, idle=idle)
 
     @property
     def evictions(self) -> int:
@@ -90,14 +87,15 @@ class Cutoff:
         if flow is None:
             if size == 0:
                 return FORWARD  # no state for bare handshakes and ACKs of unknown flows
-            flow = _Flow()
+            flow = [False, False, False, 0, 0]
             self._flows.put(key, flow, now)
         side = 0 if forward else 1
-        if size and not flow.seen[side]:
-            flow.seen[side] = True
-            flow.encrypted = flow.encrypted or _is_encrypted(meta, frame)
-        if not flow.encrypted or flow.sent[side] < self._budget:
-            flow.sent[side] += size
+        if size and not flow[_SEEN + side]:
+            flow[_SEEN + side] = True
+            if not flow[_ENCRYPTED]:
+                flow[_ENCRYPTED] = _is_encrypted(meta, frame)
+        if not flow[_ENCRYPTED] or flow[_SENT + side] < self._budget:
+            flow[_SENT + side] += size
             return FORWARD
         if self._drop and not (proto == IPPROTO_TCP and meta.tcp_flags & _CONTROL):
             return CUT

@@ -177,16 +177,38 @@ class Vantage:
         proto = meta.proto
         if meta.l4 < 0 or (proto != IPPROTO_TCP and proto != IPPROTO_UDP):
             return self._without_flow(meta, pod, peer)
+        src, sport, dst, dport = meta.src, meta.sport, meta.dst, meta.dport
         addrs = pod.addrs
-        if meta.src in addrs:
-            own, other = (meta.src, meta.sport), (meta.dst, meta.dport)
-        elif meta.dst in addrs:
-            own, other = (meta.dst, meta.dport), (meta.src, meta.sport)
-        else:
+        if src not in addrs and dst not in addrs:
             return CHECK  # link-scoped (e.g. DHCPv6 from fe80::): no connection of the pod
-        key = (proto, *own, *other) if own < other else (proto, *other, *own)
-        conn = self._conn(key, meta, own, other, now)
+        # The canonical tuple (the lower (address, port) first) from the flat fields: the key the
+        # (own, other) tuples gave, without building them (0.13 -> 0.05 us, measured per call).
+        key = ((proto, src, sport, dst, dport) if src < dst or (src == dst and sport < dport)
+               else (proto, dst, dport, src, sport))
+        conn = self._conns.refresh(key, now)
         p = pod.addr
+        if conn is not None and conn.paired and not meta.tcp_flags & TCP_SYN \
+                and (peer is None or peer is pod or peer.local):
+            # The short path of a decided connection that both vantages delivered (or linked):
+            # what _between_pods and _toward_non_pod answer for it (neither links nor indexes a
+            # paired connection), without building endpoints or calling them: 0.75 -> 0.51 us
+            # per owner's copy, measured per call against the full path (tests/unit/nodeagent/
+            # test_fastpaths.py checks both decide alike).
+            if conn.held_from == p:
+                return self._queue(conn, p, now)
+            owner = conn.owner
+            if owner == p:
+                conn.owner_seen = now
+                if conn.held is not None:
+                    self._resolve(conn, p)
+                return KEEP
+            if owner is not None:
+                return self._not_owner(conn, p, now)
+        if src in addrs:
+            own, other = (src, sport), (dst, dport)
+        else:
+            own, other = (dst, dport), (src, sport)
+        conn = self._conn(conn, key, meta, own, other, now)
         if conn.first is None:
             conn.first = p
         elif conn.first != p:
@@ -199,10 +221,10 @@ class Vantage:
             return self._between_pods(conn, key, meta, frame, pod, peer, own, other, now)
         return self._toward_non_pod(conn, key, meta, frame, pod, own, other, now)
 
-    def _conn(self, key: tuple[Any, ...], meta: PacketMeta, own: Endpoint, other: Endpoint,
-              now: float) -> Conn:
-        """The connection of ``key``: a SYN (without ACK) with a new sequence number starts a new one."""
-        conn = self._conns.refresh(key, now)
+    def _conn(self, conn: Conn | None, key: tuple[Any, ...], meta: PacketMeta, own: Endpoint,
+              other: Endpoint, now: float) -> Conn:
+        """The connection of ``key`` (``conn``: what the table holds for it, refreshed): a SYN
+        (without ACK) with a new sequence number starts a new one."""
         flags = meta.tcp_flags if meta.proto == IPPROTO_TCP else 0
         if conn is not None and not flags & TCP_SYN:  # the common case: a known connection
             return conn

@@ -33,7 +33,7 @@ from nodeagent.pods.index import PodIndex
 from nodeagent.settings import Settings
 from nodeagent.workers import relay
 from nodeagent.workers.channel import Channel, ChannelClosed, Message, pod_from_json
-from nodeagent.workers.worker import Worker, install_extensions
+from nodeagent.workers.worker import Worker, install_extensions, settle_heap
 
 log = logging.getLogger("nodeagent.workers.child")  # not __main__ when run with -m
 
@@ -120,6 +120,7 @@ async def run(settings: Settings, index: int, count: int, fds: tuple[int, int, i
     worker = Worker(settings, PodIndex(pod_from_json(p) for p in start["pods"]), index=index, count=count)
     worker.seen_elsewhere.update(start.get("seen", {}))
     install_extensions(worker)
+    settle_heap()
     session = Session(worker, channel, captures)
     for message in start.get("captures", []):
         session.capture(message)

@@ -21,6 +21,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import gc
 import logging
 import os
 import resource
@@ -49,6 +50,26 @@ from nodeagent.wire.normalize import Normalizer
 log = logging.getLogger(__name__)
 
 TaskFactory = Callable[[], Awaitable[None]]
+
+
+GC_THRESHOLD = 10_000
+"""Allocations between young-generation collections (CPython's default: 700)."""
+
+
+def settle_heap() -> None:
+    """A worker process's garbage-collector policy, once everything long-lived is built: move what
+    exists to the permanent generation (``gc.freeze``: imports, settings, the Kubernetes client)
+    and collect the young generation every ``GC_THRESHOLD`` allocations instead of 700.
+
+    Why: the per-packet objects die by reference count (the pipeline makes no cycles), so the
+    collector's passes are overhead, and its full passes walk every table entry. Measured with
+    ``bench/bench_pipeline.py``'s default pipeline (A/B in one minute, best of 5): 11.4 -> 9.1 us
+    per datagram (freeze alone: 9.3, threshold alone: 9.2). Cycles are still collected, less often.
+    Called by the process entry points (``app.run``, ``workers.child``), never by library code:
+    a test process keeps CPython's defaults."""
+    gc.collect()
+    gc.freeze()
+    gc.set_threshold(GC_THRESHOLD, *gc.get_threshold()[1:])
 
 
 def static_pods(settings: Settings) -> list[PodInfo]:

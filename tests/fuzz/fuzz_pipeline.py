@@ -18,11 +18,11 @@ from tests.fuzz import harness
 
 with harness.instrumented():
     from nodeagent import settings
-    from nodeagent.workers.worker import build_pipeline, static_pods
     from nodeagent.pods.index import PodIndex
     from nodeagent.stats import Stats
     from nodeagent.verdict import Drop, Forward
     from nodeagent.wire import normalize
+    from nodeagent.workers.worker import build_pipeline, static_pods
 
 SENDERS = ("10.0.0.5", "10.0.0.9")
 SETTINGS = settings.load({
