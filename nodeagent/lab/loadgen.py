@@ -96,7 +96,8 @@ HEAVY_SHAPE, HEAVY_MIN, HEAVY_MAX = 1.1, 2, 2000
 long flows, the shape data-centre measurements report (Benson, Akella and Maltz, "Network Traffic
 Characteristics of Data Centers in the Wild", IMC 2010: most flows are small and short, sizes
 heavy-tailed; Alizadeh et al., "Data Center TCP", SIGCOMM 2010: many short query flows beside a
-few long background flows that carry most bytes). The parameters are ours, not fitted to a trace. With these parameters the median flow has 3 packets,
+few long background flows that carry most bytes). The parameters are ours, not fitted to a trace.
+With these parameters the median flow has 3 packets,
 95% have at most 30, the mean is about 11, and flows longer than 33 packets (about 10 KB of this
 mix's frames) carry half of the packets."""
 CONCURRENT = 256
