@@ -23,8 +23,8 @@ were never linked (a lost first packet). Three rules:
    a copy dropped as a duplicate is not remembered: the same pod sending the same bytes again is
    forwarded, and the other end's copy of that retransmission is the duplicate.
 
-Windows: an entry lives ``window`` seconds after its last use (50 ms: over 3 times the largest
-copy gap measured, docs/dedup.md, far below TCP's 200 ms minimum RTO). A range set keeps at most
+Windows: an entry lives ``window`` seconds after its last use (50 ms: above every copy gap
+measured, docs/dedup.md, far below TCP's 200 ms minimum RTO). A range set keeps at most
 ``_INTERVALS`` intervals per connection direction and vantage; older bytes fall out (a late copy of
 them is forwarded: duplicates, never loss). Bounded: ``capacity`` entries, oldest evicted first, counted.
 Pure: ``now`` comes from the caller.

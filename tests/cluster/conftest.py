@@ -20,6 +20,7 @@ import os
 import pathlib
 import shutil
 import subprocess
+import threading
 import time
 import urllib.request
 from collections.abc import Callable, Iterator
@@ -113,11 +114,28 @@ class Cluster:
         self.kubectl("apply", "-f", "-", input=json.dumps({"apiVersion": "v1", "kind": "List",
                                                            "items": items}))
 
-    def script(self, *argv: str, timeout: float = 900) -> str:
-        result = subprocess.run([str(ROOT / "scripts" / argv[0]), *argv[1:]], capture_output=True,
-                                text=True, timeout=timeout, env=self.env)
-        assert result.returncode == 0, f"{' '.join(argv)} failed:\n{result.stderr[-4000:]}"
-        return result.stdout
+    def script(self, *argv: str, timeout: float = 900, progress: Callable[[str], None] | None = None) -> str:
+        """Run ``scripts/<argv>``; its stdout is returned, its stderr (the scripts' progress lines)
+        handed line by line to ``progress`` as it comes, and kept for the failure message."""
+        with subprocess.Popen([str(ROOT / "scripts" / argv[0]), *argv[1:]], stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, text=True, env=self.env) as proc:
+            timer = threading.Timer(timeout, proc.kill)
+            timer.start()
+            stdout: list[str] = []
+            reader = threading.Thread(target=lambda: stdout.append(proc.stdout.read() if proc.stdout else ""))
+            reader.start()
+            stderr = []
+            try:
+                for line in proc.stderr or ():
+                    stderr.append(line)
+                    if progress is not None:
+                        progress(line.rstrip("\n"))
+                rc = proc.wait()
+                reader.join()
+            finally:
+                timer.cancel()
+        assert rc == 0, f"{' '.join(argv)} failed (rc {rc}):\n{''.join(stderr)[-4000:]}"
+        return "".join(stdout)
 
     def service_ip(self, namespace: str, name: str) -> str:
         return str(self.get("-n", namespace, "service", name)["spec"]["clusterIP"])
@@ -163,21 +181,42 @@ def _running(kubeconfig: str) -> bool:
     return status.returncode == 0
 
 
+def terminal_progress(request: pytest.FixtureRequest) -> Callable[[str], None]:
+    """Print a set-up progress line on the terminal now, past pytest's output capture: bringing
+    the node up takes half a minute, and a run that sits silent meanwhile looks hung."""
+    capture = request.config.pluginmanager.getplugin("capturemanager")
+    started = time.monotonic()
+
+    def say(line: str) -> None:
+        text = f"[cluster tier {time.monotonic() - started:5.1f} s] {line}"
+        if capture is None:
+            print(text, flush=True)
+            return
+        with capture.global_and_fixture_disabled():
+            print(text, flush=True)
+    return say
+
+
 @pytest.fixture(scope="module")
-def cluster() -> Iterator[Cluster]:
+def cluster(request: pytest.FixtureRequest) -> Iterator[Cluster]:
     reason = missing()
     if reason:
         pytest.skip(reason)
+    say = terminal_progress(request)
     with machine_lock():
         probe = Cluster("")
         was_running = _running("")
         before = None if was_running else {"netns": cni_netns(), "sysctls": sysctls()}
         try:
-            lines = probe.script("cluster.sh", "up").strip().splitlines()
+            say("bringing the node up (scripts/cluster.sh up)" if not was_running else "node already up")
+            lines = probe.script("cluster.sh", "up", progress=say).strip().splitlines()
             assert lines and lines[-1].startswith("KUBECONFIG="), lines[-3:]
             running = Cluster(lines[-1].split("=", 1)[1], before)
-            running.script("image.sh")  # cached parts reused; imports podmirror:dev into the node
+            say("importing the podmirror image (scripts/image.sh)")
+            running.script("image.sh", progress=say)  # cached parts reused; imports podmirror:dev
+            say("ready: running the tier's tests")
             yield running
         finally:
             if not was_running:
-                probe.script("cluster.sh", "down")
+                say("bringing the node down (scripts/cluster.sh down)")
+                probe.script("cluster.sh", "down", progress=say)
