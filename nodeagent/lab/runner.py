@@ -104,7 +104,11 @@ def run(args: argparse.Namespace) -> int:
         return 2
     out = (args.output or Path(f"podmirror-lab-{time.strftime('%Y%m%d-%H%M%S')}")).resolve()
     out.mkdir(parents=True, exist_ok=True)
+    # Both set explicitly: a process started with SIGINT ignored (a shell's background job, a CI
+    # harness) gets no KeyboardInterrupt from Python, and the lab would run to its end, leaving the
+    # cleanup to chance; the agent (asyncio signal handlers) already answers both whatever it inherited.
     signal.signal(signal.SIGTERM, _raise_interrupt)
+    signal.signal(signal.SIGINT, _raise_interrupt)
     lab = Lab("pmlab", node_mtu=args.node_mtu, workdir=out)
     try:
         r = build(lab, args, out)
