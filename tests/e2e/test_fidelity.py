@@ -27,10 +27,11 @@ from typing import Any
 
 import pytest
 
-from nodeagent.lab import capture, netns, podmirror
+from nodeagent.lab import capture, podmirror
 from nodeagent.lab.topology import Lab, Pod
 from nodeagent.lab.traffic import HTTP_PORT, TLS_PORT
 from nodeagent.lab.workload import Workload
+from tests.e2e.conftest import open_lab
 
 pytestmark = [pytest.mark.needs_root, pytest.mark.usefixtures("podmirror_ready")]
 
@@ -160,8 +161,7 @@ def run_phase(lab: Lab, pods: dict[str, Pod], sensor: Any, work: Workload, tmp: 
 @pytest.fixture(scope="module")
 def phases(tmp_path_factory: pytest.TempPathFactory, podmirror_ready: None) -> Any:
     tmp = tmp_path_factory.mktemp("fidelity")
-    lab = Lab("pmfid", workdir=tmp)
-    try:
+    with open_lab(tmp) as lab:  # module-scoped: both vantages' phases share one lab
         node = lab.add_node()
         pods = {name: lab.add_pod(node, name) for name in ("ka", "sa", "kb", "sb")}
         for pod in pods.values():
@@ -179,9 +179,6 @@ def phases(tmp_path_factory: pytest.TempPathFactory, podmirror_ready: None) -> A
             work.start_servers(pods[name], iperf=False)
             lab.drop_once_per_connection(pods[name], HTTP_PORT)
         yield {vantage: run_phase(lab, pods, sensor, work, tmp, vantage) for vantage in ("client", "server")}
-    finally:
-        lab.close()
-        assert netns.leftovers(lab.tag) == []
 
 
 VANTAGES = ["client", "server"]
