@@ -27,7 +27,14 @@ from nodeagent.tls import client_context
 from nodeagent.transport import messages, records, streams
 from nodeagent.transport.compression import StreamCompressor
 from nodeagent.transport.records import Record
-from tests.component.transport_kit import Certs, RecordingSink, forward, frame, start_collector
+from tests.component.transport_kit import (
+    Certs,
+    RecordingSink,
+    forward,
+    frame,
+    running_output,
+    start_collector,
+)
 from tests.waiting import wait_for
 
 FAST = TransportSettings(max_delay=0.01, backoff_initial=0.05, backoff_max=0.2, connect_timeout=2.0)
@@ -88,14 +95,8 @@ def injected(pod: str = "shop/client", n: int = 3) -> list[Record]:
 async def agent(port: int, ctx: ssl.SSLContext, stream: bytes = VICTIM,
                 opts: TransportSettings = FAST) -> AsyncIterator[TransportOutput]:
     out = TransportOutput([("127.0.0.1", port)], ctx, opts, stream=stream, agent="victim")
-    task = asyncio.create_task(out.run(), name="victim")
-    try:
+    async with running_output(out, name="victim"):
         yield out
-    finally:
-        await out.close()
-        task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await task
 
 
 async def send(out: TransportOutput, count: int, base: int) -> None:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 from collections import defaultdict
 from pathlib import Path
 
@@ -16,6 +15,7 @@ from tests.component.transport_kit import (
     forward,
     frame,
     start_collector,
+    stop_output,
 )
 from tests.waiting import wait_for
 
@@ -78,9 +78,6 @@ async def test_every_flow_lands_entirely_at_one_collector_and_moves_only_with_it
         assert third == first                                            # b's flows came back to b
         assert set(name_of.values()) == {"a", "b"}
     finally:
-        await out.close()
-        runner.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await runner
+        await stop_output(out, runner)
         for c in collectors.values():
             await c.stop()

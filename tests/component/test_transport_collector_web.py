@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 from pathlib import Path
 from typing import Any
 
 from nodeagent.adapters.transport_out import TransportOutput
 from nodeagent.collector import web
 from nodeagent.settings import TransportSettings
-from tests.component.transport_kit import Certs, RecordingSink, forward, frame, start_collector
+from tests.component.transport_kit import Certs, RecordingSink, forward, frame, start_collector, stop_output
 from tests.waiting import wait_for
 
 
@@ -43,8 +42,5 @@ async def test_status_and_metrics_count_what_was_delivered(tmp_path: Path, aioht
         state = out.state()
         assert state["collectors_up"] == 1 and state["dropped"]["queue_full"] == 0
     finally:
-        await out.close()
-        runner.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await runner
+        await stop_output(out, runner)
         await collector.stop()

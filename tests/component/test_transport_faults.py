@@ -19,6 +19,7 @@ from tests.component.transport_kit import (
     frame,
     free_port,
     pcapng_packets,
+    stop_output,
 )
 from tests.waiting import wait_for
 
@@ -78,10 +79,7 @@ async def _kill_and_resume(tmp_path: Path, down_seconds: float) -> None:
         if traffic is not None:
             with contextlib.suppress(BaseException):
                 await traffic
-        await out.close()
-        runner.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await runner
+        await stop_output(out, runner)
         await asyncio.to_thread(child.stop)
     # The two collector lives wrote at least every acknowledged packet; duplicates are bounded by
     # what was in flight when the first one died (at-least-once across collector restarts).

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import shutil
 import subprocess
 from pathlib import Path
@@ -15,7 +14,7 @@ from nodeagent.collector.server import Collector
 from nodeagent.collector.sinks import PcapngSink
 from nodeagent.settings import TransportSettings
 from nodeagent.tls import server_context
-from tests.component.transport_kit import Certs, forward, frame, pcapng_packets
+from tests.component.transport_kit import Certs, forward, frame, pcapng_packets, stop_output
 from tests.waiting import wait_for
 
 needs_tshark = pytest.mark.skipif(shutil.which("tshark") is None, reason="needs tshark")
@@ -34,10 +33,7 @@ async def _send(tmp_path: Path, sink: PcapngSink, frames: list[bytes]) -> None:
             out.offer(forward(raw, loop.time()))
         await wait_for(lambda: out.state()["delivered"] == len(frames), 10, "delivery")
     finally:
-        await out.close()
-        runner.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await runner
+        await stop_output(out, runner)
         await collector.stop()
 
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 from pathlib import Path
 
 import pytest
@@ -19,23 +18,12 @@ from tests.component.transport_kit import (
     RecordingSink,
     forward,
     frame,
+    running_output,
     start_collector,
 )
 from tests.waiting import wait_for
 
 FAST = TransportSettings(max_delay=0.01, backoff_initial=0.05, backoff_max=0.2, connect_timeout=2.0)
-
-
-@contextlib.asynccontextmanager
-async def running(out: TransportOutput):  # type: ignore[no-untyped-def]
-    task = asyncio.create_task(out.run(), name="transport")
-    try:
-        yield out
-    finally:
-        await out.close()
-        task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await task
 
 
 async def test_batches_reach_the_collector_in_order_with_identity(tmp_path: Path) -> None:
@@ -47,7 +35,7 @@ async def test_batches_reach_the_collector_in_order_with_identity(tmp_path: Path
               for i in range(600)]
     try:
         out = TransportOutput([("127.0.0.1", port)], certs.agent_context(), FAST)
-        async with running(out):
+        async with running_output(out):
             for raw in frames:
                 out.offer(forward(raw, loop.time()))
             await wait_for(lambda: out.state()["delivered"] == len(frames), 10, "all packets acknowledged")
@@ -76,7 +64,7 @@ async def test_a_collector_with_an_untrusted_certificate_is_refused(tmp_path: Pa
     loop = asyncio.get_running_loop()
     try:
         out = TransportOutput([("127.0.0.1", port)], client_context(str(other_file)), FAST)
-        async with running(out):
+        async with running_output(out):
             for i in range(50):
                 out.offer(forward(frame(1000 + i, 80), loop.time()))
             link = out.links[f"127.0.0.1:{port}"]
@@ -98,7 +86,7 @@ async def test_the_certificate_must_name_the_collector(tmp_path: Path) -> None:
         opts = TransportSettings(max_delay=0.01, backoff_initial=0.05, backoff_max=0.2,
                                 server_name="collector.elsewhere.example")
         out = TransportOutput([("127.0.0.1", port)], certs.agent_context(), opts)
-        async with running(out):
+        async with running_output(out):
             link = out.links[f"127.0.0.1:{port}"]
             await wait_for(lambda: link.reconnects >= 1, 10, "a refused connection")
             assert "CERTIFICATE_VERIFY_FAILED" in link.last_error or "match" in link.last_error
@@ -115,7 +103,7 @@ async def test_a_collector_requiring_client_certificates(tmp_path: Path, with_ce
     ctx = certs.agent_context() if with_cert else client_context(certs.ca_file)
     try:
         out = TransportOutput([("127.0.0.1", port)], ctx, FAST)
-        async with running(out):
+        async with running_output(out):
             for i in range(10):
                 out.offer(forward(frame(2000 + i, 80), loop.time()))
             if with_cert:
@@ -137,7 +125,7 @@ async def test_flush_waits_for_acknowledgements_and_close_counts_the_rest(tmp_pa
         # The longest max_delay allowed: flush closes the batch first.
         opts = TransportSettings(max_delay=1.0, backoff_initial=0.05)
         out = TransportOutput([("127.0.0.1", port)], certs.agent_context(), opts)
-        async with running(out):
+        async with running_output(out):
             for i in range(25):
                 out.offer(forward(frame(3000 + i, 80), loop.time()))
             assert out.state()["open_packets"] == 25

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import os
 import signal
 import socket
@@ -9,7 +11,7 @@ import ssl
 import subprocess
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +19,7 @@ import trustme
 from scapy.layers.inet import IP, TCP, UDP
 from scapy.layers.l2 import Ether
 
+from nodeagent.adapters.transport_out import TransportOutput
 from nodeagent.collector.bounds import Limits
 from nodeagent.collector.server import Collector
 from nodeagent.pods.index import PodInfo
@@ -27,6 +30,24 @@ from nodeagent.wire import headers
 
 CLIENT = PodInfo(ip="10.0.0.5", vni=5, namespace="shop", name="client")
 SERVER = PodInfo(ip="10.0.0.9", vni=9, namespace="shop", name="server")
+
+
+async def stop_output(out: TransportOutput, task: asyncio.Task[None]) -> None:
+    """Close a transport output and end its ``run()`` task, whatever the task made of the close."""
+    await out.close()
+    task.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await task
+
+
+@contextlib.asynccontextmanager
+async def running_output(out: TransportOutput, name: str = "transport") -> AsyncIterator[TransportOutput]:
+    """``out.run()`` in a task for the block's duration; closed and ended afterwards."""
+    task = asyncio.create_task(out.run(), name=name)
+    try:
+        yield out
+    finally:
+        await stop_output(out, task)
 
 
 class Certs:
