@@ -17,7 +17,10 @@ same invocation at every offered rate:
 Per row: offered and delivered packets/s and Mbit/s (delivered: datagrams the receiver processed,
 per wall second from the first offered datagram until its count stopped moving), the loss, and the
 receiver's CPU per delivered packet (process CPU of every process of the receiver; softirq for the
-kernel device) with its ratio to the bare loop's. Then, per rate, workers=2 / workers=1.
+kernel device) with its ratio to the bare loop's, the generator's CPU (one core = 100%), and how
+busy the whole machine was while the generator sent (``busy``: /proc/stat, all cores, 100% = no
+idle time left: a receiver cannot get more CPU than that, whatever its workers). Then, per rate,
+workers=2 / workers=1.
 
 Run: ``.venv/bin/python bench/bench_receive.py [--rates 50000,150000,300000] [--seconds 5]``
 (root for the kernel row). On a shared machine, compare rows of one run.
@@ -156,11 +159,13 @@ def offer(receiver: Any, the_mix: loadgen.Mix, rate: float, seconds: float) -> d
     """One offered load against one running receiver: what was sent and what it delivered."""
     packets0, bytes0 = receiver.count()
     cpu0 = receiver.cpu()
+    machine0 = measure.machine()
     parent, child = CTX.Pipe()
     gen = CTX.Process(target=_generate, args=(the_mix, receiver.target, rate, seconds,
                                                getattr(receiver, "ns", None), child))
     gen.start()
     sent: loadgen.Sent = parent.recv()
+    window = measure.machine() - machine0  # while the generator sent: are the cores all taken?
     gen.join()
     last, changed = receiver.count(), time.monotonic()
     while time.monotonic() - changed < SETTLE:
@@ -174,7 +179,8 @@ def offer(receiver: Any, the_mix: loadgen.Mix, rate: float, seconds: float) -> d
             "delivered": delivered, "delivered_pps": delivered / elapsed,
             "delivered_mbps": 8 * delivered_bytes / elapsed / 1e6,
             "loss": 1 - delivered / max(1, sent.packets),
-            "cpu": receiver.cpu() - cpu0, "generator_cpu": sent.cpu_seconds / max(sent.seconds, 1e-9)}
+            "cpu": receiver.cpu() - cpu0, "generator_cpu": sent.cpu_seconds / max(sent.seconds, 1e-9),
+            "machine_busy": window.busy / max(window.busy + window.idle, 1e-9)}
 
 
 Row = tuple[str, float, dict[str, Any]]
@@ -204,14 +210,14 @@ def run(rates: list[float], seconds: float, kernel: bool, workers: list[int]) ->
 def report(rows: list[Row]) -> None:
     bare = {rate: r for name, rate, r in rows if name == "bare recvmmsg"}
     print(f"\n{'receiver':<18}{'offered pps':>12}{'Mbit/s':>8}{'delivered pps':>15}{'Mbit/s':>8}{'loss':>8}"
-          f"{'CPU us/pkt':>12}{'vs bare':>9}{'gen CPU':>9}")
+          f"{'CPU us/pkt':>12}{'vs bare':>9}{'gen CPU':>9}{'busy':>7}")
     for name, rate, r in rows:
         per = r["cpu"] / max(1, r["delivered"]) * 1e6
         base = bare[rate]["cpu"] / max(1, bare[rate]["delivered"]) * 1e6
         kind = " (softirq)" if name == "kernel vxlan" else ""
         print(f"{name:<18}{r['offered_pps']:>12,.0f}{r['offered_mbps']:>8,.0f}{r['delivered_pps']:>15,.0f}"
               f"{r['delivered_mbps']:>8,.0f}{r['loss']:>8.1%}{per:>12.2f}{per / base:>9.2f}"
-              f"{r['generator_cpu']:>9.0%}{kind}")
+              f"{r['generator_cpu']:>9.0%}{r['machine_busy']:>7.0%}{kind}")
     by = {(name, rate): r for name, rate, r in rows}
     for rate in sorted({rate for _, rate, _ in rows}):
         one, two = by.get(("agent workers=1", rate)), by.get(("agent workers=2", rate))
@@ -220,7 +226,8 @@ def report(rows: list[Row]) -> None:
             print(f"at {rate:,.0f}/s asked: workers=2 delivered {ratio:.2f}x workers=1 "
                   f"({two['delivered_pps']:,.0f} of {two['offered_pps']:,.0f} offered vs "
                   f"{one['delivered_pps']:,.0f} of {one['offered_pps']:,.0f}; the same load only if the "
-                  "generator kept both rates)")
+                  f"generator kept both rates; all cores busy {two['machine_busy']:.0%} vs "
+                  f"{one['machine_busy']:.0%})")
 
 
 def main() -> int:
