@@ -53,8 +53,10 @@ def missing() -> str | None:
     return None
 
 
-def eventually(check: Callable[[], T], timeout: float, what: str, interval: float = 0.5) -> T:
-    """Poll ``check`` until it returns something truthy (returned) or ``timeout`` s pass (fail)."""
+def eventually(check: Callable[[], T], timeout: float, what: str, interval: float = 0.5,
+               describe: Callable[[], Any] | None = None) -> T:
+    """Poll ``check`` until it returns something truthy (returned) or ``timeout`` s pass (fail, with
+    the last result and, when given, what ``describe`` says of the state then)."""
     deadline = time.monotonic() + timeout
     last: Any = None
     while True:
@@ -66,7 +68,13 @@ def eventually(check: Callable[[], T], timeout: float, what: str, interval: floa
             if last:
                 return last
         if time.monotonic() > deadline:
-            raise AssertionError(f"not within {timeout:.0f} s: {what} (last: {last!r})")
+            state = ""
+            if describe is not None:
+                try:
+                    state = f"; state: {describe()!r}"
+                except (subprocess.CalledProcessError, OSError, KeyError, ValueError) as exc:
+                    state = f"; state unknown: {exc!r}"
+            raise AssertionError(f"not within {timeout:.0f} s: {what} (last: {last!r}{state})")
         time.sleep(interval)
 
 

@@ -329,26 +329,37 @@ def test_delete_k_leaves_no_podmirror_state_in_any_pod_namespace(workload: dict[
     (web,) = k.get("-n", NS, "pods", "-l", "app=web")["items"]
     ns = netns_of(web["status"]["podIP"])
     assert any(s.startswith("link pm-") for s in podmirror_state(ns))  # the kernel-mode sidecar's device
-    logs = subprocess.Popen(["kubectl", "-n", NS, "logs", "-f", web["metadata"]["name"], "-c", SIDECAR],
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=k.env)
-    try:
-        k.kubectl("delete", "-k", OVERLAY, "--timeout=120s", timeout=150)
-        assert not k.get("mutatingwebhookconfigurations")["items"]
-        # The workload's pods are replaced: without the webhook, the new ones have no sidecar; the
-        # old one's sidecar got SIGTERM and removed what it had made in the pod's namespace.
-        k.kubectl("-n", NS, "rollout", "restart", "deployment/web")
-        k.kubectl("-n", NS, "rollout", "status", "deployment/web", "--timeout=120s", timeout=150)
-        old = web["metadata"]["uid"]
-        eventually(lambda: not [p for p in k.get("-n", NS, "pods", "-l", "app=web")["items"]
-                                if p["metadata"]["uid"] == old], 60, "the old web pod gone")
-        out, _ = logs.communicate(timeout=30)
-    finally:
-        logs.kill()
+    # A context manager: whatever fails below, the log stream's pipe is closed and the process
+    # reaped here (a pipe left to the garbage collector fails a later test with a ResourceWarning).
+    with subprocess.Popen(["kubectl", "-n", NS, "logs", "-f", web["metadata"]["name"], "-c", SIDECAR],
+                          stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=k.env) as logs:
+        try:
+            k.kubectl("delete", "-k", OVERLAY, "--timeout=120s", timeout=150)
+            assert not k.get("mutatingwebhookconfigurations")["items"]
+            # The workload's pods are replaced: without the webhook, the new ones have no sidecar; the
+            # old one's sidecar got SIGTERM and removed what it had made in the pod's namespace.
+            k.kubectl("-n", NS, "rollout", "restart", "deployment/web")
+            k.kubectl("-n", NS, "rollout", "status", "deployment/web", "--timeout=120s", timeout=150)
+            # The old pod ends after its 3 s grace period, once the kubelet has stopped its containers
+            # and torn down its sandbox; on a busy 2-core machine that took more than 60 s once.
+            eventually(lambda: not old_pod(k, web), 120, "the old web pod gone",
+                       describe=lambda: old_pod(k, web))
+            out, _ = logs.communicate(timeout=30)
+        finally:
+            logs.kill()
     assert "kernel mode: removed pm-" in out, out[-2000:]
     (new_web,) = k.get("-n", NS, "pods", "-l", "app=web")["items"]
     assert not sidecars(new_web)
     left = {ns: podmirror_state(ns) for ns in cni_netns()}
     assert left and not any(left.values()), left
+
+
+def old_pod(k: Cluster, web: dict[str, Any]) -> list[dict[str, Any]]:
+    """``web``'s pod while it still exists: its phase, deletion time and container states."""
+    return [{"phase": p["status"].get("phase"), "deletionTimestamp": p["metadata"].get("deletionTimestamp"),
+             "containers": [(c["name"], c.get("state")) for c in p["status"].get("containerStatuses", [])]}
+            for p in k.get("-n", NS, "pods", "-l", "app=web")["items"]
+            if p["metadata"]["uid"] == web["metadata"]["uid"]]
 
 
 def test_down_leaves_nothing_of_the_node(cluster: Cluster) -> None:
