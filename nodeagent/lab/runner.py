@@ -76,7 +76,8 @@ def configure(p: argparse.ArgumentParser) -> None:
                    help="only remove namespaces left by labs whose process died (e.g. kill -9), then exit")
     p.add_argument("--iperf-seconds", type=float, default=3.0)
     p.add_argument("--iperf-rate", default="500M",
-                   help="iperf3 bitrate (default 500M: no loss to pcap + VXLAN on a quiet 2-core VM; 0 = unlimited)")
+                   help="iperf3 bitrate (default 500M: no loss to pcap + VXLAN on a quiet 2-core VM; "
+                        "0 = unlimited)")
     p.add_argument("--workers", default="auto",
                    help="the agent's worker processes (default auto: one per CPU, nodeagent run --workers)")
     p.add_argument("--pod-table", choices=("static", "apiserver"), default="static",
