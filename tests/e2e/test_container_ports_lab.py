@@ -93,6 +93,7 @@ def test_only_the_selected_containers_port_reaches_the_outputs(
     after = settled(agent, web)
     end = time.time()
     capture.stop_tcpdump(lab, wire, tmp_path / "wire.pcap")
+    assert capture.captured_all(tmp_path / "wire.pcap"), "the tunnel's capture itself lost packets"
     assert lab.ns.stop(sidecar, timeout=10) == 0
     assert agent.stop() == 0
 
