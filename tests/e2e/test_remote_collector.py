@@ -91,18 +91,25 @@ def run(lab: Lab, tmp: Path, n_collectors: int, veth: bool) -> dict[str, Any]:
     tunnel = f"not (ip dst host {agent.ip} and ip proto 17)"
     dumps = {p.key: capture.start_tcpdump(lab, p.ns, "eth0", tmp / f"truth-{p.name}.pcap", tunnel)
              for p in monitored}
+    # The window every comparison uses, as in test_mirror: from after 0.5 s without a tunnel datagram
+    # to the same at the end (a pod's own IPv6 router solicitation, mirrored before the truth began,
+    # once made a collector hold two copies of what the truth held once).
+    agent.wait_quiet()
+    start = time.time()
     # Collector-side counts before the measured traffic (probes and handshakes came earlier).
     before = [c.status()["packets"] for c in collectors]
     traffic = work.client(client, web, rounds=2)
     for k, v in work.client(egress, ext, rounds=2).items():
         traffic[k] += v
     status = wait_delivered(agent)
+    agent.wait_quiet()
+    window = f"frame.time_epoch >= {start:.6f} and frame.time_epoch <= {time.time():.6f}"
     truth = capture.Traffic()
     for p in monitored:
         path = tmp / f"truth-{p.name}.pcap"
         capture.stop_tcpdump(lab, dumps[p.key], path)
         assert capture.captured_all(path), "the ground truth itself lost packets"
-        truth.add(capture.decode(path))
+        truth.add(capture.decode(path, window))
     coll_status = [c.status() for c in collectors]
     for p in monitored:
         assert lab.ns.stop(sidecars[p.key], timeout=10) == 0
@@ -112,13 +119,13 @@ def run(lab: Lab, tmp: Path, n_collectors: int, veth: bool) -> dict[str, Any]:
     for c in collectors:
         assert c.stop() == 0
     return {"truth": truth, "traffic": traffic, "status": status, "collectors": coll_status,
-            "before": before, "hosts": hosts, "monitored": monitored}
+            "before": before, "hosts": hosts, "monitored": monitored, "window": window}
 
 
-def decode_dir(directory: Path) -> capture.Traffic:
+def decode_dir(directory: Path, window: str) -> capture.Traffic:
     t = capture.Traffic()
     for f in sorted(directory.glob("*.pcapng")):
-        t.add(capture.decode(f))
+        t.add(capture.decode(f, window))
     return t
 
 
@@ -128,9 +135,9 @@ def test_collector_pcapng_and_sensor_veth_hold_exactly_the_pods_traffic(lab: Lab
     assert r["truth"].tcp_bytes and r["truth"].packets, "the ground truth is empty"
     tr = r["status"]["outputs"]["transport"]
     assert tr["offered"] == tr["delivered"] and sum(tr["dropped"].values()) == 0
-    got = decode_dir(tmp_path / "pcapng-coll0")
+    got = decode_dir(tmp_path / "pcapng-coll0", r["window"])
     assert capture.diff(r["truth"], got) == {}, "pcapng differs from the pods' ground truth"
-    sniffed = capture.decode(tmp_path / "veth.pcap")
+    sniffed = capture.decode(tmp_path / "veth.pcap", r["window"])
     assert capture.diff(r["truth"], sniffed) == {}, "the sensor's veth differs from the ground truth"
     (path,) = sorted((tmp_path / "pcapng-coll0").glob("*.pcapng"))
     names = subprocess.run(["tshark", "-r", str(path), "-T", "fields", "-e", "frame.interface_name"],
@@ -144,7 +151,7 @@ def test_collector_pcapng_and_sensor_veth_hold_exactly_the_pods_traffic(lab: Lab
 def test_two_collectors_hold_every_flow_entirely_at_one_of_them(lab: Lab, tmp_path: Path) -> None:
     r = run(lab, tmp_path, 2, veth=False)
     assert r["traffic"]["errors"] == 0 and r["truth"].tcp_bytes
-    parts = [decode_dir(tmp_path / f"pcapng-{h.name}") for h in r["hosts"]]
+    parts = [decode_dir(tmp_path / f"pcapng-{h.name}", r["window"]) for h in r["hosts"]]
     union = capture.Traffic()
     for part in parts:
         union.add(part)
