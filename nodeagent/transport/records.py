@@ -79,7 +79,9 @@ def decode_records(raw: bytes, count: int) -> list[Record]:
         offset, keys = _U16.size, []
         for _ in range(npods):
             n = view[offset]
-            keys.append(bytes(view[offset + 1:offset + 1 + n]).decode(errors="replace"))
+            # Strict: a name that is not UTF-8 is refused, not replaced (a replaced name re-encodes
+            # longer than its one-byte length allows; found by tests/fuzz's records target).
+            keys.append(bytes(view[offset + 1:offset + 1 + n]).decode())
             offset += 1 + n
         out: list[Record] = []
         while offset < len(view):
@@ -95,6 +97,8 @@ def decode_records(raw: bytes, count: int) -> list[Record]:
             offset += cap
     except (struct.error, IndexError) as exc:
         raise Malformed(f"batch: truncated ({exc})") from None
+    except UnicodeDecodeError:
+        raise Malformed("batch: a pod name that is not UTF-8") from None
     if len(out) != count:
         raise Malformed("batch: record count mismatch")
     return out

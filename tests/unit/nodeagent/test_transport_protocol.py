@@ -145,3 +145,12 @@ def test_streams_are_bounded() -> None:
     for i in range(3):
         s.hello(bytes([i]) * 16)
     assert s.get(bytes(16)) is None and s.get(bytes([2]) * 16) is not None
+
+
+def test_a_pod_name_that_is_not_utf8_is_malformed() -> None:
+    """Found by the fuzzer: a replaced name re-encoded longer than its one-byte length allows."""
+    body = bytearray(records.encode_records([Record(1, 60, "ab", 7, 0, bytes(60))]))
+    assert records.decode_records(bytes(body), 1)[0].pod == "ab"
+    body[3:5] = b"\x9c\x9c"  # the name's two bytes (after the pod count and the name's length)
+    with pytest.raises(Malformed, match="UTF-8"):
+        records.decode_records(bytes(body), 1)
