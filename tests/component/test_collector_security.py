@@ -28,6 +28,7 @@ from nodeagent.transport import messages, records, streams
 from nodeagent.transport.compression import StreamCompressor
 from nodeagent.transport.records import Record
 from tests.component.transport_kit import (
+    FAST,
     Certs,
     RecordingSink,
     forward,
@@ -37,7 +38,6 @@ from tests.component.transport_kit import (
 )
 from tests.waiting import wait_for
 
-FAST = TransportSettings(max_delay=0.01, backoff_initial=0.05, backoff_max=0.2, connect_timeout=2.0)
 VICTIM = bytes(range(16))
 """The victim agent's stream id, as an attacker would have read it from the old /status."""
 

@@ -14,6 +14,7 @@ from nodeagent.tls import client_context
 from tests.books import output_balances
 from tests.component.transport_kit import (
     CLIENT,
+    FAST,
     Certs,
     RecordingSink,
     forward,
@@ -22,8 +23,6 @@ from tests.component.transport_kit import (
     start_collector,
 )
 from tests.waiting import wait_for
-
-FAST = TransportSettings(max_delay=0.01, backoff_initial=0.05, backoff_max=0.2, connect_timeout=2.0)
 
 
 async def test_batches_reach_the_collector_in_order_with_identity(tmp_path: Path) -> None:

@@ -23,10 +23,14 @@ from nodeagent.adapters.transport_out import TransportOutput
 from nodeagent.collector.bounds import Limits
 from nodeagent.collector.server import Collector
 from nodeagent.pods.index import PodInfo
+from nodeagent.settings import TransportSettings
 from nodeagent.tls import client_context, server_context
 from nodeagent.transport.records import Record
 from nodeagent.verdict import Direction, Forward
 from nodeagent.wire import headers
+
+FAST = TransportSettings(max_delay=0.01, backoff_initial=0.05, backoff_max=0.2, connect_timeout=2.0)
+"""A transport output that gives up and retries quickly: the component tests' timing."""
 
 CLIENT = PodInfo(ip="10.0.0.5", vni=5, namespace="shop", name="client")
 SERVER = PodInfo(ip="10.0.0.9", vni=9, namespace="shop", name="server")
