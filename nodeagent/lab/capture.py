@@ -134,13 +134,6 @@ def captured_all(path: Path) -> bool:
     return complete and counts.get("dropped by kernel") == "0"
 
 
-def count_frames(path: Path, display_filter: str) -> int:
-    """Frames of an Ethernet pcap that match a tshark display filter."""
-    out = run(["tshark", "-n", "-r", str(path), "-Y", display_filter, "-T", "fields", "-e", "frame.number"],
-              timeout=120).stdout
-    return len(out.split())
-
-
 def decode(path: Path, display_filter: str = "") -> Traffic:
     """Decode an Ethernet pcap with tshark into the comparison model (only the frames that match
     ``display_filter``, when given: e.g. a window of ``frame.time_epoch``)."""
