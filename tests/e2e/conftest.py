@@ -33,6 +33,15 @@ def open_lab(workdir: Path | None = None, **options: Any) -> Iterator[Lab]:
         assert netns.leftovers(lab.tag) == [], "namespaces left behind"
 
 
+@pytest.fixture(scope="session", autouse=True)
+def _reap_killed_runs() -> None:
+    """Namespaces of an earlier run that was killed (its owner is dead) are removed before this one."""
+    if os.geteuid() == 0:
+        stale = netns.reap_stale("pme2e")
+        if stale:
+            print(f"e2e: removed {len(stale)} namespaces of killed runs: {' '.join(stale)}")
+
+
 @pytest.fixture
 def lab(tmp_path: Path) -> Iterator[Lab]:
     with open_lab(tmp_path) as fresh:
