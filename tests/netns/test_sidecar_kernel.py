@@ -136,10 +136,25 @@ def test_the_tunnel_device_drops_injected_vxlan(podlab: PodLab) -> None:
     assert podlab.stop_sidecar(proc) == 0
 
 
-def test_bulk_tcp_is_mirrored_without_loss(podlab: PodLab) -> None:
-    size = 16 << 20
+def _fabric_drops(podlab: PodLab) -> dict[str, int]:
+    """What the kernel counts as dropped between the pod's tunnel device and the test's receiver: the
+    CPUs' backlogs (``/proc/net/softnet_stat``), IP and UDP in the pod's and the node's namespaces."""
+    counts = {"softnet": sum(int(line.split()[1], 16)
+                             for line in Path("/proc/net/softnet_stat").read_text().splitlines())}
+    wanted = {"Ip": ("InDiscards", "OutDiscards", "ReasmFails", "FragFails"),
+              "Udp": ("InErrors", "RcvbufErrors")}
+    for ns in (podlab.pod, podlab.node):
+        rows = [line.split() for line in podlab.ns.exec(ns, ["cat", "/proc/net/snmp"]).stdout.splitlines()]
+        for names, values in zip(rows[::2], rows[1::2], strict=True):
+            for name in wanted.get(names[0].rstrip(":"), ()):
+                counts[f"{ns[len(podlab.ns.tag):]} {names[0]}{name}"] = int(values[names.index(name)])
+    return counts
+
+
+def _mirror_bulk(podlab: PodLab, size: int) -> tuple[int, int, int]:
+    """One iperf3 transfer of ``size`` bytes from the pod: (stream bytes mirrored, bytes mirrored in
+    all, the pod's retransmitted segments)."""
     server = podlab.ns.spawn(podlab.node, ["iperf3", "-s", "-1", "-B", NODE_IP, "-p", "5201"])
-    proc, log = podlab.start_sidecar("kernel")
     poll(lambda: podlab.ns.exec(podlab.node, ["ss", "-ltn"]).stdout.count(":5201") > 0, 5, "iperf3 listening")
     start = len(podlab.records())
     # Rate-limited so the test's Python receiver keeps up: the loss counted here is the tunnel's.
@@ -152,8 +167,22 @@ def test_bulk_tcp_is_mirrored_without_loss(podlab: PodLab) -> None:
     _, streams, totals = split_tcp_payload([r.inner for r in podlab.records()[start:]])
     data_flow = max(totals, key=lambda flow: totals[flow])
     assert data_flow[2] != 5201 and data_flow[3] == 5201
-    covered = len(streams[data_flow])
-    assert covered >= size, f"mirrored {covered} of {size} bytes ({retransmits} retransmits)"
+    return len(streams[data_flow]), totals[data_flow], retransmits
+
+
+def test_bulk_tcp_is_mirrored_without_loss(podlab: PodLab) -> None:
+    size = 16 << 20
+    proc, log = podlab.start_sidecar("kernel")
+    # A loaded machine can drop a datagram in the test's own fabric (a CPU's backlog, the receiver's
+    # socket); the kernel counts it, and the transfer is run once more. A loss nothing counted fails at once.
+    for attempt in (1, 2):
+        before = _fabric_drops(podlab)
+        covered, mirrored, retransmits = _mirror_bulk(podlab, size)
+        counted = {k: v - before[k] for k, v in _fabric_drops(podlab).items() if v != before[k]}
+        if covered >= size or not counted:
+            break
+        print(f"attempt {attempt}: mirrored {covered} of {size} bytes; the fabric dropped {counted}")
+    assert covered >= size, f"mirrored {covered} of {size} bytes ({retransmits} retransmits); {counted}"
     # Bytes mirrored more than once must be the pod's own retransmissions (each at most a GSO packet).
-    assert totals[data_flow] - covered <= retransmits * 65536, f"duplicates with {retransmits} retransmits"
+    assert mirrored - covered <= retransmits * 65536, f"duplicates with {retransmits} retransmits"
     assert podlab.stop_sidecar(proc) == 0
