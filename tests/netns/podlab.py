@@ -230,11 +230,39 @@ class GroundTruth:
         poll(lambda: "listening on" in err.read_text(), 10, "tcpdump listening")
         self.started = time.time()
 
-    def stop(self) -> list[bytes]:
+    EDGE = 1.0
+    """How far from an edge of the window a frame and its mirrored copy may fall on opposite sides."""
+
+    def stop(self) -> tuple[list[bytes], list[Record]]:
+        """The pod's frames captured in the window and the mirrored copies received in it.
+
+        The window runs from tcpdump's start to 0.4 s of quiet at the receiver. The pod also sends on
+        its own (router solicitations, MLD reports, ARP probes); a frame sent at an edge of the window
+        is kept on both sides or on neither: a frame captured just before the end is matched with its
+        copy received just after it, and a copy received just after the start with its frame captured
+        just before it. Anything else missing or extra stays missing or extra."""
         self.pl.wait_quiet()
         self.stopped = time.time()
         self.pl.ns.stop(self.proc)
-        return [frame for _, frame in read_pcap(self.path)]
+        self.pl.wait_quiet()   # copies of frames captured just before the end have arrived
+        captured = read_pcap(self.path)
+        frames = [f for ts, f in captured if self.started <= ts <= self.stopped]
+        records = self.pl.records(self.started, self.stopped)
+        short = collections.Counter(frames) - collections.Counter(r.inner for r in records)
+        for late in self.pl.records(self.stopped, self.stopped + self.EDGE):
+            if late.ts > self.stopped and short[late.inner] > 0:
+                short[late.inner] -= 1
+                records.append(late)
+        over = collections.Counter(r.inner for r in records) - collections.Counter(frames)
+        early = collections.Counter(f for ts, f in captured if self.started - self.EDGE <= ts < self.started)
+        kept = []
+        for record in records:
+            if record.ts <= self.started + self.EDGE and over[record.inner] > 0 and early[record.inner] > 0:
+                over[record.inner] -= 1
+                early[record.inner] -= 1
+                continue
+            kept.append(record)
+        return frames, kept
 
 
 def compare(truth: list[bytes], mirrored: list[bytes]) -> tuple[int, int]:

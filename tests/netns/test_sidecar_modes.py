@@ -43,8 +43,7 @@ def test_every_pod_packet_arrives_exactly_once(podlab: PodLab, mode: str) -> Non
     truth = GroundTruth(podlab)
     podlab.drive_mix()
     podlab.wait_quiet()
-    frames = truth.stop()
-    records = podlab.records(truth.started, truth.stopped)
+    frames, records = truth.stop()
     mirrored = [r.inner for r in records]
     kinds = {f[12:14] for f in frames}
     assert {b"\x08\x00", b"\x08\x06", b"\x86\xdd"} <= kinds, "IPv4, ARP and IPv6 in the ground truth"

@@ -51,8 +51,8 @@ def test_both_sniff_paths_mirror_every_packet_exactly_once(podlab: PodLab, io: s
     truth = GroundTruth(podlab)
     podlab.drive_mix()
     podlab.wait_quiet()
-    frames = truth.stop()
-    mirrored = [r.inner for r in podlab.records(truth.started, truth.stopped)]
+    frames, records = truth.stop()
+    mirrored = [r.inner for r in records]
     truth_rest, truth_streams, _ = split_tcp_payload(frames)
     rest, streams, _ = split_tcp_payload(mirrored)
     missing, extra = compare(truth_rest, rest)
