@@ -115,9 +115,7 @@ def mtu_pair(lab: Lab, work: Workload, client: Pod, server: Pod, out: Path, extr
 def udp_datagrams(lab: Lab, ns: str) -> int:
     """UDP datagrams that reached the namespace's sockets (delivered or dropped for a full buffer):
     the tunnel's, as the agent's end sees them (a GSO super-packet the kernel cut counts per cut)."""
-    lines = [line.split() for line in lab.ns.exec(ns, ["cat", "/proc/net/snmp"]).stdout.splitlines()
-             if line.startswith("Udp:")]
-    udp = dict(zip(lines[0][1:], (int(v) for v in lines[1][1:]), strict=True))
+    udp = lab.ns.snmp(ns)["Udp"]
     return udp["InDatagrams"] + udp["RcvbufErrors"]
 
 

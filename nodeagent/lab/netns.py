@@ -89,6 +89,12 @@ class Namespaces:
     def ip(self, ns: str, *args: str) -> str:
         return run(["ip", "-n", ns, *args]).stdout
 
+    def snmp(self, ns: str) -> dict[str, dict[str, int]]:
+        """The namespace's ``/proc/net/snmp`` by group: ``snmp(ns)["Udp"]["RcvbufErrors"]``."""
+        rows = [line.split() for line in self.exec(ns, ["cat", "/proc/net/snmp"]).stdout.splitlines()]
+        return {names[0].rstrip(":"): dict(zip(names[1:], map(int, values[1:]), strict=True))
+                for names, values in zip(rows[::2], rows[1::2], strict=True)}
+
     def sysctl(self, ns: str, values: dict[str, str]) -> None:
         self.exec(ns, ["sysctl", "-q", "-w", *(f"{k}={v}" for k, v in values.items())])
 

@@ -180,9 +180,7 @@ class Lab:
 
     def ip_stats(self, ns: str) -> dict[str, int]:
         """The namespace's IPv4 MIB (``/proc/net/snmp`` ``Ip:``), e.g. ``ReasmOKs``, ``FragCreates``."""
-        lines = [line.split() for line in self.ns.exec(ns, ["cat", "/proc/net/snmp"]).stdout.splitlines()
-                 if line.startswith("Ip:")]
-        return {k: int(v) for k, v in zip(lines[0][1:], lines[1][1:], strict=True)}
+        return self.ns.snmp(ns)["Ip"]
 
     def tunnel_tx_packets(self, pod: Pod) -> int | None:
         """Packets the pod's kernel-mode VXLAN device(s) sent (None: no such device, e.g. sniff mode)."""

@@ -113,9 +113,7 @@ def _inject_ping(podlab: PodLab) -> None:
 
 
 def _echo_requests_received(podlab: PodLab) -> int:
-    snmp = podlab.ns.exec(podlab.pod, ["cat", "/proc/net/snmp"]).stdout.splitlines()
-    names, values = [line.split() for line in snmp if line.startswith("Icmp:")][:2]
-    return int(values[names.index("InEchos")])
+    return podlab.ns.snmp(podlab.pod)["Icmp"]["InEchos"]
 
 
 def _device_rx(podlab: PodLab) -> int:
@@ -144,10 +142,10 @@ def _fabric_drops(podlab: PodLab) -> dict[str, int]:
     wanted = {"Ip": ("InDiscards", "OutDiscards", "ReasmFails", "FragFails"),
               "Udp": ("InErrors", "RcvbufErrors")}
     for ns in (podlab.pod, podlab.node):
-        rows = [line.split() for line in podlab.ns.exec(ns, ["cat", "/proc/net/snmp"]).stdout.splitlines()]
-        for names, values in zip(rows[::2], rows[1::2], strict=True):
-            for name in wanted.get(names[0].rstrip(":"), ()):
-                counts[f"{ns[len(podlab.ns.tag):]} {names[0]}{name}"] = int(values[names.index(name)])
+        snmp = podlab.ns.snmp(ns)
+        for group, names in wanted.items():
+            for name in names:
+                counts[f"{ns[len(podlab.ns.tag):]} {group}:{name}"] = snmp[group][name]
     return counts
 
 
