@@ -134,9 +134,14 @@ def captured_all(path: Path) -> bool:
     return complete and counts.get("dropped by kernel") == "0"
 
 
+def window(start: float, end: float) -> str:
+    """A display filter for ``decode``: the frames captured from ``start`` to ``end`` (wall clock)."""
+    return f"frame.time_epoch >= {start:.6f} and frame.time_epoch <= {end:.6f}"
+
+
 def decode(path: Path, display_filter: str = "") -> Traffic:
     """Decode an Ethernet pcap with tshark into the comparison model (only the frames that match
-    ``display_filter``, when given: e.g. a window of ``frame.time_epoch``)."""
+    ``display_filter``, when given: e.g. ``window(start, end)``)."""
     cmd = ["tshark", "-n", "-r", str(path), "-T", "fields", "-E", "separator=\t", "-E", "occurrence=f"]
     if display_filter:
         cmd += ["-Y", display_filter]

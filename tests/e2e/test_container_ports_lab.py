@@ -118,8 +118,7 @@ def test_only_the_selected_containers_port_reaches_the_outputs(
         # pod starts; one fell in this window on a busy machine). So the drops are the ICMP the
         # tunnel carried between the two reads of the counters, and the ping is among it.
         tunnel_icmp = capture.decode(
-            tmp_path / "wire-inner.pcap", f"(icmp or icmpv6) and frame.time_epoch >= {start:.6f} "
-            f"and frame.time_epoch <= {end:.6f}").frames
+            tmp_path / "wire-inner.pcap", f"(icmp or icmpv6) and {capture.window(start, end)}").frames
         assert truth.count("icmp") == 4
         assert dropped == tunnel_icmp >= 4, (dropped, tunnel_icmp)
     else:

@@ -103,7 +103,7 @@ def run_mirrored(lab: Lab, tmp: Path, mode: str) -> tuple[Result, dict[str, tupl
         capture.stop_tcpdump(lab, dumps[p.key], tmp / f"truth-{p.name}.pcap")
         assert capture.captured_all(tmp / f"truth-{p.name}.pcap"), "the ground truth itself lost packets"
     received = {p.key: status["pods"][p.key]["received"] - base[p.key]["received"] for p in monitored}
-    window = f"frame.time_epoch >= {start:.6f} and frame.time_epoch <= {end:.6f}"
+    window = capture.window(start, end)
     truth = {p.key: capture.decode(tmp / f"truth-{p.name}.pcap", window) for p in monitored}
     reassembled = lab.ip_stats(agent.node.agent.ns)["ReasmOKs"]  # type: ignore[union-attr]
     capture.stop_tcpdump(lab, wire, tmp / "wire.pcap")

@@ -103,7 +103,7 @@ def run(lab: Lab, tmp: Path, n_collectors: int, veth: bool) -> dict[str, Any]:
         traffic[k] += v
     status = wait_delivered(agent)
     agent.wait_quiet()
-    window = f"frame.time_epoch >= {start:.6f} and frame.time_epoch <= {time.time():.6f}"
+    window = capture.window(start, time.time())
     truth = capture.Traffic()
     for p in monitored:
         path = tmp / f"truth-{p.name}.pcap"
