@@ -91,6 +91,5 @@ def test_reap_stale_removes_a_killed_labs_namespaces_and_spares_live_ones(lab: L
 
     # Labs killed earlier on this machine (an interrupted run) are stale too and go with it.
     assert {f"{dead}{n}" for n in ("fabric", "node1")} <= set(removed)
-    assert not [ns for ns in removed if ns.startswith(lab.tag)], "a live lab must be left alone"
     assert netns.leftovers(dead) == []
     assert len(netns.leftovers(lab.tag)) == 2, "a live lab must be left alone"
